@@ -1,0 +1,1 @@
+"""Datasets, splits, the procedural surfaces generator and mask-aware augmentation."""

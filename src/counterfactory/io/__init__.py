@@ -1,0 +1,1 @@
+"""Reading and writing images, masks and manifests (the bottom layer: imports nothing of ours but errors)."""

@@ -1,0 +1,145 @@
+"""Masks: binarize, bounding boxes, dilation, components, crop-around-mask and paste-back.
+
+Convention: a mask is float {0,1}, **1 = region to change**. Real masks are not clean 0/255 (Magnetic Tile
+masks hold noisy values 0..255): every mask read from disk goes through :func:`binarize`.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from scipy import ndimage
+
+from ..errors import input_error
+from .images import read_array
+
+Box = tuple[int, int, int, int]  # x0, y0, x1, y1 (x1, y1 exclusive)
+
+
+def binarize(mask: np.ndarray | torch.Tensor, threshold: float = 0.5):
+    """Values >= threshold become 1, the rest 0. ``threshold`` is on the [0,1] scale (128/255 ≈ 0.5)."""
+    if not 0.0 < threshold <= 1.0:
+        raise input_error("threshold", threshold, "a number in (0, 1]")
+    if isinstance(mask, torch.Tensor):
+        m = mask.float()
+        if m.dtype == torch.uint8 or m.max() > 1:
+            m = m / 255.0
+        return (m >= threshold).float()
+    m = np.asarray(mask)
+    m = m.astype(np.float32) / 255.0 if m.dtype == np.uint8 or m.max(initial=0) > 1 else m.astype(np.float32)
+    return (m >= threshold).astype(np.float32)
+
+
+def read_mask(path: str | os.PathLike, threshold: float = 0.5) -> np.ndarray:
+    """Read a mask file as float32 (H,W) in {0,1}; any colour mask counts by its gray value."""
+    return binarize(read_array(path, mode="L", alpha="drop"), threshold)
+
+
+def bbox(mask: np.ndarray | torch.Tensor) -> Box | None:
+    """Tight box ``(x0, y0, x1, y1)`` (end exclusive) of the nonzero pixels of a (H,W) mask; None if empty."""
+    m = mask.detach().cpu().numpy() if isinstance(mask, torch.Tensor) else np.asarray(mask)
+    m = m.reshape(m.shape[-2:]) if m.ndim > 2 else m
+    ys, xs = np.nonzero(m > 0.5)
+    if len(xs) == 0:
+        return None
+    return int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1
+
+
+def dilate(mask: torch.Tensor, radius: int) -> torch.Tensor:
+    """Binary dilation of a (...,H,W) mask by a square of side 2*radius+1."""
+    if radius <= 0:
+        return mask
+    shape = mask.shape
+    m = mask.reshape(-1, 1, *shape[-2:]).float()
+    m = F.max_pool2d(m, kernel_size=2 * radius + 1, stride=1, padding=radius)
+    return m.reshape(shape)
+
+
+def components(mask: np.ndarray, connectivity: int = 2) -> list[np.ndarray]:
+    """Connected components of a (H,W) binary mask, largest first (8-connected by default)."""
+    structure = ndimage.generate_binary_structure(2, connectivity)
+    labels, n = ndimage.label(np.asarray(mask) > 0.5, structure=structure)
+    comps = [(labels == i).astype(np.float32) for i in range(1, n + 1)]
+    return sorted(comps, key=lambda c: -c.sum())
+
+
+@dataclass(frozen=True)
+class CropWindow:
+    """A square window of the source image that is inpainted at working resolution."""
+
+    box: Box  # in source pixels, inside the image
+
+    @property
+    def size(self) -> int:
+        return self.box[2] - self.box[0]
+
+
+def window_around(box: Box, image_hw: tuple[int, int], margin: float = 0.5, min_size: int = 0) -> CropWindow:
+    """A square window containing ``box`` plus ``margin`` × its larger side of context on each side.
+
+    The window is at least ``min_size`` (capped by the image), centred on the box and shifted to lie
+    inside the image. If the image is smaller than the window in some axis, the window is clipped to it.
+    """
+    h, w = image_hw
+    x0, y0, x1, y1 = box
+    side = max(x1 - x0, y1 - y0)
+    size = int(np.ceil(side * (1 + 2 * margin)))
+    size = max(size, min_size, 1)
+    size = min(size, max(h, w))
+    cx, cy = (x0 + x1) / 2.0, (y0 + y1) / 2.0
+    wx = min(size, w)
+    wy = min(size, h)
+    nx0 = int(round(cx - wx / 2.0))
+    ny0 = int(round(cy - wy / 2.0))
+    nx0 = min(max(nx0, 0), w - wx)
+    ny0 = min(max(ny0, 0), h - wy)
+    return CropWindow((nx0, ny0, nx0 + wx, ny0 + wy))
+
+
+def group_windows(mask: np.ndarray, image_hw: tuple[int, int], margin: float, min_size: int) -> list[CropWindow]:
+    """One window per connected component; components whose windows overlap are merged into one window."""
+    boxes = [bbox(c) for c in components(mask)]
+    boxes = [b for b in boxes if b is not None]
+    merged = True
+    while merged and len(boxes) > 1:
+        merged = False
+        wins = [window_around(b, image_hw, margin, min_size).box for b in boxes]
+        for i in range(len(boxes)):
+            for j in range(i + 1, len(boxes)):
+                a, b = wins[i], wins[j]
+                if a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]:
+                    u = boxes[i]
+                    v = boxes[j]
+                    boxes[i] = (min(u[0], v[0]), min(u[1], v[1]), max(u[2], v[2]), max(u[3], v[3]))
+                    del boxes[j]
+                    merged = True
+                    break
+            if merged:
+                break
+    return [window_around(b, image_hw, margin, min_size) for b in boxes]
+
+
+def crop(x: torch.Tensor, box: Box) -> torch.Tensor:
+    """Crop (...,H,W) to ``box``."""
+    x0, y0, x1, y1 = box
+    return x[..., y0:y1, x0:x1]
+
+
+def paste_back(original: torch.Tensor, patch: torch.Tensor, mask: torch.Tensor, box: Box | None = None) -> torch.Tensor:
+    """Return ``original`` with ``patch`` written where ``mask`` is 1, inside ``box`` (whole image when None).
+
+    ``patch`` and ``mask`` have the box's size; pixels where mask is 0 are taken from ``original`` unchanged,
+    so the result outside the mask is bit-identical to ``original``.
+    """
+    out = original.clone()
+    if box is None:
+        box = (0, 0, original.shape[-1], original.shape[-2])
+    x0, y0, x1, y1 = box
+    region = out[..., y0:y1, x0:x1]
+    keep = mask < 0.5
+    out[..., y0:y1, x0:x1] = torch.where(keep, region, patch.to(region.dtype))
+    return out

@@ -1,0 +1,1 @@
+"""counterfactory.training"""

@@ -16,6 +16,8 @@ from ..errors import CounterfactoryError
 # command-group modules, in the order --help lists them
 COMMAND_MODULES = [
     "counterfactory.cli.data",
+    "counterfactory.cli.synth",
+    "counterfactory.cli.cft",
 ]
 
 

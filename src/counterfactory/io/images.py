@@ -50,6 +50,14 @@ def read_array(path: str | os.PathLike, mode: Mode = "RGB", alpha: AlphaPolicy =
         reason = "truncated or corrupt" if isinstance(exc, OSError) and "truncated" in str(exc) else "not a readable image"
         raise input_error("image", str(path), f"a readable image file ({reason}: {exc})") from None
 
+    return pil_to_array(im, mode=mode, alpha=alpha, name=str(path))
+
+
+def pil_to_array(im: Image.Image, mode: Mode = "RGB", alpha: AlphaPolicy = "error", name: str = "image") -> np.ndarray:
+    """A decoded PIL image → float32 (H,W,3) / (H,W) in [0,1], with :func:`read_array`'s rules (16-bit scaled
+    by 65535, float kept, opaque alpha dropped, real transparency an error unless ``alpha="drop"``)."""
+    if mode not in ("RGB", "L"):
+        raise input_error("mode", mode, "one of 'RGB', 'L'")
     if im.mode in _SIXTEEN_BIT_MODES:
         arr = np.asarray(im, dtype=np.float64)
         scale = 65535.0 if im.mode != "I" or arr.max(initial=0) > 255 else 255.0
@@ -64,7 +72,7 @@ def read_array(path: str | os.PathLike, mode: Mode = "RGB", alpha: AlphaPolicy =
         a = np.asarray(rgba.getchannel("A"))
         if a.min(initial=255) < 255 and alpha == "error":
             raise input_error(
-                "image", str(path), "an image without transparency (this one has an alpha channel in use; flatten it first)"
+                "image", name, "an image without transparency (this one has an alpha channel in use; flatten it first)"
             )
         im = rgba.convert("RGB") if rgba.mode == "RGBA" else rgba.convert("L")
     im = im.convert(mode)
@@ -79,7 +87,8 @@ def to_tensor(image: ImageLike) -> torch.Tensor:
             t = t[None]
         return t
     if isinstance(image, Image.Image):
-        arr = np.asarray(image.convert("RGB") if image.mode not in ("L", "RGB") else image)
+        # 16-bit / float / alpha images go through the same rules as files (not a clipping 8-bit convert)
+        arr = pil_to_array(image, mode="L" if image.mode == "L" else "RGB", alpha="drop")
     else:
         arr = np.asarray(image)
     if arr.dtype == np.uint8:
@@ -96,11 +105,21 @@ def load_image(path: str | os.PathLike, mode: Mode = "RGB", alpha: AlphaPolicy =
 
 
 def to_uint8(image: torch.Tensor | np.ndarray) -> np.ndarray:
-    """(C,H,W) tensor or (H,W[,C]) array in [0,1] → (H,W,C) / (H,W) uint8, rounded (exact inverse of /255)."""
+    """(C,H,W) tensor or (H,W[,C]) array in [0,1] → (H,W,C) / (H,W) uint8, rounded (exact inverse of /255).
+
+    uint8 input is already on the 8-bit scale and is returned as is (only a trailing channel of 1 dropped).
+    """
     if isinstance(image, torch.Tensor):
+        if image.dtype == torch.uint8:  # already 8-bit: keep the values (do not treat 0..255 as [0,1])
+            arr = image.detach().cpu().numpy()
+            arr = arr.transpose(1, 2, 0) if arr.ndim == 3 else arr
+            return np.ascontiguousarray(arr[..., 0] if arr.ndim == 3 and arr.shape[2] == 1 else arr)
         arr = image.detach().cpu().float().numpy()
         arr = arr.transpose(1, 2, 0) if arr.ndim == 3 else arr
     else:
+        if np.asarray(image).dtype == np.uint8:  # already 8-bit (as to_tensor reads it): keep the values
+            arr = np.asarray(image)
+            return arr[..., 0] if arr.ndim == 3 and arr.shape[2] == 1 else arr
         arr = np.asarray(image, dtype=np.float32)
     if arr.ndim == 3 and arr.shape[2] == 1:
         arr = arr[..., 0]
@@ -153,7 +172,7 @@ def as_batch(images: ImageLike | list, mode: Mode = "RGB", name: str = "image") 
             raise input_error(name, sorted(shapes), "images of one size and channel count")
         return torch.cat(parts)
     if isinstance(images, Image.Image):
-        images = images.convert(mode)
+        images = pil_to_array(images, mode=mode, alpha="drop", name=name)
     t = to_tensor(images) if not isinstance(images, torch.Tensor) else images.float()
     if t.ndim == 2:
         t = t[None, None]

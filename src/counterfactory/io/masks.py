@@ -24,13 +24,15 @@ def binarize(mask: np.ndarray | torch.Tensor, threshold: float = 0.5):
     """Values >= threshold become 1, the rest 0. ``threshold`` is on the [0,1] scale (128/255 ≈ 0.5)."""
     if not 0.0 < threshold <= 1.0:
         raise input_error("threshold", threshold, "a number in (0, 1]")
+    # 0..255 masks (any dtype) are scaled to [0,1]; {0,1} masks are kept, whatever their dtype (uint8 0/1 included)
     if isinstance(mask, torch.Tensor):
         m = mask.float()
-        if m.dtype == torch.uint8 or m.max() > 1:
+        if m.numel() and m.max() > 1:
             m = m / 255.0
         return (m >= threshold).float()
-    m = np.asarray(mask)
-    m = m.astype(np.float32) / 255.0 if m.dtype == np.uint8 or m.max(initial=0) > 1 else m.astype(np.float32)
+    m = np.asarray(mask).astype(np.float32)
+    if m.max(initial=0) > 1:
+        m = m / 255.0
     return (m >= threshold).astype(np.float32)
 
 

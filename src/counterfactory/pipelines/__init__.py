@@ -1,1 +1,1 @@
-"""counterfactory.pipelines"""
+"""Task pipelines, diffusers-style: ``check_inputs()`` + one documented ``__call__``."""

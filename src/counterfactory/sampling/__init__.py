@@ -1,1 +1,1 @@
-"""counterfactory.sampling"""
+"""Denoising-step pieces shared by every inpainting pipeline."""

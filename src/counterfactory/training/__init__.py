@@ -1,1 +1,1 @@
-"""counterfactory.training"""
+"""Training loops (accelerate): base pre-training and few-shot adapters."""

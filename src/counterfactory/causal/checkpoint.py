@@ -1,0 +1,110 @@
+"""Checkpoints of the causal stages: ``model.safetensors`` + ``optim.safetensors`` + ``config.json``.
+
+``config.json`` records the stage kind (``vae``, ``predictors``, ``cft``), the CFT variant (``none``, ``reg``,
+``seg``), the step reached, whether the stage finished, and the configs needed to rebuild the modules. Loading
+a checkpoint as another kind or variant raises :class:`~counterfactory.errors.CheckpointError` (one line).
+Files are written atomically, so a killed job leaves the previous complete checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from ..errors import CheckpointError
+from ..io.manifest import atomic_path, atomic_write_json
+
+MODEL_FILE = "model.safetensors"
+OPTIM_FILE = "optim.safetensors"
+CONFIG_FILE = "config.json"
+VARIANTS = ("none", "reg", "seg")
+VARIANT_NAMES = {"none": "No-CFT", "reg": "Reg-CFT", "seg": "Seg-CFT"}
+
+
+def _flatten_optimizer(name: str, opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], list]:
+    sd = opt.state_dict()
+    tensors = {}
+    for idx, state in sd["state"].items():
+        for key, value in state.items():
+            tensors[f"{name}.{idx}.{key}"] = torch.as_tensor(value).detach().clone().contiguous()
+    return tensors, sd["param_groups"]
+
+
+def _restore_optimizer(name: str, opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], groups: list) -> None:
+    state: dict[int, dict[str, torch.Tensor]] = {}
+    prefix = f"{name}."
+    for key, value in tensors.items():
+        if key.startswith(prefix):
+            idx, field = key[len(prefix) :].split(".", 1)
+            state.setdefault(int(idx), {})[field] = value
+    opt.load_state_dict({"state": state, "param_groups": groups})
+
+
+def save_checkpoint(
+    folder: str | Path,
+    meta: dict[str, Any],
+    modules: dict[str, nn.Module],
+    optimizers: dict[str, torch.optim.Optimizer] | None = None,
+) -> Path:
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    weights = {f"{m}.{k}": v.detach().contiguous() for m, mod in modules.items() for k, v in mod.state_dict().items()}
+    with atomic_path(folder / MODEL_FILE) as tmp:
+        save_file(weights, str(tmp))
+    groups = {}
+    if optimizers:
+        tensors = {}
+        for name, opt in optimizers.items():
+            t, groups[name] = _flatten_optimizer(name, opt)
+            tensors.update(t)
+        with atomic_path(folder / OPTIM_FILE) as tmp:
+            save_file(tensors, str(tmp))
+    atomic_write_json(folder / CONFIG_FILE, {**meta, "optimizer_groups": groups})  # written last: marks completeness
+    return folder
+
+
+def read_meta(folder: str | Path, kind: str, variant: str | None = None) -> dict[str, Any]:
+    """The config of a checkpoint folder, checked to be of ``kind`` (and ``variant`` when given)."""
+    folder = Path(folder)
+    path = folder / CONFIG_FILE
+    if not path.is_file() or not (folder / MODEL_FILE).is_file():
+        raise CheckpointError(f"checkpoint={folder}: no {CONFIG_FILE} + {MODEL_FILE} there; allowed: a folder written by `counterfactory cft train`")
+    try:
+        meta = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise CheckpointError(f"checkpoint={folder}: unreadable {CONFIG_FILE} ({exc}); allowed: a folder written by `counterfactory cft train`") from None
+    if meta.get("kind") != kind:
+        raise CheckpointError(f"checkpoint={folder}: holds a {meta.get('kind')!r} stage; allowed: a {kind!r} checkpoint")
+    if variant is not None and meta.get("variant") != variant:
+        raise CheckpointError(
+            f"checkpoint={folder}: holds variant {meta.get('variant')!r} ({VARIANT_NAMES.get(meta.get('variant'), '?')}); "
+            f"allowed: a {variant!r} ({VARIANT_NAMES[variant]}) checkpoint"
+        )
+    return meta
+
+
+def load_modules(folder: str | Path, modules: dict[str, nn.Module]) -> None:
+    tensors = load_file(str(Path(folder) / MODEL_FILE))
+    for m, mod in modules.items():
+        prefix = f"{m}."
+        sd = {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
+        try:
+            mod.load_state_dict(sd)
+        except RuntimeError as exc:
+            first = str(exc).strip().splitlines()[0]
+            raise CheckpointError(f"checkpoint={folder}: weights of {m!r} do not fit the model ({first})") from None
+
+
+def load_optimizers(folder: str | Path, meta: dict, optimizers: dict[str, torch.optim.Optimizer]) -> None:
+    path = Path(folder) / OPTIM_FILE
+    if not path.is_file():
+        return
+    tensors = load_file(str(path))
+    for name, opt in optimizers.items():
+        if name in meta.get("optimizer_groups", {}):
+            _restore_optimizer(name, opt, tensors, meta["optimizer_groups"][name])

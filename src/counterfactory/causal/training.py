@@ -1,0 +1,311 @@
+"""Training of the three stages, each resumable after a kill: predictors, image mechanism (VAE), CFT.
+
+Run-folder layout (``<out>/<variant-of-data>/...``, the data variant being ``single`` or ``pair``)::
+
+    predictors/        regressor + segmentor (kind "predictors"), shared by all seeds and variants
+    none/seed<S>/      the VAE trained by maximum likelihood: the No-CFT model (kind "causal_model", variant "none")
+    reg/seed<S>/       that VAE after regressor-guided CFT (variant "reg")
+    seg/seed<S>/       that VAE after segmentor-guided CFT (variant "seg")
+
+Every step draws its batch and noise from a generator seeded by (seed, step), so a resumed run continues
+with exactly the batches it would have seen; checkpoints are written every ``save_every`` steps.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from torch.nn import functional as F
+from tqdm.auto import tqdm
+
+from ..data.morphomnist import StructureData
+from ..errors import CheckpointError, TrainingError, input_error
+from .checkpoint import VARIANTS, load_modules, load_optimizers, read_meta, save_checkpoint
+from .predictors import PredictorConfig, Regressor, Segmentor, regressor_loss, regressor_targets, segmentor_loss
+from .scm import ParentSCM
+from .vae import CondVAE, VAEConfig
+
+DATA_VARIANTS = {1: "single", 2: "pair"}
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    batch_size: int = 64
+    predictor_steps: int = 1500  # regressor and segmentor, each
+    predictor_lr: float = 2e-3
+    vae_steps: int = 3000
+    vae_lr: float = 1e-3
+    z_dim: int = 16
+    vae_channels: int = 16
+    cft_steps: int = 600
+    cft_lr: float = 1e-4  # fine-tuning learning rate of the VAE (causal-gen's CF training uses 1e-4)
+    lagrange_lr: float = 1e-2  # gradient ascent on the Lagrange multiplier (causal-gen: 1e-2)
+    damping: float = 100.0  # MDMM damping of the ELBO constraint (causal-gen: 100)
+    scale_min: float = 0.6  # interventions drawn as area * U(scale_min, scale_max) during CFT
+    scale_max: float = 1.4
+    save_every: int = 200
+
+    def __post_init__(self):
+        for name in ("batch_size", "predictor_steps", "vae_steps", "cft_steps", "save_every", "z_dim", "vae_channels"):
+            if getattr(self, name) < 1:
+                raise input_error(name, getattr(self, name), "a positive integer")
+        if not 0 < self.scale_min < 1 < self.scale_max:
+            raise input_error("scale range", (self.scale_min, self.scale_max), "0 < scale_min < 1 < scale_max")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def step_generator(seed: int, step: int, stream: int = 0) -> torch.Generator:
+    return torch.Generator().manual_seed((seed * 1_000_003 + step) * 7 + stream)
+
+
+def _batch(data: StructureData, size: int, gen: torch.Generator):
+    idx = torch.randint(0, len(data), (size,), generator=gen)
+    return data.images[idx], data.area[idx], data.intensity[idx], data.digit[idx]
+
+
+def _run_steps(
+    folder: Path,
+    meta: dict,
+    modules: dict,
+    optimizers: dict,
+    steps: int,
+    step_fn: Callable[[int], dict[str, float]],
+    save_every: int,
+    desc: str,
+    kind: str,
+    variant: str | None,
+    progress: bool,
+) -> dict:
+    """Resume from ``folder`` if it holds a checkpoint with the same settings, run to ``steps``, save."""
+    start = 0
+    if (folder / "config.json").is_file():
+        old = read_meta(folder, kind, variant)
+        if old.get("settings") != meta.get("settings"):
+            raise CheckpointError(
+                f"checkpoint={folder}: was trained with other settings; allowed: the same settings to resume, or another --out"
+            )
+        load_modules(folder, modules)
+        load_optimizers(folder, old, optimizers)
+        start = int(old.get("step", 0))
+        meta = {**old, **{k: v for k, v in meta.items() if k not in ("step", "done", "log")}}
+        if old.get("done"):
+            return old
+    log = list(meta.get("log", []))
+    bar = tqdm(total=steps, initial=start, desc=desc, disable=not progress, mininterval=2.0, dynamic_ncols=True)
+    t0 = time.time()
+    for step in range(start, steps):
+        stats = step_fn(step)
+        if not all(math.isfinite(v) for v in stats.values()):
+            raise TrainingError(f"{desc}: non-finite loss at step {step} ({stats}); the last checkpoint in {folder} is kept")
+        bar.update(1)
+        if (step + 1) % 50 == 0 or step + 1 == steps:
+            bar.set_postfix({k: f"{v:.4g}" for k, v in stats.items()})
+            log.append({"step": step + 1, **{k: round(v, 6) for k, v in stats.items()}})
+        if (step + 1) % save_every == 0 and step + 1 < steps:
+            save_checkpoint(folder, {**meta, "step": step + 1, "done": False, "log": log}, modules, optimizers)
+    bar.close()
+    meta = {**meta, "step": steps, "done": True, "log": log, "seconds_last_run": round(time.time() - t0, 1)}
+    save_checkpoint(folder, meta, modules, optimizers)
+    return meta
+
+
+# --------------------------------------------------------------------------------------------- predictors
+def train_predictors(out: Path, train: StructureData, scm: ParentSCM, cfg: TrainConfig, progress: bool = True) -> dict:
+    K = train.num_structures
+    pcfg = PredictorConfig(height=train.images.shape[2], width=train.images.shape[3], num_structures=K)
+    torch.manual_seed(1234)
+    reg, seg = Regressor(pcfg), Segmentor(pcfg)
+    opt_r = torch.optim.Adam(reg.parameters(), lr=cfg.predictor_lr)
+    opt_s = torch.optim.Adam(seg.parameters(), lr=cfg.predictor_lr)
+    sched = lambda step: cfg.predictor_lr * (0.1 if step >= 0.75 * cfg.predictor_steps else 1.0)  # noqa: E731
+
+    def step_fn(step: int) -> dict[str, float]:
+        x, a, i, _ = _batch(train, cfg.batch_size, step_generator(1234, step))
+        for opt in (opt_r, opt_s):
+            for g in opt.param_groups:
+                g["lr"] = sched(step)
+        out = {}
+        for name, model, opt, fn in (("reg", reg, opt_r, regressor_loss), ("seg", seg, opt_s, segmentor_loss)):
+            loss = fn(model, scm, x, a, i)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            out[name] = float(loss.detach())
+        return out
+
+    settings = {"structures": K, "train": {k: getattr(cfg, k) for k in ("batch_size", "predictor_steps", "predictor_lr")}}
+    meta = {"kind": "predictors", "variant": None, "predictor_config": pcfg.to_dict(), "scm": scm.to_dict(), "settings": settings}
+    return _run_steps(
+        out / "predictors", meta, {"regressor": reg, "segmentor": seg}, {"regressor": opt_r, "segmentor": opt_s},
+        cfg.predictor_steps, step_fn, cfg.save_every, "predictors", "predictors", None, progress,
+    )  # fmt: skip
+
+
+def load_predictors(folder: Path) -> tuple[Regressor, Segmentor, dict]:
+    meta = read_meta(folder, "predictors")
+    pcfg = PredictorConfig(**meta["predictor_config"])
+    reg, seg = Regressor(pcfg), Segmentor(pcfg)
+    load_modules(folder, {"regressor": reg, "segmentor": seg})
+    for m in (reg, seg):
+        m.eval().requires_grad_(False)
+    return reg, seg, meta
+
+
+# --------------------------------------------------------------------------------------------- VAE (No-CFT)
+@torch.no_grad()
+def mean_nelbo(vae: CondVAE, scm: ParentSCM, data: StructureData, batch: int = 500, seed: int = 0) -> float:
+    gen = torch.Generator().manual_seed(seed)
+    total = 0.0
+    for s in range(0, len(data), batch):
+        sl = slice(s, s + batch)
+        cond = scm.condition(data.area[sl], data.intensity[sl], data.digit[sl])
+        total += float(vae.nelbo(data.images[sl], cond, gen).sum())
+    return total / len(data)
+
+
+def train_vae(out: Path, train: StructureData, scm: ParentSCM, cfg: TrainConfig, seed: int, progress: bool = True) -> dict:
+    vcfg = VAEConfig(
+        height=train.images.shape[2], width=train.images.shape[3], cond_dim=scm.cond_dim, z_dim=cfg.z_dim, channels=cfg.vae_channels
+    )
+    torch.manual_seed(seed)
+    vae = CondVAE(vcfg)
+    opt = torch.optim.Adam(vae.parameters(), lr=cfg.vae_lr)
+
+    def step_fn(step: int) -> dict[str, float]:
+        gen = step_generator(seed, step, stream=1)
+        x, a, i, d = _batch(train, cfg.batch_size, gen)
+        for g in opt.param_groups:
+            g["lr"] = cfg.vae_lr * (0.2 if step >= 0.8 * cfg.vae_steps else 1.0)
+        loss = vae.nelbo(x, scm.condition(a, i, d), gen).mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        return {"nelbo": float(loss.detach())}
+
+    folder = out / "none" / f"seed{seed}"
+    keys = ("batch_size", "vae_steps", "vae_lr", "z_dim", "vae_channels")
+    settings = {"structures": train.num_structures, "seed": seed, "train": {k: getattr(cfg, k) for k in keys}}
+    meta = {"kind": "causal_model", "variant": "none", "vae_config": vcfg.to_dict(), "scm": scm.to_dict(), "settings": settings}
+    meta = _run_steps(folder, meta, {"vae": vae}, {"vae": opt}, cfg.vae_steps, step_fn, cfg.save_every, f"vae seed{seed}",
+                      "causal_model", "none", progress)  # fmt: skip
+    if "train_nelbo" not in meta:  # the ELBO level CFT must keep (its constraint)
+        meta["train_nelbo"] = mean_nelbo(vae, scm, train)
+        save_checkpoint(folder, meta, {"vae": vae}, {"vae": opt})
+    return meta
+
+
+def load_causal_model(folder: Path, variant: str | None = None) -> tuple[CondVAE, ParentSCM, dict]:
+    """A VAE checkpoint of any variant (or of ``variant`` when given: another variant is refused)."""
+    meta = read_meta(folder, "causal_model", variant)
+    vae = CondVAE(VAEConfig(**meta["vae_config"]))
+    load_modules(folder, {"vae": vae})
+    vae.eval()
+    return vae, ParentSCM.from_dict(meta["scm"]), meta
+
+
+# --------------------------------------------------------------------------------------------- CFT
+class Lagrange(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.lmbda = torch.nn.Parameter(torch.zeros(()))
+
+
+def sample_intervention(
+    scm: ParentSCM, area: torch.Tensor, gen: torch.Generator, scale_min: float, scale_max: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One structure per example, ``a* = area * U(scale_min, scale_max)`` kept inside the training range."""
+    B, K = area.shape
+    k = torch.randint(0, K, (B,), generator=gen)
+    s = scale_min + (scale_max - scale_min) * torch.rand(B, generator=gen)
+    new = (area[torch.arange(B), k] * s).clamp(scm.area_min, scm.area_max)
+    return k, new
+
+
+def cft_aux_loss(
+    variant: str, x_cf: torch.Tensor, area_cf: torch.Tensor, int_cf: torch.Tensor, scm: ParentSCM, regressor: Regressor, segmentor: Segmentor
+) -> torch.Tensor:
+    """Squared error (normalised units) between what the frozen guide measures on x* and the CF parents.
+
+    reg: the regressor measures every area and intensity. seg: the segmentor's soft area measures every
+    structure's area (non-intervened ones are held at their values), the regressor's intensity head measures
+    intensity (intensity is not a structure size) — so the variants differ only in how area is supervised.
+    """
+    K = area_cf.shape[1]
+    target = regressor_targets(scm, area_cf, int_cf)
+    pred = regressor(x_cf)
+    if variant == "seg":
+        pred = torch.cat([scm.norm_area(segmentor.soft_area(x_cf)), pred[:, K:]], dim=1)
+    elif variant != "reg":
+        raise input_error("variant", variant, "'reg' or 'seg' for fine-tuning")
+    return F.mse_loss(pred, target)
+
+
+def cft_step(
+    vae: CondVAE, scm: ParentSCM, regressor: Regressor, segmentor: Segmentor, variant: str,
+    x, area, intensity, digit, gen: torch.Generator, eps: float, lagrange: Lagrange, cfg: TrainConfig,
+) -> tuple[torch.Tensor, dict[str, float]]:  # fmt: skip
+    """The constrained CF loss of one batch: ``aux - (lambda - damp) * (eps - nelbo)`` (causal-gen's train_cf)."""
+    cond = scm.condition(area, intensity, digit)
+    nelbo = vae.nelbo(x, cond, gen).mean()
+    k, new = sample_intervention(scm, area, gen, cfg.scale_min, cfg.scale_max)
+    area_cf, int_cf = scm.intervene_area(area, intensity, digit, k, new)
+    x_cf = vae.counterfactual(x, cond, scm.condition(area_cf, int_cf, digit))
+    aux = cft_aux_loss(variant, x_cf, area_cf, int_cf, scm, regressor, segmentor)
+    gap = eps - nelbo
+    damp = cfg.damping * gap.detach()
+    loss = aux - (lagrange.lmbda - damp) * gap
+    return loss, {"aux": float(aux.detach()), "nelbo": float(nelbo.detach()), "lambda": float(lagrange.lmbda.detach())}
+
+
+def train_cft(
+    out: Path, train: StructureData, variant: str, seed: int, cfg: TrainConfig, progress: bool = True
+) -> dict:
+    if variant not in VARIANTS:
+        raise input_error("variant", variant, f"one of {', '.join(VARIANTS)}")
+    base = out / "none" / f"seed{seed}"
+    vae, scm, base_meta = load_causal_model(base, "none")
+    if variant == "none":
+        return base_meta
+    regressor, segmentor, _ = load_predictors(out / "predictors")
+    vae.train()
+    lagrange = Lagrange()
+    opt = torch.optim.Adam(vae.parameters(), lr=cfg.cft_lr)
+    opt_l = torch.optim.SGD(lagrange.parameters(), lr=cfg.lagrange_lr, maximize=True)
+    eps = float(base_meta["train_nelbo"])
+
+    def step_fn(step: int) -> dict[str, float]:
+        gen = step_generator(seed, step, stream=2 + VARIANTS.index(variant))
+        x, a, i, d = _batch(train, cfg.batch_size, gen)
+        loss, stats = cft_step(vae, scm, regressor, segmentor, variant, x, a, i, d, gen, eps, lagrange, cfg)
+        opt.zero_grad(set_to_none=True)
+        opt_l.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        opt_l.step()
+        return stats
+
+    keys = ("batch_size", "cft_steps", "cft_lr", "lagrange_lr", "damping", "scale_min", "scale_max")
+    settings = {"seed": seed, "base": base_meta["settings"], "train": {k: getattr(cfg, k) for k in keys}}
+    meta = {**{k: base_meta[k] for k in ("vae_config", "scm", "train_nelbo")}, "kind": "causal_model", "variant": variant,
+            "settings": settings, "elbo_constraint": eps}  # fmt: skip
+    folder = out / variant / f"seed{seed}"
+    return _run_steps(folder, meta, {"vae": vae, "lagrange": lagrange}, {"vae": opt, "lagrange": opt_l}, cfg.cft_steps,
+                      step_fn, cfg.save_every, f"{variant}-cft seed{seed}", "causal_model", variant, progress)  # fmt: skip
+
+
+def train_all(
+    out: Path, train: StructureData, variant: str, seed: int, cfg: TrainConfig, progress: bool = True
+) -> dict:
+    """Whatever is missing of predictors → VAE(seed) → CFT(variant, seed); finished stages are skipped."""
+    out.mkdir(parents=True, exist_ok=True)
+    scm = ParentSCM.fit(train.area, train.intensity, train.digit)
+    train_predictors(out, train, scm, cfg, progress)
+    train_vae(out, train, scm, cfg, seed, progress)
+    return train_cft(out, train, variant, seed, cfg, progress)

@@ -1,0 +1,163 @@
+"""``counterfactory cft train|evaluate``: counterfactual fine-tuning (No-CFT / Reg-CFT / Seg-CFT) on Morpho-MNIST.
+
+    counterfactory cft train    --data ../shared/data/morphomnist --out runs/cft/single --structures 1 --variant all --seeds 0,1,2
+    counterfactory cft evaluate --data ../shared/data/morphomnist --run runs/cft/single --report runs/cft/single/report.html
+
+``train`` runs whatever is missing of predictors → VAE(seed) → CFT(variant, seed) and resumes after a kill.
+``evaluate`` needs finished checkpoints of every requested variant and seed. Bad input (missing data files,
+a checkpoint of another variant, intervention scales outside the trained range) prints one line, exit 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+from pathlib import Path
+
+from ..errors import input_error
+
+DEFAULT_DATA = "../shared/data/morphomnist"
+
+
+def _int_list(text: str) -> list[int]:
+    try:
+        vals = [int(t) for t in text.split(",") if t.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: comma-separated integers, e.g. 0,1,2") from None
+    if not vals or min(vals) < 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: one or more non-negative integers, e.g. 0,1,2")
+    return vals
+
+
+def _float_list(text: str) -> list[float]:
+    try:
+        vals = [float(t) for t in text.split(",") if t.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: comma-separated numbers, e.g. 0.7,1.3") from None
+    if not vals:
+        raise argparse.ArgumentTypeError(f"{text!r}: one or more numbers")
+    return vals
+
+
+def _variants(text: str) -> list[str]:
+    from ..causal.checkpoint import VARIANTS
+
+    vals = list(VARIANTS) if text == "all" else [t.strip() for t in text.split(",") if t.strip()]
+    bad = [v for v in vals if v not in VARIANTS]
+    if bad or not vals:
+        raise argparse.ArgumentTypeError(f"{text!r}: 'all' or a comma-separated subset of {','.join(VARIANTS)}")
+    return vals
+
+
+def register(sub) -> None:
+    p = sub.add_parser("cft", help="counterfactual fine-tuning on Morpho-MNIST: train | evaluate")
+    cmds = p.add_subparsers(dest="cft_command", metavar="<train|evaluate>", parser_class=type(p))
+    cmds.required = True
+
+    t = cmds.add_parser("train", help="train predictors, the VAE and the CFT variants (resumes after a kill)")
+    t.add_argument("--data", default=DEFAULT_DATA, help="Morpho-MNIST folder (IDX + csv)")
+    t.add_argument("--out", required=True, help="run folder, e.g. runs/cft/single")
+    t.add_argument("--structures", type=int, default=1, choices=(1, 2), help="1: single digit; 2: two digits side by side")
+    t.add_argument("--variant", type=_variants, default=["none", "reg", "seg"], help="none | reg | seg | all | a list")
+    t.add_argument("--seeds", type=_int_list, default=[0], help="e.g. 0,1,2")
+    t.add_argument("--predictor-steps", type=int, default=None)
+    t.add_argument("--vae-steps", type=int, default=None)
+    t.add_argument("--cft-steps", type=int, default=None)
+    t.add_argument("--batch-size", type=int, default=None)
+    t.add_argument("--threads", type=int, default=1, help="torch threads (default 1: the CPU is shared)")
+    t.add_argument("--no-progress", action="store_true")
+    t.set_defaults(func=run_train)
+
+    e = cmds.add_parser("evaluate", help="metrics on the test split, results.json and an HTML report")
+    e.add_argument("--data", default=DEFAULT_DATA, help="Morpho-MNIST folder (IDX + csv)")
+    e.add_argument("--run", help="run folder written by `cft train` (evaluates --variants x --seeds)")
+    e.add_argument("--checkpoint", help="instead of --run: one checkpoint folder, checked to be of --variants' one variant")
+    e.add_argument("--variants", type=_variants, default=["none", "reg", "seg"], help="none | reg | seg | all | a list")
+    e.add_argument("--seeds", type=_int_list, default=[0, 1, 2])
+    e.add_argument("--scales", type=_float_list, default=None, help="intervention scales (default 0.6..1.4 without 1.0)")
+    e.add_argument("--report", help="HTML report path (default <run>/report.html)")
+    e.add_argument("--threads", type=int, default=1)
+    e.add_argument("--no-progress", action="store_true")
+    e.set_defaults(func=run_evaluate)
+
+
+def _command_line() -> str:
+    return "counterfactory " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+
+
+def run_train(args) -> int:
+    import torch
+
+    from ..causal.training import TrainConfig, train_all
+    from ..data.morphomnist import build_structures, load_morphomnist
+
+    torch.set_num_threads(max(1, args.threads))
+    overrides = {
+        k: v
+        for k, v in {
+            "predictor_steps": args.predictor_steps,
+            "vae_steps": args.vae_steps,
+            "cft_steps": args.cft_steps,
+            "batch_size": args.batch_size,
+        }.items()
+        if v is not None
+    }
+    cfg = TrainConfig(**overrides)
+    data = load_morphomnist(args.data)
+    train = build_structures(data, "train", args.structures)
+    out = Path(args.out)
+    for seed in args.seeds:
+        for variant in args.variant:
+            meta = train_all(out, train, variant, seed, cfg, progress=not args.no_progress)
+            print(f"{variant} seed {seed}: {out / variant / f'seed{seed}'} (step {meta.get('step')}, done={meta.get('done')})")
+    return 0
+
+
+def run_evaluate(args) -> int:
+    import torch
+
+    from ..causal.checkpoint import read_meta
+    from ..causal.evaluate import evaluate_run
+    from ..causal.metrics import DEFAULT_SCALES, check_scales
+    from ..causal.training import TrainConfig
+    from ..data.morphomnist import build_structures, load_morphomnist
+
+    torch.set_num_threads(max(1, args.threads))
+    if (args.run is None) == (args.checkpoint is None):
+        raise input_error("--run/--checkpoint", (args.run, args.checkpoint), "exactly one of them")
+    if args.checkpoint is not None:
+        if len(args.variants) != 1:
+            raise input_error("--variants", ",".join(args.variants), "exactly one variant with --checkpoint")
+        ckpt = Path(args.checkpoint)
+        meta = read_meta(ckpt, "causal_model", args.variants[0])  # another variant's checkpoint: exit 2
+        run, seeds, where = ckpt.parent.parent, [int(meta["settings"]["seed"])], ckpt
+        if ckpt.resolve() != (run / args.variants[0] / f"seed{seeds[0]}").resolve():
+            raise input_error("--checkpoint", str(ckpt), "a folder <run>/<variant>/seed<N> written by `cft train`")
+    else:
+        run, seeds = Path(args.run), args.seeds
+        where = run
+        if not run.is_dir():
+            raise input_error("--run", str(run), "a run folder written by `cft train`")
+    first = read_meta(run / args.variants[0] / f"seed{seeds[0]}", "causal_model", args.variants[0])
+    lo, hi = TrainConfig.scale_min, TrainConfig.scale_max
+    for v in args.variants:
+        if v != "none":
+            tr = read_meta(run / v / f"seed{seeds[0]}", "causal_model", v)["settings"]["train"]
+            lo, hi = tr["scale_min"], tr["scale_max"]
+    scales = check_scales(args.scales if args.scales is not None else DEFAULT_SCALES, lo, hi)
+    structures = int(first["vae_config"]["width"]) // 28
+    test = build_structures(load_morphomnist(args.data), "test", structures)
+    report = Path(args.report) if args.report else where / "report.html"
+    results = evaluate_run(run, test, args.variants, seeds, scales, report, _command_line(), not args.no_progress, where / "results.json")
+    left = results["variants"][args.variants[0]]["per_seed"][0]["left_out_out_of_range"]
+    if left:
+        print(
+            f"warning: {left} interventions per model fell outside the training range of area and were left out",
+            file=sys.stderr,
+        )
+    from ..causal.evaluate import markdown_table
+
+    print(markdown_table(results, args.variants))
+    print(f"results: {where / 'results.json'}\nreport: {report}")
+    return 0

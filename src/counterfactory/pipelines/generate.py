@@ -1,0 +1,206 @@
+"""Batch generation of defect image + mask pairs, resumable, in anomalib's Folder layout.
+
+Output::
+
+    <out>/<type>/<id>.png                      generated defect image
+    <out>/ground_truth/<type>/<id>_mask.png    its mask (0/255)
+    <out>/manifest.jsonl                       one record per finished pair
+
+A pair's files are written (atomically) before its manifest record, so after ``kill -9`` a rerun skips what
+the manifest lists and redoes the rest; every item has its own seed, so a rerun produces the same pairs.
+
+Mask sources: ``"held-out"`` (the real masks of the split's held-out defects of that type, after mask-aware
+augmentation, placed on the product/foreground of a defect-free image), or a folder of the user's masks
+(``<dir>/<type>/*.png``, or ``<dir>/*.png`` for every type).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from ..data.sample import GOOD, Sample
+from ..errors import input_error
+from ..io.images import IMAGE_EXTENSIONS, load_image, save_image
+from ..io.manifest import Manifest
+from ..io.masks import bbox, read_mask
+from .defect_inpaint import DefectInpaintPipeline
+
+
+@dataclass(frozen=True)
+class GenerateConfig:
+    out: str
+    n_per_type: int = 100
+    types: tuple[str, ...] | None = None  # default: every type of the adapter
+    num_inference_steps: int = 25
+    guidance_scale: float = 2.0
+    batch_size: int = 16
+    seed: int = 0
+    crop_margin: float = 0.5
+    foreground_overlap: float = 0.9  # fraction of mask pixels that must lie on the product when placing a mask
+
+    def __post_init__(self):
+        if self.n_per_type < 1:
+            raise input_error("n_per_type", self.n_per_type, "an integer >= 1")
+        if not 0 <= self.foreground_overlap <= 1:
+            raise input_error("foreground_overlap", self.foreground_overlap, "a fraction in [0, 1]")
+
+
+def foreground(image: torch.Tensor) -> torch.Tensor:
+    """Product/foreground estimate (H,W) bool: brighter than half the median luminance (dark backgrounds out)."""
+    lum = image.mean(dim=0)
+    return lum > 0.5 * lum.median()
+
+
+def item_seed(seed: int, defect_type: str, index: int) -> int:
+    h = hashlib.sha256(f"{seed}/{defect_type}/{index}".encode()).digest()
+    return int.from_bytes(h[:7], "little")
+
+
+class MaskSource:
+    """Draws a mask for (type, index) on a given defect-free image, deterministically by seed."""
+
+    def __init__(self, masks_by_type: dict[str, list[tuple[str, torch.Tensor]]], overlap: float):
+        self.masks = masks_by_type
+        self.overlap = overlap
+        from ..data.augment import AugmentConfig, MaskAwareAugment
+
+        self.augment = MaskAwareAugment(AugmentConfig(hflip=True, vflip=True, rotate_degrees=20.0, scale=(0.9, 1.1),
+                                                      translate=True))
+
+    def __call__(self, defect_type: str, image: torch.Tensor, gen: torch.Generator) -> tuple[torch.Tensor, dict]:
+        pool = self.masks[defect_type]
+        k = int(torch.randint(len(pool), (1,), generator=gen))
+        name, mask = pool[k]
+        h, w = image.shape[-2:]
+        fg = foreground(image)
+        if mask.shape[-2:] == (h, w):
+            # same geometry (MVTec-like): keep the position (defects sit where they occur), augment with flips
+            # / small rotation / translation; keep the first draw that lies on the product
+            best, best_cov, params_used = mask, -1.0, None
+            for _ in range(8):
+                _, m2, params = self.augment(torch.zeros(1, h, w), mask, generator=gen)
+                cov = float((m2[0] > 0.5)[fg].sum() / max(1.0, float((m2[0] > 0.5).sum())))
+                if cov >= self.overlap:
+                    return m2, {"mask_source": name, "augment": params.to_dict(), "on_foreground": round(cov, 3)}
+                if cov > best_cov:
+                    best, best_cov, params_used = m2, cov, params
+            return best, {"mask_source": name, "augment": params_used.to_dict() if params_used else None,
+                          "on_foreground": round(best_cov, 3)}
+        # other image sizes (Magnetic Tile): crop the mask's box, augment it, place it on the foreground
+        x0, y0, x1, y1 = bbox(mask[0])
+        patch = mask[:, y0:y1, x0:x1]
+        pad = max(2, int(0.3 * max(patch.shape[-2:])))
+        patch = torch.nn.functional.pad(patch, (pad, pad, pad, pad))
+        _, patch, params = self.augment(torch.zeros(1, *patch.shape[-2:]), patch, generator=gen)
+        px0, py0, px1, py1 = bbox(patch[0]) or (0, 0, patch.shape[-1], patch.shape[-2])
+        patch = patch[:, py0:py1, px0:px1]
+        ph, pw = patch.shape[-2:]
+        if ph >= h or pw >= w:  # larger than the target image: shrink to fit
+            s = 0.8 * min(h / ph, w / pw)
+            patch = (torch.nn.functional.interpolate(patch[None], scale_factor=s, mode="area")[0] > 0).float()
+            ph, pw = patch.shape[-2:]
+        best, best_cov = None, -1.0
+        for _ in range(50):
+            oy = int(torch.randint(0, h - ph + 1, (1,), generator=gen))
+            ox = int(torch.randint(0, w - pw + 1, (1,), generator=gen))
+            m = torch.zeros(1, h, w)
+            m[:, oy : oy + ph, ox : ox + pw] = patch
+            cov = float((m[0] > 0.5)[fg].sum() / max(1.0, float((m[0] > 0.5).sum())))
+            if cov > best_cov:
+                best, best_cov = m, cov
+            if cov >= self.overlap:
+                break
+        return best, {"mask_source": name, "augment": params.to_dict(), "on_foreground": round(best_cov, 3)}
+
+
+def held_out_masks(dataset, split, types: list[str]) -> dict[str, list[tuple[str, torch.Tensor]]]:
+    by_id = {s.source_id: s for s in dataset.samples}
+    out = {}
+    for t in types:
+        ids = split.held_out.get(t, [])
+        if not ids:
+            raise input_error("masks", "held-out", f"held-out masks for type {t!r} (the split has none)")
+        out[t] = [(sid, by_id[sid].load_mask()) for sid in ids]
+    return out
+
+
+def folder_masks(root: str | Path, types: list[str]) -> dict[str, list[tuple[str, torch.Tensor]]]:
+    root = Path(root)
+    if not root.is_dir():
+        raise input_error("--masks", str(root), "'held-out' or an existing folder of mask images")
+    out = {}
+    for t in types:
+        d = root / t if (root / t).is_dir() else root
+        files = sorted(p for p in d.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS)
+        masks = [(str(p), torch.from_numpy(read_mask(p))[None]) for p in files]
+        masks = [(n, m) for n, m in masks if m.sum() > 0]
+        if not masks:
+            raise input_error("--masks", str(d), f"a folder with non-empty mask images for type {t!r}")
+        out[t] = masks
+    return out
+
+
+def generate(pipe: DefectInpaintPipeline, backgrounds: list[Sample], masks: dict[str, list[tuple[str, torch.Tensor]]],
+             cfg: GenerateConfig, provenance: dict | None = None, progress: bool = True) -> dict:
+    """Generate ``cfg.n_per_type`` pairs per type; resumes from ``<out>/manifest.jsonl``."""
+    out = Path(cfg.out)
+    types = list(cfg.types or pipe.defect_types)
+    for t in types:
+        if t == GOOD or t not in pipe.defect_types:
+            raise input_error("types", t, f"types of this adapter: {list(pipe.defect_types)}")
+        if t not in masks:
+            raise input_error("masks", t, f"masks for every requested type {types}")
+    if not backgrounds:
+        raise input_error("backgrounds", 0, "at least one defect-free image")
+    manifest = Manifest(out / "manifest.jsonl")
+    done = manifest.done()
+    todo = [(t, i) for t in types for i in range(cfg.n_per_type) if f"{t}_{i:05d}" not in done]
+    pipe.set_progress_bar_config(disable=True)
+    bar = tqdm(total=len(types) * cfg.n_per_type, initial=len(types) * cfg.n_per_type - len(todo),
+               desc="generating", disable=not progress)
+    cache: dict[str, torch.Tensor] = {}
+    mask_source = MaskSource(masks, cfg.foreground_overlap)
+    for start in range(0, len(todo), cfg.batch_size):
+        chunk = todo[start : start + cfg.batch_size]
+        imgs, msks, gens, metas = [], [], [], []
+        for t, i in chunk:
+            s = item_seed(cfg.seed, t, i)
+            g = torch.Generator().manual_seed(s)
+            bg = backgrounds[int(torch.randint(len(backgrounds), (1,), generator=g))]
+            if bg.source_id not in cache:
+                cache[bg.source_id] = load_image(bg.image_path)
+            img = cache[bg.source_id]
+            m, meta = mask_source(t, img, g)
+            imgs.append(img)
+            msks.append(m)
+            gens.append(torch.Generator().manual_seed(s + 1))
+            metas.append({"id": f"{t}_{i:05d}", "type": t, "index": i, "seed": s, "source_image": str(bg.image_path),
+                          "source_id": bg.source_id, **meta})
+        # images of different sizes cannot share a tensor: run them one size group at a time
+        groups: dict[tuple, list[int]] = {}
+        for k, im in enumerate(imgs):
+            groups.setdefault(tuple(im.shape), []).append(k)
+        results: dict[int, torch.Tensor] = {}
+        for ks in groups.values():
+            res = pipe(torch.stack([imgs[k] for k in ks]), torch.stack([msks[k] for k in ks]),
+                       [metas[k]["type"] for k in ks], num_inference_steps=cfg.num_inference_steps,
+                       guidance_scale=cfg.guidance_scale, generator=[gens[k] for k in ks],
+                       crop_margin=cfg.crop_margin, batch_size=cfg.batch_size)
+            for k, r in zip(ks, res.images):
+                results[k] = r
+        for k, meta in enumerate(metas):
+            t = meta["type"]
+            img_path = out / t / f"{meta['id']}.png"
+            mask_path = out / "ground_truth" / t / f"{meta['id']}_mask.png"
+            save_image(results[k], img_path)
+            save_image(msks[k], mask_path)
+            manifest.append({**meta, "image": str(img_path.relative_to(out)), "mask": str(mask_path.relative_to(out)),
+                             "steps": cfg.num_inference_steps, "guidance": cfg.guidance_scale, **(provenance or {})})
+            bar.update(1)
+    bar.close()
+    return {"generated": len(todo), "skipped": len(types) * cfg.n_per_type - len(todo), "out": str(out)}

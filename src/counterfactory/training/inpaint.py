@@ -1,0 +1,358 @@
+"""Inpainting training tasks on top of :class:`~counterfactory.training.trainer.Trainer`.
+
+- :func:`train_base`: self-supervised inpainting of defect-free images under random masks (strokes, blobs,
+  boxes), as inpainting models are trained; the whole compact model is trained.
+- :func:`train_adapter`: few-shot; the base is frozen; LoRA (peft) + damage-type embeddings are trained on
+  the few real defects of each type after mask-aware augmentation; the loss can be up-weighted inside the
+  mask. Works on the compact base and on an SD-1.5-inpainting base (a local diffusers folder).
+
+Every batch is a pure function of ``(seed, step)``, which makes resume exact.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from diffusers import DDPMScheduler
+from torch import nn
+
+from ..data.random_masks import random_mask
+from ..data.sample import GOOD, Sample
+from ..errors import CheckpointError, ConfigError, input_error
+from ..io.images import to_model_space
+from ..io.manifest import atomic_write_json
+from ..io.masks import bbox, window_around
+from ..models.compact import CompactConfig, build_compact, load_compact, save_compact
+from ..models.conditioning import DamageTypeEmbedding
+from ..sampling.inpaint import PixelSpace, VaeSpace, masked_image, to_working_resolution, unet_input
+from .trainer import LoopConfig, Trainer, step_generator
+
+ADAPTER_CONFIG = "adapter_config.json"
+ATTENTION_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
+CONV_TARGETS = ("conv1", "conv2")
+
+
+def sha256_file(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def inpaint_loss(unet, scheduler, space, x0: torch.Tensor, mask: torch.Tensor, context: torch.Tensor,
+                 gen: torch.Generator, outside_weight: float) -> torch.Tensor:
+    """One denoising loss on model-space images ``x0`` (B,3,H,W) with masks (B,1,H,W).
+
+    Target follows ``scheduler.config.prediction_type`` (sample = x0, epsilon, v_prediction). The loss is
+    weighted 1 inside the mask and ``outside_weight`` outside (normalised by the mean weight).
+    """
+    with torch.no_grad():
+        latents = space.encode(x0, sample=False)
+        masked = space.encode(masked_image(x0, mask), sample=False)
+        m = space.mask_to_space(mask)
+    noise = torch.randn(latents.shape, generator=gen)
+    t = torch.randint(0, scheduler.config.num_train_timesteps, (latents.shape[0],), generator=gen)
+    noisy = scheduler.add_noise(latents, noise, t)
+    pred = unet(unet_input(noisy, m, masked), t, encoder_hidden_states=context, return_dict=False)[0]
+    kind = scheduler.config.prediction_type
+    target = latents if kind == "sample" else noise if kind == "epsilon" else scheduler.get_velocity(latents, noise, t)
+    w = outside_weight + (1.0 - outside_weight) * m
+    return ((pred - target) ** 2 * w).mean() / w.mean()
+
+
+# ====================================================================== base pre-training
+@dataclass(frozen=True)
+class BaseTrainConfig:
+    out: str
+    data: str = "procedural"  # "procedural" (the embedded surfaces) or a dataset folder (its train-split good images)
+    split: str | None = None  # split file (data layer) when data is a folder; default: few-shot split's good train part
+    batch_size: int = 16
+    pool_size: int = 1500  # procedural surfaces rendered once and cropped at random
+    pool_image_size: int = 128
+    outside_weight: float = 0.1
+    model: CompactConfig = field(default_factory=CompactConfig)
+    loop: LoopConfig = field(default_factory=LoopConfig)
+
+    def __post_init__(self):
+        if self.batch_size < 1:
+            raise ConfigError(f"batch_size={self.batch_size}: an integer >= 1")
+        if not 0 <= self.outside_weight <= 1:
+            raise ConfigError(f"outside_weight={self.outside_weight}: in [0, 1]")
+
+
+def _procedural_pool(n: int, size: int, seed: int) -> list[np.ndarray]:
+    from tqdm.auto import tqdm
+
+    from ..data.surfaces import render_surface
+
+    rng = np.random.default_rng([seed, 12345])
+    return [np.round(render_surface(rng, size) * 255).astype(np.uint8) for _ in tqdm(range(n), desc="rendering surfaces")]
+
+
+def _good_pool(data: str, split: str | None) -> list[np.ndarray]:
+    from ..data import open_dataset
+    from ..data.splits import few_shot_split, load_split
+    from ..io.images import read_array
+
+    ds = open_dataset(data)
+    sp = load_split(split) if split else few_shot_split(ds)
+    ids = set(sp.train.get(GOOD, []))
+    goods = [s for s in ds.good() if s.source_id in ids]
+    if not goods:
+        raise input_error("data", data, "a dataset with defect-free ('good') training images")
+    return [np.round(read_array(s.image_path) * 255).astype(np.uint8) for s in goods]
+
+
+def _base_batch(pool: list[np.ndarray], res: int, batch: int, seed: int, step: int):
+    rng = np.random.default_rng([seed, step, 1])
+    xs, ms = [], []
+    for _ in range(batch):
+        img = pool[rng.integers(len(pool))]
+        h, w = img.shape[:2]
+        side_max = min(h, w)
+        side = int(rng.integers(min(res, side_max), side_max + 1))
+        y0, x0 = rng.integers(0, h - side + 1), rng.integers(0, w - side + 1)
+        crop = torch.from_numpy(img[y0 : y0 + side, x0 : x0 + side].transpose(2, 0, 1).copy()).float()[None] / 255.0
+        if rng.random() < 0.5:
+            crop = crop.flip(-1)
+        m = torch.from_numpy(random_mask(rng, res))[None, None]
+        crop, _ = to_working_resolution(crop, torch.zeros(1, 1, side, side), res)
+        xs.append(crop)
+        ms.append(m)
+    return to_model_space(torch.cat(xs)), torch.cat(ms)
+
+
+def train_base(cfg: BaseTrainConfig, progress: bool = True) -> dict:
+    """Train the compact base; writes checkpoints and, at the end, ``compact_inpaint.safetensors`` in ``cfg.out``."""
+    out = Path(cfg.out)
+    model = build_compact(cfg.model, seed=cfg.loop.seed)
+    train_sched = DDPMScheduler(num_train_timesteps=cfg.model.num_train_timesteps, beta_schedule=cfg.model.beta_schedule,
+                                prediction_type=cfg.model.prediction_type, clip_sample=False)
+    pool = (_procedural_pool(cfg.pool_size, cfg.pool_image_size, cfg.loop.seed) if cfg.data == "procedural"
+            else _good_pool(cfg.data, cfg.split))
+    space = PixelSpace()
+    res = cfg.model.sample_size
+
+    def loss_fn(step: int, device) -> torch.Tensor:
+        x0, mask = _base_batch(pool, res, cfg.batch_size, cfg.loop.seed, step)
+        gen = step_generator(cfg.loop.seed, step)
+        return inpaint_loss(model.unet, train_sched, space, x0.to(device), mask.to(device),
+                            model.tokens(x0.shape[0]), gen, cfg.outside_weight)
+
+    identity = {"task": "train-base", **_jsonable(asdict(cfg))}
+    identity.pop("out")
+    identity["loop"].pop("max_minutes", None)
+    trainer = Trainer(model, loss_fn, cfg.loop, out, identity, progress=progress)
+    summary = trainer.run()
+    with torch.no_grad():
+        ema = trainer.ema_state()
+        export = copy.deepcopy(model)
+        for n, p in export.named_parameters():
+            p.copy_(ema[n])
+    cfg_extra = {"data": cfg.data, "steps": summary["steps"], "seed": cfg.loop.seed, "final_loss": summary["final_loss"]}
+    export.config = CompactConfig.from_dict({**cfg.model.to_dict(), "extra": cfg_extra})
+    save_compact(export, out)
+    atomic_write_json(out / "train_summary.json", {**summary, "config": identity})
+    return summary
+
+
+# ====================================================================== few-shot adapter
+@dataclass(frozen=True)
+class AdapterTrainConfig:
+    out: str
+    data: str  # dataset folder (MVTec or Magnetic Tile layout)
+    base: str | None = None  # compact base folder (default: shipped weights/) or an SD-1.5-inpainting diffusers folder
+    base_kind: str = "compact"  # "compact" | "sd"
+    split: str | None = None  # split file; default: the field's first-third split (or --shots)
+    shots: int | None = None
+    types: tuple[str, ...] | None = None  # train only these defect types (default: all in the split)
+    lora_rank: int = 8
+    lora_alpha: float | None = None
+    lora_targets: tuple[str, ...] = ATTENTION_TARGETS + CONV_TARGETS
+    num_tokens: int | None = None  # default: the base's own token count (compact) or 4 (SD)
+    batch_size: int = 8
+    label_dropout: float = 0.1  # rows trained with the null embedding (classifier-free guidance)
+    outside_weight: float = 0.1
+    margin_range: tuple[float, float] = (0.3, 1.0)  # crop context around the (augmented) mask, sampled per item
+    hflip: bool = True
+    vflip: bool = True
+    rotate_degrees: float = 20.0
+    scale: tuple[float, float] = (0.9, 1.1)
+    loop: LoopConfig = field(default_factory=lambda: LoopConfig(steps=400, lr=1e-3, warmup_steps=20, checkpoint_every=50))
+
+    def __post_init__(self):
+        if self.base_kind not in ("compact", "sd"):
+            raise ConfigError(f"base_kind={self.base_kind!r}: one of 'compact', 'sd'")
+        if self.lora_rank < 1:
+            raise ConfigError(f"lora_rank={self.lora_rank}: an integer >= 1")
+        if not 0 <= self.label_dropout < 1:
+            raise ConfigError(f"label_dropout={self.label_dropout}: in [0, 1)")
+        if not 0 <= self.margin_range[0] <= self.margin_range[1]:
+            raise ConfigError(f"margin_range={self.margin_range}: 0 <= low <= high")
+
+
+class _AdapterModule(nn.Module):
+    def __init__(self, unet, emb):
+        super().__init__()
+        self.unet = unet
+        self.emb = emb
+
+
+def load_base(base: str | None, kind: str):
+    """(unet, space, train scheduler, sampling scheduler, resolution, default tokens or None, base file for sha256)."""
+    if kind == "compact":
+        from ..models.compact import DEFAULT_WEIGHTS_DIR, WEIGHTS_FILE, make_schedulers
+
+        model = load_compact(base)
+        train_s, sample_s = make_schedulers(model.config)
+        wfile = Path(base or DEFAULT_WEIGHTS_DIR) / WEIGHTS_FILE
+        return model.unet, PixelSpace(), train_s, sample_s, model.config.sample_size, model.base_tokens.detach(), wfile
+    from ..models.pretrained import load_sd_inpaint
+
+    if base is None:
+        raise input_error("base", None, "a local SD-1.5-inpainting diffusers folder when --base-kind sd")
+    parts = load_sd_inpaint(base)
+    unet, vae = parts["unet"], parts["vae"]
+    train_s = DDPMScheduler.from_config(parts["scheduler"].config)
+    space = VaeSpace(vae)
+    res = unet.config.sample_size * space.scale_factor
+    wfile = next(iter(sorted((Path(base) / "unet").glob("*.safetensors"))), None)
+    return unet, space, train_s, parts["scheduler"], res, None, wfile
+
+
+def _few_shot_items(cfg: AdapterTrainConfig):
+    from ..data import open_dataset
+    from ..data.splits import few_shot_split, load_split, save_split
+
+    ds = open_dataset(cfg.data)
+    split = load_split(cfg.split) if cfg.split else few_shot_split(ds, shots=cfg.shots)
+    types = [t for t in (cfg.types or sorted(t for t in split.train if t != GOOD))]
+    for t in types:
+        if t not in ds.defect_types:
+            raise input_error("types", t, f"defect types of {cfg.data}: {ds.defect_types}")
+    by_id = {s.source_id: s for s in ds.samples}
+    items: list[tuple[Sample, torch.Tensor, torch.Tensor, int]] = []
+    for ti, t in enumerate(types):
+        for sid in split.train.get(t, []):
+            s = by_id[sid]
+            mask = s.load_mask()
+            if mask.sum() == 0:
+                raise input_error("mask", str(s.mask_path), f"a non-empty mask for defect type {t!r}")
+            items.append((s, s.load_image(), mask, ti))
+    if not items:
+        raise input_error("data", cfg.data, "a dataset whose split has training defects")
+    Path(cfg.out).mkdir(parents=True, exist_ok=True)
+    save_split(split, Path(cfg.out) / "split.json")
+    return types, items
+
+
+def _adapter_batch(items, types, res, cfg: AdapterTrainConfig, augment, step: int):
+    rng = np.random.default_rng([cfg.loop.seed, step, 2])
+    per_type: dict[int, list[int]] = {}
+    for k, it in enumerate(items):
+        per_type.setdefault(it[3], []).append(k)
+    xs, ms, ys = [], [], []
+    for b in range(cfg.batch_size):
+        ti = int(rng.integers(len(types)))
+        _, img, mask, _ = items[per_type[ti][rng.integers(len(per_type[ti]))]]
+        img, mask, _ = augment(img, mask, generator=step_generator(cfg.loop.seed, step, stream=b + 1))
+        box = bbox(mask[0])
+        if box is None:  # cannot happen: augmentation keeps the defect inside
+            box = (0, 0, mask.shape[-1], mask.shape[-2])
+        h, w = mask.shape[-2:]
+        margin = float(rng.uniform(*cfg.margin_range))
+        x0, y0, x1, y1 = window_around(box, (h, w), margin, min_size=min(res, max(h, w))).box
+        xi, mi = to_working_resolution(img[None, :, y0:y1, x0:x1], mask[None, :, y0:y1, x0:x1], res)
+        xs.append(xi)
+        ms.append(mi)
+        ys.append(ti)
+    return to_model_space(torch.cat(xs)), torch.cat(ms), torch.tensor(ys)
+
+
+def train_adapter(cfg: AdapterTrainConfig, progress: bool = True) -> dict:
+    """Train LoRA + damage-type embeddings on a frozen base; export a diffusers-format adapter folder."""
+    from ..data.augment import AugmentConfig, MaskAwareAugment
+    from ..models.lora import add_lora, save_lora
+
+    unet, space, train_s, _, res, base_tokens, base_file = load_base(cfg.base, cfg.base_kind)
+    types, items = _few_shot_items(cfg)
+    unet = copy.deepcopy(unet)
+    unet.requires_grad_(False)
+    targets = cfg.lora_targets if cfg.base_kind == "compact" else tuple(t for t in cfg.lora_targets if t in ATTENTION_TARGETS)
+    add_lora(unet, rank=cfg.lora_rank, alpha=cfg.lora_alpha, target_modules=targets)
+    dim = unet.config.cross_attention_dim
+    n_tok = cfg.num_tokens or (base_tokens.shape[0] if base_tokens is not None else 4)
+    emb = DamageTypeEmbedding(types, num_tokens=n_tok, dim=dim)
+    gen0 = torch.Generator().manual_seed(cfg.loop.seed)
+    if base_tokens is not None and base_tokens.shape[0] == n_tok:
+        emb.init_from_tokens(base_tokens, generator=gen0)
+    else:
+        with torch.no_grad():
+            emb.embeddings.copy_(torch.randn(emb.embeddings.shape, generator=gen0) * 0.5)
+    module = _AdapterModule(unet, emb)
+    augment = MaskAwareAugment(AugmentConfig(hflip=cfg.hflip, vflip=cfg.vflip, rotate_degrees=cfg.rotate_degrees,
+                                             scale=cfg.scale, translate=True))
+
+    def loss_fn(step: int, device) -> torch.Tensor:
+        x0, mask, y = _adapter_batch(items, types, res, cfg, augment, step)
+        gen = step_generator(cfg.loop.seed, step)
+        drop = torch.rand(len(y), generator=gen) < cfg.label_dropout
+        ctx = emb(y, drop=drop)
+        return inpaint_loss(unet, train_s, space, x0.to(device), mask.to(device), ctx, gen, cfg.outside_weight)
+
+    identity = {"task": "train-adapter", **_jsonable(asdict(cfg)), "types": types,
+                "shots": {t: sum(1 for it in items if it[3] == i) for i, t in enumerate(types)}}
+    identity.pop("out")
+    identity["loop"].pop("max_minutes", None)
+    trainer = Trainer(module, loss_fn, cfg.loop, cfg.out, identity, progress=progress)
+    summary = trainer.run()
+    ema = trainer.ema_state()
+    with torch.no_grad():
+        for n, p in module.named_parameters():
+            if n in ema:
+                p.copy_(ema[n])
+    out = Path(cfg.out)
+    adapter_cfg = {
+        "format": "counterfactory.adapter.v1",
+        "base_kind": cfg.base_kind,
+        "base": str(cfg.base) if cfg.base else "weights/",
+        "base_sha256": sha256_file(base_file) if base_file and Path(base_file).is_file() else None,
+        "types": types,
+        "shots": identity["shots"],
+        "lora_rank": cfg.lora_rank,
+        "lora_alpha": cfg.lora_alpha,
+        "lora_targets": list(targets),
+        "resolution": res,
+        "prediction_type": train_s.config.prediction_type,
+        "steps": summary["steps"],
+        "seed": cfg.loop.seed,
+        "final_loss": summary["final_loss"],
+        "data": cfg.data,
+    }
+    save_lora(unet, out, metadata={"counterfactory": json.dumps(adapter_cfg)})
+    emb.save(out)
+    atomic_write_json(out / ADAPTER_CONFIG, adapter_cfg)  # written last: its presence marks a complete adapter
+    return {**summary, "types": types, "shots": identity["shots"], "adapter": str(out)}
+
+
+def check_adapter_types(adapter_dir: str | Path, wanted: list[str]) -> None:
+    cfg_file = Path(adapter_dir) / ADAPTER_CONFIG
+    if not cfg_file.is_file():
+        raise CheckpointError(f"adapter not found: {cfg_file} is missing (train one with `counterfactory train-adapter`)")
+    have = json.loads(cfg_file.read_text())["types"]
+    for t in wanted:
+        if t not in have and t != GOOD:
+            raise input_error("defect type", t, f"one the adapter was trained for: {have}")
+
+
+def _jsonable(d):
+    return json.loads(json.dumps(d, default=lambda o: list(o) if isinstance(o, tuple) else str(o)))
+
+

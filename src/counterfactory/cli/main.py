@@ -17,7 +17,9 @@ from ..errors import CounterfactoryError
 COMMAND_MODULES = [
     "counterfactory.cli.data",
     "counterfactory.cli.synth",
+    "counterfactory.cli.demo",
     "counterfactory.cli.cft",
+    "counterfactory.cli.evaluate",
 ]
 
 

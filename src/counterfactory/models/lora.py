@@ -424,7 +424,10 @@ def load_lora(
                 f"LoRA weights: {path} does not fit this {type(unet).__name__}: {exc}"
             ) from exc
         unet.requires_grad_(False)
-        _inject(unet, config, adapter_name)
+        with torch.random.fork_rng(
+            devices=[]
+        ):  # the random LoRA-A init is overwritten; keep the caller's RNG
+            _inject(unet, config, adapter_name)
         created = True
     try:
         result = set_peft_model_state_dict(unet, peft_state, adapter_name=adapter_name)

@@ -340,8 +340,8 @@ def load_sd_inpaint(
     except Exception as exc:  # hub/cache lookups raise several OSError/ValueError subclasses
         if not local and not allow_download:
             raise CheckpointError(
-                f"SD inpainting weights: {where} is neither a local folder nor in the local Hugging Face cache "
-                "and allow_download=False; " + WEIGHTS_HINT
+                f"SD inpainting weights: {source} is neither a local folder nor a hub id in the local "
+                "Hugging Face cache, and allow_download=False; " + WEIGHTS_HINT
             ) from exc
         raise fail("cannot read unet/ and vae/ configs", exc) from exc
 

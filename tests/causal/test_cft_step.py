@@ -65,3 +65,13 @@ def test_metrics_on_a_tiny_model_and_scale_refusal():
     assert isinstance(scm, ParentSCM)
     with pytest.raises(Exception, match="trained range"):
         check_scales([0.3], 0.6, 1.4)
+
+
+def test_fused_step_matches_separate_passes():
+    data = tiny_digits(6)
+    scm, vae, _, _ = tiny_models(data)
+    cond = scm.condition(data.area, data.intensity, data.digit)
+    cond_cf = scm.condition(data.area * 1.2, data.intensity, data.digit)
+    nelbo, x_cf = vae.nelbo_and_counterfactual(data.images, cond, cond_cf, torch.Generator().manual_seed(3))
+    assert torch.allclose(nelbo, vae.nelbo(data.images, cond, torch.Generator().manual_seed(3)), atol=1e-5)
+    assert torch.allclose(x_cf, vae.counterfactual(data.images, cond, cond_cf), atol=1e-6)

@@ -19,7 +19,9 @@ def noise_image(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
     return rng.uniform(0.2, 0.8, (h, w, 3)).astype(np.float32)
 
 
-def make_mvtec(root: Path, types=("crack", "spot"), n_per_type: int = 4, n_good: int = 3, size: int = 32, stems=None) -> Path:
+def make_mvtec(
+    root: Path, types=("crack", "spot"), n_per_type: int = 4, n_good: int = 3, size: int = 32, stems=None
+) -> Path:
     """A tiny MVTec category at ``root`` (train/good, test/good, test/<type> + ground_truth)."""
     rng = np.random.default_rng(0)
     for i in range(n_good):
@@ -41,7 +43,9 @@ def make_magnetic_tile(root: Path, n: dict | None = None, size: int = 24) -> Pat
         d.mkdir(parents=True, exist_ok=True)
         for i in range(k):
             stem = f"exp1_num_{(i + 1) * 7}"
-            Image.fromarray((rng.uniform(0.2, 0.8, (size, size + 4)) * 255).astype(np.uint8)).convert("RGB").save(d / f"{stem}.jpg")
+            Image.fromarray((rng.uniform(0.2, 0.8, (size, size + 4)) * 255).astype(np.uint8)).convert(
+                "RGB"
+            ).save(d / f"{stem}.jpg")
             if t == "Free":
                 m = np.zeros((size, size + 4), np.uint8)
             else:  # noisy like the real masks: background 0..40, defect 200..255

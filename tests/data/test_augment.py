@@ -38,12 +38,19 @@ def _cases():
         out.append((torch.from_numpy(img).permute(2, 0, 1).contiguous(), torch.from_numpy(m)[None]))
     rng = np.random.default_rng(0)
     for h, w, cy, cx, r in [(48, 48, 4, 4, 3), (48, 48, 24, 46, 5), (40, 72, 20, 36, 6), (64, 64, 60, 10, 4)]:
-        out.append((torch.from_numpy(rng.random((3, h, w), dtype=np.float32)), torch.from_numpy(blob_mask(h, w, cy, cx, r))[None]))
+        out.append(
+            (
+                torch.from_numpy(rng.random((3, h, w), dtype=np.float32)),
+                torch.from_numpy(blob_mask(h, w, cy, cx, r))[None],
+            )
+        )
     return out
 
 
 CASES = _cases()
-AUG = MaskAwareAugment(AugmentConfig(hflip=True, vflip=True, rotate_degrees=25.0, scale=(0.9, 1.1), translate=True))
+AUG = MaskAwareAugment(
+    AugmentConfig(hflip=True, vflip=True, rotate_degrees=25.0, scale=(0.9, 1.1), translate=True)
+)
 
 
 @pytest.mark.parametrize("case", range(len(CASES)))
@@ -89,12 +96,16 @@ def test_flip_only_is_exact_and_same_seed_same_result():
 
 def test_switches_are_respected():
     image, mask = CASES[1]
-    aug = MaskAwareAugment(AugmentConfig(hflip=False, vflip=False, rotate_degrees=0.0, scale=(1.0, 1.0), translate=False))
+    aug = MaskAwareAugment(
+        AugmentConfig(hflip=False, vflip=False, rotate_degrees=0.0, scale=(1.0, 1.0), translate=False)
+    )
     g = torch.Generator().manual_seed(0)
     for _ in range(5):
         img2, m2, p = aug(image, mask, g)
         assert p == AugmentParams() and torch.equal(img2, image) and torch.equal(m2, mask)
-    only_h = MaskAwareAugment(AugmentConfig(hflip=True, vflip=False, rotate_degrees=0.0, scale=(1.0, 1.0), translate=False))
+    only_h = MaskAwareAugment(
+        AugmentConfig(hflip=True, vflip=False, rotate_degrees=0.0, scale=(1.0, 1.0), translate=False)
+    )
     ps = [only_h(image, mask, g)[2] for _ in range(16)]
     assert any(p.hflip for p in ps) and not any(p.vflip for p in ps)
 
@@ -102,7 +113,9 @@ def test_switches_are_respected():
 def test_defect_filling_the_frame_falls_back_to_flips():
     mask = torch.ones(1, 32, 32)
     image = torch.rand(3, 32, 32)
-    aug = MaskAwareAugment(AugmentConfig(rotate_degrees=25.0, scale=(1.0, 1.1)))  # no zoom-out that would fit it
+    aug = MaskAwareAugment(
+        AugmentConfig(rotate_degrees=25.0, scale=(1.0, 1.1))
+    )  # no zoom-out that would fit it
     img2, m2, p = aug(image, mask, torch.Generator().manual_seed(0))
     assert p.angle == 0 and p.scale == 1 and p.tx == 0 and p.ty == 0
     assert torch.equal(m2, mask)
@@ -116,6 +129,12 @@ def test_no_mask_and_bad_input():
         AUG(image, torch.zeros(1, 16, 16))
     with pytest.raises(InputError, match="image"):
         AUG(torch.rand(32, 32), None)
-    for bad in (dict(rotate_degrees=-5), dict(scale=(1.2, 0.8)), dict(scale=(0.0, 1.0)), dict(hflip="yes"), dict(max_translate=2)):
+    for bad in (
+        dict(rotate_degrees=-5),
+        dict(scale=(1.2, 0.8)),
+        dict(scale=(0.0, 1.0)),
+        dict(hflip="yes"),
+        dict(max_translate=2),
+    ):
         with pytest.raises(ConfigError):
             AugmentConfig(**bad)

@@ -86,7 +86,16 @@ def _orphan_mask(root):
     return "orphan_mask", p
 
 
-PROBLEMS = [_missing_mask, _mask_other_size, _empty_mask, _non_image_file, _text_named_png, _truncated_png, _transparent_rgba, _orphan_mask]
+PROBLEMS = [
+    _missing_mask,
+    _mask_other_size,
+    _empty_mask,
+    _non_image_file,
+    _text_named_png,
+    _truncated_png,
+    _transparent_rgba,
+    _orphan_mask,
+]
 
 
 @pytest.mark.parametrize("breaker", PROBLEMS, ids=lambda f: f.__name__.strip("_"))
@@ -128,7 +137,9 @@ def test_truncated_png_fails_on_load_too(tmp_path):
 def test_magnetic_tile_problems(tmp_path):
     root = make_magnetic_tile(tmp_path)
     (root / "MT_Crack" / "Imgs" / "exp1_num_7.png").unlink()  # defect image without mask
-    noisy_empty = np.random.default_rng(0).integers(0, 60, (24, 28)).astype(np.uint8)  # noise only: empty after 0.5
+    noisy_empty = (
+        np.random.default_rng(0).integers(0, 60, (24, 28)).astype(np.uint8)
+    )  # noise only: empty after 0.5
     Image.fromarray(noisy_empty).save(root / "MT_Crack" / "Imgs" / "exp1_num_14.png")
     Image.fromarray(np.full((24, 28), 255, np.uint8)).save(root / "MT_Free" / "Imgs" / "exp1_num_7.png")
     ds = open_dataset(root, strict=False, verify=True)
@@ -159,7 +170,10 @@ def test_sixteen_bit_and_opaque_rgba_images_load_correctly(tmp_path, capsys):
 
 def test_directory_that_does_not_exist(tmp_path, capsys):
     missing = tmp_path / "nope"
-    for argv in (("data", "inspect", str(missing)), ("data", "split", str(missing), "--out", str(tmp_path / "s.json"))):
+    for argv in (
+        ("data", "inspect", str(missing)),
+        ("data", "split", str(missing), "--out", str(tmp_path / "s.json")),
+    ):
         code, out, err = run_cli(capsys, *argv)
         assert code == 2 and out == ""
         _one_line_error(err, f"dataset={missing}", "an existing directory")
@@ -197,7 +211,9 @@ def test_bad_numbers_exit_2(tmp_path, capsys):
     assert code == 2
     _one_line_error(err, "size=4")
     root = make_mvtec(tmp_path / "cat", n_per_type=3)
-    code, _, err = run_cli(capsys, "data", "split", str(root), "--out", str(tmp_path / "s.json"), "--shots", "3")
+    code, _, err = run_cli(
+        capsys, "data", "split", str(root), "--out", str(tmp_path / "s.json"), "--shots", "3"
+    )
     assert code == 2 and not (tmp_path / "s.json").exists()
     _one_line_error(err, "shots=3")
     with pytest.raises(SystemExit) as exc:  # argparse: not an int

@@ -20,8 +20,27 @@ def test_help(argv, capsys):
 
 def test_synth_inspect_split(tmp_path, capsys):
     out = tmp_path / "ds"
-    assert main(["data", "synth", "--out", str(out), "--seed", "3", "--size", "48", "--n-train-good", "3",
-                 "--n-test-good", "3", "--n-per-type", "4"]) == 0
+    assert (
+        main(
+            [
+                "data",
+                "synth",
+                "--out",
+                str(out),
+                "--seed",
+                "3",
+                "--size",
+                "48",
+                "--n-train-good",
+                "3",
+                "--n-test-good",
+                "3",
+                "--n-per-type",
+                "4",
+            ]
+        )
+        == 0
+    )
     assert "wrote" in capsys.readouterr().out
     assert main(["data", "inspect", str(out), "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
@@ -35,7 +54,13 @@ def test_synth_inspect_split(tmp_path, capsys):
     split = tmp_path / "split.json"
     assert main(["data", "split", str(out), "--out", str(split)]) == 0
     sp = load_split(split)
-    assert {t: len(v) for t, v in sp.train.items()} == {"chip": 1, "crack": 1, "good": 2, "scratch": 1, "spot": 1}
+    assert {t: len(v) for t, v in sp.train.items()} == {
+        "chip": 1,
+        "crack": 1,
+        "good": 2,
+        "scratch": 1,
+        "spot": 1,
+    }
     assert main(["data", "split", str(out), "--out", str(split), "--shots", "2"]) == 0
     sp = load_split(split)
     assert len(sp.train["crack"]) == 2 and len(sp.held_out["crack"]) == 2

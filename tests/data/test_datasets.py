@@ -26,9 +26,16 @@ def test_mvtec_reader(tmp_path):
     ds = open_dataset(root)
     assert ds.layout == "mvtec" and ds.root == root
     assert ds.defect_types == ["crack", "spot"]
-    assert [s.source_id for s in ds.of_type("crack")] == ["test/crack/1", "test/crack/2", "test/crack/10", "test/crack/33"]
+    assert [s.source_id for s in ds.of_type("crack")] == [
+        "test/crack/1",
+        "test/crack/2",
+        "test/crack/10",
+        "test/crack/33",
+    ]
     # good: train split first, then test, each by id
-    assert [s.source_id for s in ds.good()] == [f"train/good/{i:03d}" for i in range(3)] + [f"test/good/{i:03d}" for i in range(3)]
+    assert [s.source_id for s in ds.good()] == [f"train/good/{i:03d}" for i in range(3)] + [
+        f"test/good/{i:03d}" for i in range(3)
+    ]
     assert all(s.mask_path is None and s.defect_type == GOOD for s in ds.good())
     s = ds.of_type("spot")[0]
     assert s.mask_path == root / "ground_truth" / "spot" / "1_mask.png"
@@ -82,7 +89,12 @@ def test_magnetic_tile_reader(tmp_path):
     assert ds.defect_types == ["Blowhole", "Crack"]
     assert len(ds.good()) == 6 and ds.problems == []
     ids = [s.source_id for s in ds.of_type("Blowhole")]
-    assert ids == ["Blowhole/exp1_num_7", "Blowhole/exp1_num_14", "Blowhole/exp1_num_21", "Blowhole/exp1_num_28"]
+    assert ids == [
+        "Blowhole/exp1_num_7",
+        "Blowhole/exp1_num_14",
+        "Blowhole/exp1_num_21",
+        "Blowhole/exp1_num_28",
+    ]
     assert ds.good()[0].source_id == "Free/exp1_num_7"
     # noisy 0..255 masks are binarized at 0.5: exactly the 5x6 defect block
     m = ds.of_type("Crack")[0].load_mask()

@@ -87,14 +87,22 @@ def test_defect_types_are_distinct():
             h, w = m.shape
             top, bottom, left, right = bands
             near_edge = (
-                m[: top + 2].any() or m[h - bottom - 2 :].any() or m[:, : left + 2].any() or m[:, w - right - 2 :].any()
+                m[: top + 2].any()
+                or m[h - bottom - 2 :].any()
+                or m[:, : left + 2].any()
+                or m[:, w - right - 2 :].any()
             )
             stats[t].append(dict(delta=lum_delta, elong=elong, fill=fill, frac=m.mean(), edge=near_edge))
-    med = {t: {k: np.median([s[k] for s in v]) for k in ("delta", "elong", "fill", "frac")} for t, v in stats.items()}
+    med = {
+        t: {k: np.median([s[k] for s in v]) for k in ("delta", "elong", "fill", "frac")}
+        for t, v in stats.items()
+    }
     assert med["crack"]["delta"] < -0.1, "cracks are dark"
     assert med["crack"]["frac"] < 0.03 and med["scratch"]["frac"] < 0.03, "cracks and scratches are thin"
     assert med["scratch"]["elong"] > 8, "scratches are straight lines"
-    assert med["scratch"]["elong"] > med["crack"]["elong"], "a crack is less line-like than a scratch (it branches)"
+    assert med["scratch"]["elong"] > med["crack"]["elong"], (
+        "a crack is less line-like than a scratch (it branches)"
+    )
     assert med["spot"]["fill"] > 0.5 and med["spot"]["elong"] < 2.5, "spots are roundish blobs"
     assert all(s["edge"] for s in stats["chip"]), "chips sit at the tile edge"
     assert med["chip"]["delta"] < -0.15, "chips expose the dark background"
@@ -103,7 +111,9 @@ def test_defect_types_are_distinct():
 def test_defect_size_is_relative_to_image_size():
     fr = {}
     for size in (64, 256):
-        fr[size] = np.median([add_defect(_rng(s), render_surface(_rng(s), size), "spot")[1].mean() for s in range(6)])
+        fr[size] = np.median(
+            [add_defect(_rng(s), render_surface(_rng(s), size), "spot")[1].mean() for s in range(6)]
+        )
     assert 0.5 < fr[64] / fr[256] < 2.0
 
 
@@ -135,7 +145,11 @@ def test_render_plus_defect_is_fast():
 
 
 def _digest(root):
-    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(root.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
 
 
 def test_synth_dataset_is_byte_identical_and_readable(tmp_path):

@@ -63,10 +63,10 @@ class Segmentor(nn.Module):
         super().__init__()
         self.config = c = config
         ch = c.channels
-        self.e1 = nn.Sequential(nn.Conv2d(1, ch, 3, 1, 1), nn.SiLU(), nn.Conv2d(ch, ch, 3, 1, 1), nn.SiLU())
+        self.e1 = nn.Sequential(nn.Conv2d(1, ch, 3, 1, 1), nn.SiLU())
         self.e2 = nn.Sequential(nn.Conv2d(ch, 2 * ch, 4, 2, 1), nn.SiLU(), nn.Conv2d(2 * ch, 2 * ch, 3, 1, 1), nn.SiLU())
         self.up = nn.ConvTranspose2d(2 * ch, ch, 4, 2, 1)
-        self.d1 = nn.Sequential(nn.Conv2d(2 * ch, ch, 3, 1, 1), nn.SiLU(), nn.Conv2d(ch, c.num_structures + 1, 1))
+        self.d1 = nn.Conv2d(2 * ch, c.num_structures + 1, 3, 1, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h1 = self.e1(x * 2 - 1)

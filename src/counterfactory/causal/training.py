@@ -36,9 +36,9 @@ DATA_VARIANTS = {1: "single", 2: "pair"}
 @dataclass(frozen=True)
 class TrainConfig:
     batch_size: int = 64
-    predictor_steps: int = 1500  # regressor and segmentor, each
+    predictor_steps: int = 1000  # regressor and segmentor, each
     predictor_lr: float = 2e-3
-    vae_steps: int = 3000
+    vae_steps: int = 1500
     vae_lr: float = 1e-3
     z_dim: int = 16
     vae_channels: int = 16
@@ -252,11 +252,11 @@ def cft_step(
     x, area, intensity, digit, gen: torch.Generator, eps: float, lagrange: Lagrange, cfg: TrainConfig,
 ) -> tuple[torch.Tensor, dict[str, float]]:  # fmt: skip
     """The constrained CF loss of one batch: ``aux - (lambda - damp) * (eps - nelbo)`` (causal-gen's train_cf)."""
-    cond = scm.condition(area, intensity, digit)
-    nelbo = vae.nelbo(x, cond, gen).mean()
     k, new = sample_intervention(scm, area, gen, cfg.scale_min, cfg.scale_max)
     area_cf, int_cf = scm.intervene_area(area, intensity, digit, k, new)
-    x_cf = vae.counterfactual(x, cond, scm.condition(area_cf, int_cf, digit))
+    cond, cond_cf = scm.condition(area, intensity, digit), scm.condition(area_cf, int_cf, digit)
+    nelbo, x_cf = vae.nelbo_and_counterfactual(x, cond, cond_cf, gen)
+    nelbo = nelbo.mean()
     aux = cft_aux_loss(variant, x_cf, area_cf, int_cf, scm, regressor, segmentor)
     gap = eps - nelbo
     damp = cfg.damping * gap.detach()

@@ -36,9 +36,11 @@ class VAEConfig:
     def __post_init__(self):
         if self.height % 4 or self.width % 4:
             raise input_error("height/width", (self.height, self.width), "multiples of 4")
-        for name in ("cond_dim", "z_dim", "channels", "hidden"):
+        for name in ("cond_dim", "z_dim", "hidden"):
             if getattr(self, name) < 1:
                 raise input_error(name, getattr(self, name), "a positive integer")
+        if self.channels < 2:
+            raise input_error("channels", self.channels, "an integer >= 2")
         if not self.pixel_sigma > 0:
             raise input_error("pixel_sigma", self.pixel_sigma, "a positive float")
 
@@ -60,8 +62,8 @@ class CondVAE(nn.Module):
             nn.Linear(c.z_dim + c.cond_dim, c.hidden), nn.SiLU(), nn.Linear(c.hidden, flat), nn.SiLU()
         )
         self.up1 = nn.ConvTranspose2d(2 * c.channels + c.cond_dim, c.channels, 4, 2, 1)
-        self.up2 = nn.ConvTranspose2d(c.channels + c.cond_dim, c.channels, 4, 2, 1)
-        self.out = nn.Conv2d(c.channels, 1, 3, 1, 1)
+        self.up2 = nn.ConvTranspose2d(c.channels, c.channels // 2, 4, 2, 1)
+        self.out = nn.Conv2d(c.channels // 2, 1, 3, 1, 1)
 
     def encode(self, x: torch.Tensor, cond: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         h = self.enc(x * 2 - 1)
@@ -73,19 +75,29 @@ class CondVAE(nn.Module):
         c = self.config
         h = self.dec_fc(torch.cat([z, cond], dim=1)).view(-1, 2 * c.channels, self.h4, self.w4)
         h = F.silu(self.up1(torch.cat([h, cond[:, :, None, None].expand(-1, -1, self.h4, self.w4)], dim=1)))
-        h = F.silu(self.up2(torch.cat([h, cond[:, :, None, None].expand(-1, -1, 2 * self.h4, 2 * self.w4)], dim=1)))
+        h = F.silu(self.up2(h))
         return torch.sigmoid(self.out(h))
 
-    def nelbo(self, x: torch.Tensor, cond: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        """Negative ELBO per image, in nats per pixel (B,)."""
-        mu, logvar = self.encode(x, cond)
-        eps = torch.randn(mu.shape, generator=generator)
-        z = mu + torch.exp(0.5 * logvar) * eps
-        rec = self.decode(z, cond)
+    def _nelbo_terms(self, x, rec, mu, logvar) -> torch.Tensor:
         s = self.config.pixel_sigma
         nll = ((x - rec) ** 2 / (2 * s * s) + math.log(s * math.sqrt(2 * math.pi))).flatten(1).sum(1)
         kl = 0.5 * (mu.pow(2) + logvar.exp() - 1 - logvar).sum(1)
         return (nll + kl) / x[0].numel()
+
+    def nelbo(self, x: torch.Tensor, cond: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Negative ELBO per image, in nats per pixel (B,)."""
+        mu, logvar = self.encode(x, cond)
+        z = mu + torch.exp(0.5 * logvar) * torch.randn(mu.shape, generator=generator)
+        return self._nelbo_terms(x, self.decode(z, cond), mu, logvar)
+
+    def nelbo_and_counterfactual(
+        self, x: torch.Tensor, cond: torch.Tensor, cond_cf: torch.Tensor, generator: torch.Generator | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(nelbo(x), counterfactual(x))`` sharing one encoder pass and one batched decoder pass (CFT's step)."""
+        mu, logvar = self.encode(x, cond)
+        z = mu + torch.exp(0.5 * logvar) * torch.randn(mu.shape, generator=generator)
+        rec, mu0, mu_cf = self.decode(torch.cat([z, mu, mu]), torch.cat([cond, cond, cond_cf])).chunk(3)
+        return self._nelbo_terms(x, rec, mu, logvar), (mu_cf + (x - mu0)).clamp(0, 1)
 
     def abduct(self, x: torch.Tensor, cond: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(z, u): posterior-mean latent and pixel noise ``u = x - mu(z, pa)``."""

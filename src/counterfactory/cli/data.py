@@ -66,7 +66,9 @@ def register(sub) -> None:
     p.add_argument(
         "--shots", type=int, default=None, help="training images per defect type (default: the first third)"
     )
-    p.add_argument("--quick", action="store_true", help="read image headers only (skips decoding every image first)")
+    p.add_argument(
+        "--quick", action="store_true", help="read image headers only (skips decoding every image first)"
+    )
     p.set_defaults(func=_split)
 
 

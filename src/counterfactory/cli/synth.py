@@ -72,7 +72,8 @@ def cmd_train_base(args) -> int:
     model = CompactConfig(sample_size=args.resolution, block_out_channels=tuple(args.channels),
                           prediction_type=args.prediction_type)
     cfg = BaseTrainConfig(out=args.out, data=args.data, split=args.split, batch_size=args.batch_size,
-                          pool_size=args.pool_size, model=model, loop=_loop_config(args, warmup=50))
+                          pool_size=args.pool_size, max_crop=args.max_crop, model=model,
+                          loop=_loop_config(args, warmup=50))
     summary = train_base(cfg, progress=not args.quiet)
     print(json.dumps(summary))
     return 0
@@ -168,6 +169,8 @@ def register(sub) -> None:
     p.add_argument("--split", default=None, help="split file from `counterfactory data split` (dataset folders only)")
     p.add_argument("--pool-size", type=_positive_int("--pool-size"), default=1500,
                    help="procedural surfaces rendered once and cropped at random (default 1500)")
+    p.add_argument("--max-crop", type=_positive_int("--max-crop"), default=None,
+                   help="largest random crop side in pixels before resizing to --resolution (default: whole image side)")
     p.add_argument("--resolution", type=_positive_int("--resolution"), default=64, help="working resolution (default 64)")
     p.add_argument("--channels", type=_positive_int("--channels"), nargs="+", default=[32, 64, 128],
                    help="U-Net block widths (default 32 64 128)")

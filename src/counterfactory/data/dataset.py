@@ -97,7 +97,9 @@ def image_size(path: Path, verify: bool, problems: Problems, what: str = "image"
                             str(path),
                             "an image without transparency (this one has an alpha channel in use; flatten it first)",
                         )
-            orientation = im.getexif().get(0x0112, 1) if hasattr(im, "getexif") else 1
+            # EXIF orientation (read_array applies it); for PNG the EXIF chunk may follow the pixel data, so
+            # only look there once the file has been read in full
+            orientation = im.getexif().get(0x0112, 1) if verify or im.format in ("JPEG", "MPO", "TIFF") else 1
     except InputError as exc:
         problems.add_error(path, "unreadable", exc)
         return None
@@ -235,7 +237,7 @@ def detect_layout(path: str | os.PathLike) -> tuple[str, Path]:
     found = [(p, "mvtec") for p in subdirs if _is_mvtec(p)] + [
         (p, "magnetic_tile") for p in subdirs if _is_magnetic_tile(p)
     ]
-    if len(found) == 1 and len(subdirs) == 1:
+    if len(found) == 1:  # e.g. an MVTec download of one category, or a data folder holding one dataset
         return found[0][1], found[0][0]
     if len(found) > 1:
         names = ", ".join(sorted(p.name for p, _ in found))

@@ -95,7 +95,7 @@ def _texture(rng: np.random.Generator, h: int, w: int, kind: str, s: float) -> n
         dots = (rng.random((h, w)) < 0.01).astype(np.float32) * rng.choice([-1.0, 1.0], (h, w)).astype(
             np.float32
         )
-        tex = 0.02 * speckle + 0.04 * _lowfreq(rng, h, w, 4) + 0.02 * _lowfreq(rng, h, w, 9) + 0.03 * dots
+        tex = 0.025 * speckle + 0.025 * _lowfreq(rng, h, w, 4) + 0.02 * _lowfreq(rng, h, w, 12) + 0.03 * dots
     else:
         raise input_error("kind", kind, f"one of {', '.join(SURFACE_KINDS)}")
     return tex.astype(np.float32)
@@ -387,21 +387,21 @@ def _chip(rng, image, bands, s):
         3: (bands[0], bands[1]),
     }[side]
     n = min(hh, ww)
-    width = rng.uniform(0.18, 0.35) * n
-    depth = rng.uniform(0.08, 0.16) * n
+    width = rng.uniform(0.2, 0.38) * n
+    depth = rng.uniform(0.09, 0.17) * n
     lo, hi = nb_left + 0.6 * width, ww - nb_right - 0.6 * width
     u0 = rng.uniform(lo, hi) if hi > lo else (nb_left + ww - nb_right) / 2
     cols = np.arange(ww, dtype=np.float32)
     # broken outline: a polygon through a few random vertices (conchoidal fracture) + fine jagged jitter
     nv = int(rng.integers(3, 6))
     vx = np.sort(rng.uniform(-0.6, 0.6, nv))
-    vd = rng.uniform(0.45, 1.0, nv)
+    vd = rng.uniform(0.6, 1.0, nv)
     vd[int(rng.integers(0, nv))] = 1.0
     x = (cols - u0) / (width / 2)
     prof = np.interp(
         x, np.concatenate([[-1.0], vx, [1.0]]), np.concatenate([[0.0], vd, [0.0]]), left=0.0, right=0.0
     )
-    fine = ndimage.gaussian_filter1d(rng.standard_normal(ww), 1.2 * s) * 0.25
+    fine = ndimage.gaussian_filter1d(rng.standard_normal(ww), 1.5 * s) * 0.2
     dprof = np.where(prof > 0, np.maximum(depth * prof * (1.0 + fine), 0.0), 0.0)
     rows = np.arange(hh, dtype=np.float32)[:, None]
     chip = rows < (b + dprof[None, :])

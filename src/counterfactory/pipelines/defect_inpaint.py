@@ -207,13 +207,16 @@ class DefectInpaintPipeline:
                 whole image at its own size (False; H and W must be multiples of the model's downsampling).
             crop_margin: context on each side of a component's box, as a fraction of the box's larger side.
             reinject_known_region: re-inject the known region (noised to the current level) after every step.
-            batch_size: windows denoised together.
+            batch_size: windows denoised together when ``generator`` is one generator (or None); with one
+                generator per image every window is denoised on its own, so results never depend on batching.
 
         Returns:
             :class:`DefectInpaintOutput`. Every pixel where the mask is 0 equals the input pixel exactly.
         """
         images, masks, types = self.check_inputs(image, mask_image, defect_type, num_inference_steps, guidance_scale,
                                                  output_type, crop_margin, mask_threshold, crop_to_mask)
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise input_error("batch_size", batch_size, "an integer >= 1")
         if isinstance(generator, (list, tuple)) and len(generator) != images.shape[0]:
             raise input_error("generator", f"list of {len(generator)}", f"one generator or a list of {images.shape[0]}")
         h, w = images.shape[-2:]
@@ -231,8 +234,12 @@ class DefectInpaintPipeline:
                 windows_per_image[i].append(win.box)
 
         out = images.clone()
-        for start in range(0, len(jobs), batch_size):
-            chunk = jobs[start : start + batch_size]
+        # CPU/GPU kernels round differently at different batch sizes (a Linear at batch 1 vs 2 differs by ~1e-7),
+        # so with one generator per image each window is denoised on its own: its result is then a function of
+        # that image, its mask and its generator only (what makes resumed `generate` runs bit-identical)
+        step = 1 if isinstance(generator, (list, tuple)) else batch_size
+        for start in range(0, len(jobs), step):
+            chunk = jobs[start : start + step]
             x, m = self._prepare_windows(images, masks, chunk, crop_to_mask)
             gens = [generator[i] for i, _, _ in chunk] if isinstance(generator, (list, tuple)) else generator
             result = self._denoise(x, m, [t for _, _, t in chunk], num_inference_steps, guidance_scale, gens,

@@ -76,6 +76,7 @@ class BaseTrainConfig:
     batch_size: int = 16
     pool_size: int = 1500  # procedural surfaces rendered once and cropped at random
     pool_image_size: int = 128
+    max_crop: int | None = None  # largest random crop side (pixels) before resizing; None = the image's shorter side
     outside_weight: float = 0.1
     model: CompactConfig = field(default_factory=CompactConfig)
     loop: LoopConfig = field(default_factory=LoopConfig)
@@ -110,13 +111,13 @@ def _good_pool(data: str, split: str | None) -> list[np.ndarray]:
     return [np.round(read_array(s.image_path) * 255).astype(np.uint8) for s in goods]
 
 
-def _base_batch(pool: list[np.ndarray], res: int, batch: int, seed: int, step: int):
+def _base_batch(pool: list[np.ndarray], res: int, batch: int, seed: int, step: int, max_crop: int | None = None):
     rng = np.random.default_rng([seed, step, 1])
     xs, ms = [], []
     for _ in range(batch):
         img = pool[rng.integers(len(pool))]
         h, w = img.shape[:2]
-        side_max = min(h, w)
+        side_max = min(h, w, max_crop) if max_crop else min(h, w)
         side = int(rng.integers(min(res, side_max), side_max + 1))
         y0, x0 = rng.integers(0, h - side + 1), rng.integers(0, w - side + 1)
         crop = torch.from_numpy(img[y0 : y0 + side, x0 : x0 + side].transpose(2, 0, 1).copy()).float()[None] / 255.0
@@ -141,13 +142,15 @@ def train_base(cfg: BaseTrainConfig, progress: bool = True) -> dict:
     res = cfg.model.sample_size
 
     def loss_fn(step: int, device) -> torch.Tensor:
-        x0, mask = _base_batch(pool, res, cfg.batch_size, cfg.loop.seed, step)
+        x0, mask = _base_batch(pool, res, cfg.batch_size, cfg.loop.seed, step, cfg.max_crop)
         gen = step_generator(cfg.loop.seed, step)
         return inpaint_loss(model.unet, train_sched, space, x0.to(device), mask.to(device),
                             model.tokens(x0.shape[0]), gen, cfg.outside_weight)
 
     identity = {"task": "train-base", **_jsonable(asdict(cfg))}
     identity.pop("out")
+    if cfg.max_crop is None:  # runs started before the option existed stay resumable
+        identity.pop("max_crop")
     identity["loop"].pop("max_minutes", None)
     trainer = Trainer(model, loss_fn, cfg.loop, out, identity, progress=progress)
     summary = trainer.run()

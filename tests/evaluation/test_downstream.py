@@ -6,7 +6,11 @@ import json
 
 import pytest
 import torch
-from torchmetrics.functional.classification import binary_auroc, binary_average_precision, binary_precision_recall_curve
+from torchmetrics.functional.classification import (
+    binary_auroc,
+    binary_average_precision,
+    binary_precision_recall_curve,
+)
 
 from counterfactory.cli.main import main
 from counterfactory.evaluation.downstream import SmallUNet, binary_metrics

@@ -57,7 +57,7 @@ def _copy_gen(src, dst):
     return dst
 
 
-@pytest.mark.parametrize("case", ["empty", "missing_mask", "kid_too_small", "bad_weights", "mixed_sizes", "bad_type"])
+@pytest.mark.parametrize("case", ["empty", "missing_mask", "kid_too_small", "bad_weights", "mixed_sizes", "source_size", "bad_type"])
 def test_bad_input_is_one_line_exit_2(case, tiny_real, tiny_generated, tmp_path, capsys):
     gen = _copy_gen(tiny_generated, tmp_path / "gen")
     args = ["evaluate", "--real", str(tiny_real), "--generated", str(gen), "--out", str(tmp_path / "o"), *FAST]
@@ -74,9 +74,18 @@ def test_bad_input_is_one_line_exit_2(case, tiny_real, tiny_generated, tmp_path,
     elif case == "mixed_sizes":  # a generated image whose source has another size
         p = next((gen / "crack").glob("*.png"))
         save_image(np.zeros((40, 70, 3), np.float32), p)
+    elif case == "source_size":  # --source holds a pre-edit image of another size
+        src = tmp_path / "src"
+        for line in (gen / "manifest.jsonl").read_text().splitlines():
+            rec = json.loads(line)
+            dst = src / rec["type"] / f"{rec['id']}.png"
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy(rec["source_image"], dst)
+        save_image(np.zeros((64, 60, 3), np.float32), dst)
+        args += ["--source", str(src)]
     elif case == "bad_type":
         (gen / "crack").rename(gen / "dent")
         (gen / "ground_truth" / "crack").rename(gen / "ground_truth" / "dent")
     assert main(args) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("counterfactory evaluate: error:"), err
+    assert len(err) == 1 and err[0].startswith("counterfactory evaluate: error:"), err  # before any heavy work

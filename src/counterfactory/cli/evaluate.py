@@ -115,5 +115,9 @@ def _downstream(args: argparse.Namespace) -> int:
     cfg = DownstreamConfig(data=args.data, out=args.out, split=args.split, generated=args.generated,
                            settings=settings, seeds=seeds, **overrides)
     result = run_downstream(cfg, log=_log)
-    print(json.dumps(result["summary"], indent=2, sort_keys=True))
+    from ..evaluation.downstream import METRICS
+
+    print("setting    " + "  ".join(f"{m:>17}" for m in METRICS))
+    for s, groups in result["summary"].items():
+        print(f"{s:<10} " + "  ".join(f"{groups['all'][m]['mean']:>8.4f} ± {groups['all'][m]['std']:.4f}" for m in METRICS))
     return 0

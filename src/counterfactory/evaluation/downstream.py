@@ -394,6 +394,8 @@ def train_segmenter(data: DownstreamData, setting: str, seed: int, cfg: Downstre
         opt.step()
         sched.step()
         losses.append(float(loss.detach()))
+        if log is not None and (step + 1) % 100 == 0:
+            log(f"  {setting}/seed{seed}: step {step + 1}/{cfg.steps} loss {np.mean(losses[-100:]):.4f}")
     return model.eval(), losses
 
 
@@ -435,7 +437,7 @@ def _mean_std(vals: list[float]) -> tuple[float, float]:
 
 
 def run_downstream(cfg: DownstreamConfig, log=print) -> dict:
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     out = Path(cfg.out)
     if out.exists() and not out.is_dir():
         raise input_error("--out", cfg.out, "a folder (or a path that does not exist yet)")
@@ -455,22 +457,27 @@ def run_downstream(cfg: DownstreamConfig, log=print) -> dict:
             if rid in done:
                 log(f"{rid}: done earlier (runs.jsonl), reusing")
                 runs.append(done[rid])
+                if seed == cfg.seeds[0]:
+                    ex = _load_examples(out / "maps" / setting, data)
+                    if ex is not None:
+                        examples[setting] = ex
                 continue
-            t1 = time.perf_counter()
-            model, losses = train_segmenter(data, setting, seed, cfg)
+            t1, c1 = time.perf_counter(), time.process_time()
+            model, losses = train_segmenter(data, setting, seed, cfg, log=log)
             t_train = time.perf_counter() - t1
             maps = predict(model, data.eval_images)
             res = evaluate_maps(maps, data, cfg.image_pool)
             rec = {"id": rid, "setting": setting, "seed": seed, "metrics": res, "config": cfg_key,
                    "final_loss": float(np.mean(losses[-20:])), "train_seconds": round(t_train, 1),
-                   "seconds": round(time.perf_counter() - t1, 1)}
+                   "seconds": round(time.perf_counter() - t1, 1), "cpu_seconds": round(time.process_time() - c1, 1)}
             manifest.append(rec)
             runs.append(rec)
             a = res["all"]
             log(f"{rid}: pixel AP {a['pixel_AP']:.3f}  F1max {a['pixel_F1max']:.3f}  pixel AUROC {a['pixel_AUROC']:.3f}  "
-                f"image AUROC {a['image_AUROC']:.3f}  ({rec['seconds']} s)")
+                f"image AUROC {a['image_AUROC']:.3f}  ({rec['seconds']} s wall, {rec['cpu_seconds']} s CPU)")
             if seed == cfg.seeds[0]:
                 examples[setting] = _example_maps(maps, data)
+                _save_examples(examples[setting], out / "maps" / setting)
     summary = summarize(runs, data.types)
     result = {
         "format": "counterfactory.downstream/1",
@@ -480,6 +487,7 @@ def run_downstream(cfg: DownstreamConfig, log=print) -> dict:
         "summary": summary,
         "runs": [{k: v for k, v in r.items() if k != "config"} for r in runs],
         "seconds": round(time.perf_counter() - t0, 1),
+        "cpu_seconds": round(time.process_time() - c0, 1),
         "torch_threads": torch.get_num_threads(),
     }
     from .suite import _clean
@@ -515,3 +523,24 @@ def _example_maps(maps, data: DownstreamData, per_type: int = 2) -> list[tuple[s
         ids = [i for i, tt in enumerate(data.eval_types) if tt == t][: (per_type if t != GOOD else 1)]
         picks += [(data.eval_ids[i], i) for i in ids]
     return [(sid, i, maps[i]) for sid, i in picks]
+
+
+def _save_examples(examples, folder: Path) -> None:
+    from ..io.images import save_image
+
+    for sid, i, m in examples:
+        save_image(m, folder / f"{i}.png")
+
+
+def _load_examples(folder: Path, data: DownstreamData):
+    """The first seed's example maps saved by an earlier (resumed) run, or None."""
+    from ..io.images import load_image as _load
+
+    picks = _example_maps([None] * len(data.eval_images), data)
+    out = []
+    for sid, i, _ in picks:
+        f = folder / f"{i}.png"
+        if not f.is_file():
+            return None
+        out.append((sid, i, _load(f, mode="L")))
+    return out

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 
-
 from .downstream import METRICS, SETTING_TITLES, CropSampler
 from .report import HtmlReport
 
@@ -55,7 +54,7 @@ def build_downstream_report(result: dict, data, cfg, examples: dict) -> HtmlRepo
         f"{ {t: n for t, n in info['eval'].items()} }. Budget per run: {cfg.steps} steps × {cfg.batch_size} crops of "
         f"{cfg.crop} px ({cfg.defect_fraction:.0%} defect crops, of which {cfg.synthetic_fraction:.0%} synthetic in "
         f"settings ii–iv), U-Net {list(cfg.channels)}, Adam lr {cfg.lr}; seeds {list(cfg.seeds)}; "
-        f"{result['torch_threads']} CPU thread(s); total {result['seconds']} s."
+        f"{result['torch_threads']} CPU thread(s); total {result['seconds']} s wall, {result.get('cpu_seconds')} s CPU."
     )
     r.heading("Result")
     for v in verdicts(summary):

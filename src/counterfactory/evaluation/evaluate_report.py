@@ -18,7 +18,7 @@ _ARROWS = {
 
 def _arrow(key: str) -> str:
     for k, a in _ARROWS.items():
-        if key.startswith(k) or key.startswith(f"FID") and k == "FD":
+        if key.startswith(k) or key.startswith("FID") and k == "FD":
             return a
     return ""
 
@@ -120,8 +120,8 @@ def build_evaluate_report(metrics, samples, gen_v, train_v, ref_v, matches, per_
         ax.set_title(f"{kid} ({title}) ↓")
         ax.legend(fontsize=7)
     fig.tight_layout()
-    r.figure(fig, caption=f"KID per type, mean ± std over subsets. The orange line is the same number between the real "
-                          f"training shots and the real held-out defects: what real data itself scores at this size.")
+    r.figure(fig, caption="KID per type, mean ± std over subsets. The orange line is the same number between the real "
+                          "training shots and the real held-out defects: what real data itself scores at this size.")
 
     if has_crop:
         gtypes = list(matches)

@@ -205,3 +205,30 @@ def read_image_folder(
             raise input_error("--source", str(src), f"a pre-edit image for every generated one; none for {lacking[0].id}"
                               f" ({len(lacking)} missing; expected <source>/<type>/<id>.* or <source>/<id>.*)")
     return ImageSet(root, layout, items, [], manifest)
+
+
+def _size(path: Path) -> tuple[int, int]:
+    """(W, H) from the file header, after EXIF rotation."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            w, h = im.size
+            orientation = im.getexif().get(0x0112, 1)
+    except Exception as exc:  # noqa: BLE001
+        raise input_error("image", str(path), f"a readable image file ({exc})") from None
+    return (h, w) if orientation in (5, 6, 7, 8) else (w, h)
+
+
+def check_sizes(images: ImageSet, name: str) -> None:
+    """Every image has its mask's and its source's size (headers only, before any heavy work)."""
+    for it in images.items:
+        size = _size(it.image_path)
+        for what, other in (("mask", it.mask_path), ("source image", it.source_path)):
+            if other is None:
+                continue
+            osize = _size(other)
+            if osize != size:
+                arg = "--source" if what == "source image" else f"{name} {what}"
+                raise input_error(arg, str(other), f"the size of its image {it.image_path.name} "
+                                  f"({size[0]}x{size[1]}); got {osize[0]}x{osize[1]} (images of mixed sizes)")

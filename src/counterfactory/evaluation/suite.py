@@ -43,7 +43,7 @@ from .features import (
     save_compact_extractor,
     train_compact_extractor,
 )
-from .folders import FLAT_TYPE, ImageSet, Item, read_image_folder, type_key
+from .folders import FLAT_TYPE, ImageSet, Item, check_sizes, read_image_folder, type_key
 from .locality import LOCALITY_KEYS, locality_per_image, reduce_locality
 
 POOLED = "all types"
@@ -272,6 +272,9 @@ def evaluate_folders(cfg: EvalConfig, log=print) -> dict:
                 raise input_error(
                     f"{which} images of type {t!r}", n, f"at least the KID subset size {cfg.kid_subset_size} (lower --kid-subset-size)"
                 )
+    check_sizes(gen, "--generated")
+    if real.layout in ("folder", "flat"):  # datasets were checked by the data layer
+        check_sizes(real, "--real")
     out.mkdir(parents=True, exist_ok=True)
     ext, ext_info = get_extractor(cfg, ext_train, log=log)
     name = ext.name

@@ -18,7 +18,7 @@ from ..io.manifest import atomic_write_text
 _CSS = """body{font-family:sans-serif;max-width:1200px;margin:2em auto;color:#222}
 table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}
 th{background:#f3f3f3}td:first-child,th:first-child{text-align:left}.best{font-weight:bold}
-img{image-rendering:pixelated}figure{display:inline-block;margin:0 1em 1em 0;vertical-align:top}
+img{image-rendering:pixelated}.grid{display:inline-block;margin-right:1.5em;vertical-align:top}.grid td{padding:1px}figure{display:inline-block;margin:0 1em 1em 0;vertical-align:top}
 pre{background:#f6f6f6;padding:8px;overflow-x:auto}"""
 
 
@@ -32,30 +32,33 @@ def _fig_to_img(fig, alt: str) -> str:
     return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{data}">'
 
 
+def _png_cell(im: np.ndarray, signed: bool, zoom: int = 3) -> str:
+    """(H,W) array → an <img> of a PNG; signed maps are drawn red (+) / blue (−) on white."""
+    from PIL import Image
+
+    if signed:
+        v = np.clip(im, -1, 1)
+        pos, neg = np.clip(v, 0, 1), np.clip(-v, 0, 1)
+        rgb = np.stack([1 - neg, 1 - pos - neg, 1 - pos], axis=-1).clip(0, 1)
+        arr = (rgb * 255).round().astype(np.uint8)
+    else:
+        arr = (np.clip(im, 0, 1) * 255).round().astype(np.uint8)
+    pil = Image.fromarray(arr).resize((arr.shape[1] * zoom, arr.shape[0] * zoom), Image.NEAREST)
+    buf = io.BytesIO()
+    pil.save(buf, format="PNG")
+    return f'<img alt="" src="data:image/png;base64,{base64.b64encode(buf.getvalue()).decode("ascii")}">'
+
+
 def grid_block(title: str, rows: list[list[np.ndarray]], col_titles: list[str], caption: str = "") -> str:
-    """One image grid: ``rows[r][c]`` is an (H,W) array in [0,1] (a difference map may be signed, in [-1,1])."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    nr, nc = len(rows), len(col_titles)
-    h, w = rows[0][0].shape
-    fig, axes = plt.subplots(nr, nc, figsize=(nc * 1.3 * w / h, nr * 1.3), squeeze=False)
-    for r, row in enumerate(rows):
-        for c, im in enumerate(row):
-            ax = axes[r][c]
-            if "Δ" in col_titles[c]:
-                ax.imshow(im, cmap="RdBu_r", vmin=-1, vmax=1, interpolation="nearest")
-            else:
-                ax.imshow(im, cmap="gray", vmin=0, vmax=1, interpolation="nearest")
-            ax.set_xticks([])
-            ax.set_yticks([])
-            if r == 0:
-                ax.set_title(col_titles[c], fontsize=8)
-    fig.subplots_adjust(wspace=0.05, hspace=0.05)
-    cap = f"<figcaption>{html.escape(caption)}</figcaption>" if caption else ""
-    return f"<figure><h4>{html.escape(title)}</h4>{_fig_to_img(fig, title)}{cap}</figure>"
+    """An image grid as an HTML table of small PNGs: ``rows[r][c]`` is (H,W) in [0,1]; a column whose title
+    contains "Δ" holds a signed difference in [-1,1]."""
+    head = "".join(f"<th>{html.escape(t)}</th>" for t in col_titles)
+    body = "".join(
+        "<tr>" + "".join(f"<td>{_png_cell(im, 'Δ' in col_titles[c])}</td>" for c, im in enumerate(row)) + "</tr>"
+        for row in rows
+    )
+    cap = f"<p>{html.escape(caption)}</p>" if caption else ""
+    return f'<div class="grid"><h4>{html.escape(title)}</h4><table><tr>{head}</tr>{body}</table>{cap}</div>'
 
 
 def line_plot_block(title: str, xs: list[float], series: dict[str, tuple[list[float], list[float]]], ylabel: str) -> str:

@@ -36,19 +36,19 @@ DATA_VARIANTS = {1: "single", 2: "pair"}
 @dataclass(frozen=True)
 class TrainConfig:
     batch_size: int = 64
-    predictor_steps: int = 1000  # regressor and segmentor, each
+    predictor_steps: int = 600  # regressor and segmentor, each
     predictor_lr: float = 2e-3
-    vae_steps: int = 1500
+    vae_steps: int = 1200
     vae_lr: float = 1e-3
     z_dim: int = 16
     vae_channels: int = 16
-    cft_steps: int = 600
-    cft_lr: float = 1e-4  # fine-tuning learning rate of the VAE (causal-gen's CF training uses 1e-4)
+    cft_steps: int = 400
+    cft_lr: float = 5e-4  # fine-tuning learning rate of the VAE (causal-gen's CF training uses 1e-4; 5e-4 here: few steps)
     lagrange_lr: float = 1e-2  # gradient ascent on the Lagrange multiplier (causal-gen: 1e-2)
     damping: float = 100.0  # MDMM damping of the ELBO constraint (causal-gen: 100)
     scale_min: float = 0.6  # interventions drawn as area * U(scale_min, scale_max) during CFT
     scale_max: float = 1.4
-    save_every: int = 200
+    save_every: int = 100
 
     def __post_init__(self):
         for name in ("batch_size", "predictor_steps", "vae_steps", "cft_steps", "save_every", "z_dim", "vae_channels"):

@@ -89,3 +89,14 @@ def test_bad_input_is_one_line_exit_2(case, tiny_real, tiny_generated, tmp_path,
     assert main(args) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("counterfactory evaluate: error:"), err  # before any heavy work
+
+
+def test_same_folder_as_real_and_generated_gives_zero_distance(tiny_generated, tmp_path):
+    out = tmp_path / "same"
+    assert main(["evaluate", "--real", str(tiny_generated), "--generated", str(tiny_generated), "--out", str(out), *FAST]) == 0
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["inputs"]["real_layout"] == "folder"
+    for t in ("crack", "spot"):
+        pt = m["per_type"][t]
+        assert pt["FD_compact"] == pytest.approx(0.0, abs=1e-6) and pt["FD_compact_crop"] == pytest.approx(0.0, abs=1e-6)
+        assert pt["precision_compact"] == 1.0 and pt["recall_compact"] == 1.0

@@ -528,7 +528,7 @@ def _example_maps(maps, data: DownstreamData, per_type: int = 2) -> list[tuple[s
 def _save_examples(examples, folder: Path) -> None:
     from ..io.images import save_image
 
-    for sid, i, m in examples:
+    for _sid, i, m in examples:
         save_image(m, folder / f"{i}.png")
 
 

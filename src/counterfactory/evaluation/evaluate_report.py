@@ -107,7 +107,7 @@ def build_evaluate_report(metrics, samples, gen_v, train_v, ref_v, matches, per_
     for ax, suf, title in zip(axes[0], ["", "_crop"], ["whole image", "defect crop"]):
         vals = [per_type[t].get(f"{kid}{suf}", np.nan) for t in types]
         errs = [per_type[t].get(f"{kid}{suf}_std", 0.0) for t in types]
-        ax.bar(range(len(types)), vals, yerr=errs, color="#4c72b0", capsize=4, label="generated vs real held-out")
+        ax.bar(range(len(types)), vals, yerr=errs, color="#4c72b0", capsize=4, label="generated vs real reference")
         fl = metrics.get("real_vs_real") or {}
         for i, t in enumerate(types):
             for rt in matches.get(t, []):
@@ -134,7 +134,8 @@ def build_evaluate_report(metrics, samples, gen_v, train_v, ref_v, matches, per_
             ax.scatter(c[:, 0], c[:, 1], s=8, alpha=0.5, c="#4c72b0", label=f"generated ({len(c)})")
             if metrics["inputs"].get("split"):
                 ax.scatter(b[:, 0], b[:, 1], s=14, c="#55a868", marker="s", label=f"real held-out ({len(b)})")
-            ax.scatter(a[:, 0], a[:, 1], s=60, c="#c44e52", marker="*", label=f"real train ({len(a)})")
+            lab = "real train" if metrics["inputs"].get("split") else "real (all)"
+            ax.scatter(a[:, 0], a[:, 1], s=60, c="#c44e52", marker="*", label=f"{lab} ({len(a)})")
             ax.set_title(f"{t}: defect-crop features, PCA")
             ax.legend(fontsize=7)
         fig.tight_layout()

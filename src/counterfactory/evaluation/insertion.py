@@ -1,0 +1,465 @@
+"""Reference-insertion benchmark: the three AnydoorMed tasks, two classical baselines and the metric glue.
+
+Tasks (:func:`build_cases`, from the split's **held-out** images; AnydoorMed's ``vindr_mammo.py`` definitions):
+
+- ``reinsertion``: a defect's own crop back into its own box; the real image is the ground truth;
+- ``replacement``: a defect from *another* image whose box is within ±15 % in width and height of the target
+  box (same defect type by default), painted into the target's defect box;
+- ``insertion``: a defect into a defect-free image at a random location where ≥ 90 % of the box lies on the
+  product (:func:`foreground_mask`; at most 20 tries per image).
+
+Baselines (pure functions, no model): :func:`copy_paste` (the reference resized into the box) and
+:func:`poisson_blend` (seamless cloning: the Poisson equation with the reference's gradients as guidance and the
+target as Dirichlet boundary, solved with a sparse direct solver; no OpenCV).
+
+Metrics per task and method (:func:`evaluate_insertion`): realism FD/KID (named after the extractor) of crops
+around the box against real defect crops; paired error to ground truth for reinsertion (L1, PSNR, SSIM in the
+box); reference fidelity ``ref_cos_<extractor>`` (feature cosine between the result's box crop and the
+reference); locality outside the box (:mod:`.locality`). Methods are injected as callables, so this module never
+imports a pipeline.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from scipy import ndimage, sparse
+from scipy.sparse.linalg import splu
+from torchmetrics.functional.image import structural_similarity_index_measure
+
+from ..data.sample import GOOD
+from ..errors import input_error
+from ..io.images import load_image, save_image
+from ..io.manifest import atomic_write_json, atomic_write_text
+from ..io.masks import Box, bbox, box_mask, components, crop, window_around
+from ..models.reference import reference_crop
+from .distribution import distribution_metrics
+from .features import FeatureExtractor, resize_square
+from .locality import LOCALITY_KEYS, locality_per_image, reduce_locality
+
+TASKS = ("reinsertion", "replacement", "insertion")
+BASELINES = ("copy_paste", "poisson")
+REFERENCE_CONTEXT = 0.1  # reference crop = defect box + 10 % of its side on each side (PbE: box + 10 px)
+
+
+@dataclass(frozen=True)
+class InsertionCase:
+    """One benchmark case: paint the defect ``reference_box`` of ``reference_path`` into ``box`` of ``target_path``."""
+
+    task: str
+    case_id: str
+    target_id: str
+    target_path: str
+    box: Box
+    reference_id: str
+    reference_path: str
+    reference_box: Box
+    defect_type: str
+
+    @property
+    def has_ground_truth(self) -> bool:
+        return self.task == "reinsertion"
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["box"], d["reference_box"] = list(self.box), list(self.reference_box)
+        return d
+
+
+# ====================================================================== task builders
+@dataclass(frozen=True)
+class _Instance:
+    source_id: str
+    path: str
+    defect_type: str
+    box: Box
+
+
+def defect_instances(samples, min_area: int = 4, largest_only: bool = True) -> list[_Instance]:
+    """Defect boxes (connected components of at least ``min_area`` px) of defect samples, largest first."""
+    out = []
+    for s in samples:
+        if s.is_good:
+            continue
+        comps = [c for c in components(s.load_mask()[0].numpy()) if c.sum() >= min_area]
+        for c in comps[: 1 if largest_only else None]:
+            out.append(_Instance(s.source_id, str(s.image_path), s.defect_type, bbox(c)))
+    return out
+
+
+def foreground_mask(image: torch.Tensor, erode_px: int = 4, window: int = 9, rel_threshold: float = 0.5) -> np.ndarray:
+    """Product (foreground) pixels of an image (C,H,W) in [0,1]: the locally averaged gray level is above
+    ``rel_threshold`` × the image's median (dark borders and background are out), holes filled, eroded by
+    ``erode_px`` so boxes keep off the product's edge (AnydoorMed erodes its breast mask the same way)."""
+    gray = image.float().mean(0).numpy()
+    smooth = ndimage.uniform_filter(gray, size=window, mode="nearest")
+    fg = smooth > rel_threshold * float(np.median(gray))
+    fg = ndimage.binary_fill_holes(fg)
+    if erode_px > 0:
+        fg = ndimage.binary_erosion(fg, iterations=erode_px, border_value=0)
+    return fg
+
+
+def place_box(fg: np.ndarray, size: tuple[int, int], rng: np.random.Generator, min_fraction: float = 0.9,
+              max_tries: int = 20) -> Box | None:
+    """A random box of ``size`` (w, h) inside the image with ≥ ``min_fraction`` of its pixels on ``fg``."""
+    h, w = fg.shape
+    bw, bh = size
+    if bw > w or bh > h:
+        return None
+    integral = np.pad(fg.astype(np.int64).cumsum(0).cumsum(1), ((1, 0), (1, 0)))
+    for _ in range(max_tries):
+        x0, y0 = int(rng.integers(0, w - bw + 1)), int(rng.integers(0, h - bh + 1))
+        inside = integral[y0 + bh, x0 + bw] - integral[y0, x0 + bw] - integral[y0 + bh, x0] + integral[y0, x0]
+        if inside >= min_fraction * bw * bh:
+            return x0, y0, x0 + bw, y0 + bh
+    return None
+
+
+def _round_robin(by_type: dict[str, list], n: int, rng: np.random.Generator) -> list:
+    """Up to ``n`` items drawn alternately from each type's shuffled list (balanced across types)."""
+    queues = {t: [v[i] for i in rng.permutation(len(v))] for t, v in sorted(by_type.items()) if v}
+    out = []
+    while len(out) < n and any(queues.values()):
+        for t in list(queues):
+            if queues[t] and len(out) < n:
+                out.append(queues[t].pop(0))
+    return out
+
+
+def build_cases(dataset, split, task: str, n: int = 20, seed: int = 0, part: str = "held_out",
+                size_tolerance: float = 0.15, same_type: bool = True, min_fraction: float = 0.9,
+                max_tries: int = 20, min_area: int = 4, types=None) -> list[InsertionCase]:
+    """Up to ``n`` cases of ``task`` from the ``part`` ("held_out" by default) of ``split``; deterministic by seed."""
+    if task not in TASKS:
+        raise input_error("task", task, f"one of {', '.join(TASKS)}")
+    if not isinstance(n, int) or n < 1:
+        raise input_error("n", n, "an integer >= 1")
+    rng = np.random.default_rng([seed, TASKS.index(task)])
+    table = split.held_out if part == "held_out" else split.train
+    index = dataset.by_id()
+    wanted = [t for t in (types or sorted(t for t in table if t != GOOD))]
+    defects = [index[i] for t in wanted for i in table.get(t, []) if i in index]
+    inst = defect_instances(defects, min_area)
+    by_type: dict[str, list[_Instance]] = {}
+    for it in inst:
+        by_type.setdefault(it.defect_type, []).append(it)
+    cases: list[InsertionCase] = []
+
+    def case(k, tgt_id, tgt_path, box, ref: _Instance):
+        return InsertionCase(task, f"{task}-{k:04d}", tgt_id, tgt_path, tuple(int(v) for v in box), ref.source_id,
+                             ref.path, ref.box, ref.defect_type)
+
+    if task == "reinsertion":
+        for k, it in enumerate(_round_robin(by_type, n, rng)):
+            cases.append(case(k, it.source_id, it.path, it.box, it))
+    elif task == "replacement":
+        for it in _round_robin(by_type, len(inst), rng):
+            if len(cases) >= n:
+                break
+            w, h = it.box[2] - it.box[0], it.box[3] - it.box[1]
+            pool = [d for d in (by_type[it.defect_type] if same_type else inst) if d.source_id != it.source_id
+                    and abs((d.box[2] - d.box[0]) - w) <= size_tolerance * w
+                    and abs((d.box[3] - d.box[1]) - h) <= size_tolerance * h]
+            if pool:
+                cases.append(case(len(cases), it.source_id, it.path, it.box, pool[int(rng.integers(len(pool)))]))
+    else:
+        goods = [index[i] for i in table.get(GOOD, []) if i in index]
+        if not goods:
+            raise input_error("split", f"no defect-free {part} images", "defect-free ('good') images for the insertion task")
+        donors = _round_robin(by_type, n, rng)
+        order = [goods[i] for i in rng.permutation(len(goods))]
+        gi = 0
+        for ref in donors:
+            for _ in range(len(order)):
+                g = order[gi % len(order)]
+                gi += 1
+                fg = foreground_mask(load_image(g.image_path))
+                box = place_box(fg, (ref.box[2] - ref.box[0], ref.box[3] - ref.box[1]), rng, min_fraction, max_tries)
+                if box is not None:
+                    cases.append(case(len(cases), g.source_id, str(g.image_path), box, ref))
+                    break
+    return cases
+
+
+def load_case(case: InsertionCase) -> tuple[torch.Tensor, torch.Tensor]:
+    """(target (3,H,W), reference crop (3,h,w)) in [0,1]."""
+    target = load_image(case.target_path)
+    donor = target if case.reference_path == case.target_path else load_image(case.reference_path)
+    return target, reference_crop(donor, case.reference_box, (REFERENCE_CONTEXT, REFERENCE_CONTEXT))
+
+
+# ====================================================================== baselines
+def _resize(x: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
+    if tuple(x.shape[-2:]) == tuple(hw):
+        return x
+    return torch.nn.functional.interpolate(x[None].float(), size=hw, mode="bilinear", antialias=True,
+                                           align_corners=False)[0].clamp(0, 1)
+
+
+def copy_paste(target: torch.Tensor, box: Box, reference: torch.Tensor) -> torch.Tensor:
+    """The reference (C,h,w), resized to the box, pasted into the box of ``target`` (C,H,W); nothing else changes."""
+    x0, y0, x1, y1 = box
+    out = target.clone()
+    ref = reference.expand(target.shape[0], -1, -1) if reference.shape[0] == 1 else reference
+    out[:, y0:y1, x0:x1] = _resize(ref, (y1 - y0, x1 - x0)).to(out.dtype)
+    return out
+
+
+def poisson_blend(target: torch.Tensor, box: Box, reference: torch.Tensor, region: torch.Tensor | None = None) -> torch.Tensor:
+    """Seamless cloning of the reference into ``box`` (Pérez et al. 2003, "normal" cloning).
+
+    Inside the region Ω (the box, or ``region`` (H,W) restricted to it) solve ``Δf = Δs`` with ``f = target`` on
+    the pixels just outside Ω, where ``s`` is the reference resized to the box grown by one pixel (so its
+    gradients exist across Ω's border). 4-neighbour discrete Laplacian; neighbours outside the image are dropped
+    (Neumann). One sparse LU factorisation, solved per channel. Pixels outside Ω are returned unchanged.
+    """
+    c, h, w = target.shape
+    x0, y0, x1, y1 = box
+    gx0, gy0, gx1, gy1 = max(0, x0 - 1), max(0, y0 - 1), min(w, x1 + 1), min(h, y1 + 1)
+    ref = reference.expand(c, -1, -1) if reference.shape[0] == 1 else reference
+    src = _resize(ref, (gy1 - gy0, gx1 - gx0)).double().numpy()
+    tgt = target.double().numpy()
+    omega = np.zeros((h, w), dtype=bool)
+    omega[y0:y1, x0:x1] = True
+    if region is not None:
+        omega &= region.reshape(h, w).numpy() > 0.5
+    ys, xs = np.nonzero(omega)
+    n = len(ys)
+    if n == 0:
+        return target.clone()
+    idx = -np.ones((h, w), dtype=np.int64)
+    idx[ys, xs] = np.arange(n)
+    rows, cols, vals = [], [], []
+    diag = np.zeros(n)
+    b = np.zeros((c, n))
+    s_at = src[:, ys - gy0, xs - gx0]
+    for dy, dx in ((-1, 0), (1, 0), (0, -1), (0, 1)):
+        ny, nx = ys + dy, xs + dx
+        ok = (ny >= 0) & (ny < h) & (nx >= 0) & (nx < w)
+        diag[ok] += 1
+        p = np.nonzero(ok)[0]
+        qy, qx = ny[ok], nx[ok]
+        # guidance: s_p - s_q (q lies in the grown box, so s is defined there)
+        b[:, p] += s_at[:, p] - src[:, qy - gy0, qx - gx0]
+        inside = idx[qy, qx] >= 0
+        rows.append(p[inside])
+        cols.append(idx[qy[inside], qx[inside]])
+        vals.append(-np.ones(int(inside.sum())))
+        border = ~inside
+        b[:, p[border]] += tgt[:, qy[border], qx[border]]
+    a = sparse.csc_matrix((np.concatenate([diag] + vals), (np.concatenate([np.arange(n)] + rows),
+                                                           np.concatenate([np.arange(n)] + cols))), shape=(n, n))
+    lu = splu(a)
+    out = target.clone()
+    sol = np.stack([lu.solve(b[k]) for k in range(c)])
+    out[:, ys, xs] = torch.from_numpy(np.clip(sol, 0.0, 1.0)).to(out.dtype)
+    return out
+
+
+def baseline_method(name: str) -> Callable:
+    """``fn(target (3,H,W), box, reference (3,h,w), case) -> result`` for a baseline name."""
+    if name == "copy_paste":
+        return lambda target, box, reference, case=None: copy_paste(target, box, reference)
+    if name == "poisson":
+        return lambda target, box, reference, case=None: poisson_blend(target, box, reference)
+    raise input_error("method", name, f"one of {', '.join(BASELINES)}")
+
+
+# ====================================================================== metrics
+def context_crop(image: torch.Tensor, box: Box, margin: float = 1.0, min_size: int = 48) -> torch.Tensor:
+    """The realism view: a square window around ``box`` (margin × its side of context, at least ``min_size``)."""
+    win = window_around(box, tuple(image.shape[-2:]), margin=margin, min_size=min_size)
+    return crop(image, win.box)
+
+
+def paired_box_metrics(result: torch.Tensor, truth: torch.Tensor, box: Box) -> dict[str, float]:
+    """L1, PSNR (data range 1) and SSIM inside the box. SSIM: the SSIM map of a context window around the box
+    (Gaussian window 11, σ 1.5), averaged over the box pixels (works for boxes smaller than the window)."""
+    x0, y0, x1, y1 = box
+    r, t = result[:, y0:y1, x0:x1].double(), truth[:, y0:y1, x0:x1].double()
+    l1 = float((r - t).abs().mean())
+    mse = float(((r - t) ** 2).mean())
+    psnr = math.inf if mse == 0 else 10 * math.log10(1.0 / mse)
+    win = window_around(box, tuple(result.shape[-2:]), margin=0.5, min_size=32)
+    wx0, wy0, wx1, wy1 = win.box
+    rw, tw = crop(result, win.box)[None].double(), crop(truth, win.box)[None].double()
+    if min(rw.shape[-2:]) < 11:
+        return {"L1_box": l1, "PSNR_box": psnr, "SSIM_box": math.nan}
+    _, ssim_map = structural_similarity_index_measure(rw, tw, data_range=1.0, reduction="none", return_full_image=True)
+    inner = ssim_map[0, :, y0 - wy0 : y1 - wy0, x0 - wx0 : x1 - wx0]
+    return {"L1_box": l1, "PSNR_box": psnr, "SSIM_box": float(inner.mean())}
+
+
+def _cosine(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    return torch.nn.functional.cosine_similarity(a.double(), b.double(), dim=1)
+
+
+def real_defect_crops(samples, size: int, min_area: int = 4, margin: float = 1.0, min_size: int = 48) -> list[torch.Tensor]:
+    """Realism references: context crops around every defect component (≥ ``min_area`` px) of real samples."""
+    out = []
+    for it in defect_instances(samples, min_area, largest_only=False):
+        out.append(resize_square(context_crop(load_image(it.path), it.box, margin, min_size)[None], size)[0])
+    return out
+
+
+@dataclass(frozen=True)
+class InsertionEvalConfig:
+    out: str
+    seed: int = 0
+    crop_margin: float = 1.0
+    crop_min_size: int = 48
+    kid_subsets: int = 100
+    kid_subset_size: int = 32  # capped by the smaller set size
+    change_threshold: float = 0.05
+    grid_rows: int = 6
+
+
+def _identity_check(out: Path, identity: dict) -> None:
+    f = out / "run.json"
+    if f.is_file():
+        old = json.loads(f.read_text())
+        if old != identity:
+            diff = sorted(k for k in set(old) | set(identity) if old.get(k) != identity.get(k))
+            raise input_error("--out", str(out), f"a new folder, or the same settings to resume (this one differs in: "
+                                                 f"{', '.join(diff[:5])})")
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(f, identity)
+
+
+def evaluate_insertion(cases: list[InsertionCase], methods: dict[str, Callable], extractor: FeatureExtractor,
+                       real_crops: list[torch.Tensor], cfg: InsertionEvalConfig, identity: dict | None = None,
+                       progress: bool = True, log=print) -> dict:
+    """Run every method on every case, save results, compute the metrics and write ``metrics.json``,
+    ``cases.jsonl`` and ``report.html`` into ``cfg.out``.
+
+    ``methods``: name → ``fn(target (3,H,W), box, reference (3,h,w), case) -> result (3,H,W)`` in [0,1].
+    Results are written to ``<out>/<task>/<method>/<case_id>.png`` and reused on a rerun with the same
+    ``identity`` (a different one is refused).
+    """
+    from tqdm.auto import tqdm
+
+    out = Path(cfg.out)
+    _identity_check(out, {"cases": [c.to_dict() for c in cases], "methods": sorted(methods), **(identity or {})})
+    atomic_write_text(out / "cases.jsonl", "".join(json.dumps(c.to_dict()) + "\n" for c in cases))
+    size = extractor.input_size
+    extractor.eval()
+    with torch.no_grad():
+        real_feats = extractor.extract(real_crops) if real_crops else torch.zeros(0, extractor.num_features)
+    per: dict[tuple[str, str], dict[str, list]] = {}
+    thumbs: dict[str, list] = {}
+    timings: dict[tuple[str, str], list[float]] = {}
+    for case in tqdm(cases, desc="insertion cases", disable=not progress):
+        target, reference = load_case(case)
+        region = box_mask(case.box, tuple(target.shape[-2:]))
+        row = {"target": context_crop(target, case.box, cfg.crop_margin, cfg.crop_min_size),
+               "reference": reference, "box": _outlined(target, case.box, cfg), "results": {}}
+        for name, fn in methods.items():
+            path = out / case.task / name / f"{case.case_id}.png"
+            if path.is_file():
+                result = load_image(path)
+            else:
+                t0 = time.perf_counter()
+                result = fn(target, case.box, reference, case).clamp(0, 1)
+                timings.setdefault((case.task, name), []).append(time.perf_counter() - t0)
+                save_image(result, path)
+                result = load_image(path)  # metrics on what was saved (8-bit)
+            rec = per.setdefault((case.task, name), {"crop": [], "box_feat_pair": [], "loc": [], "paired": []})
+            rec["crop"].append(resize_square(context_crop(result, case.box, cfg.crop_margin, cfg.crop_min_size)[None], size)[0])
+            rec["box_feat_pair"].append((reference_crop(result, case.box, (REFERENCE_CONTEXT, REFERENCE_CONTEXT)), reference))
+            rec["loc"].append(locality_per_image(target[None], result[None], region[None], cfg.change_threshold))
+            if case.has_ground_truth:
+                rec["paired"].append(paired_box_metrics(result, target, case.box))
+            row["results"][name] = context_crop(result, case.box, cfg.crop_margin, cfg.crop_min_size)
+        thumbs.setdefault(case.task, [])
+        if len(thumbs[case.task]) < cfg.grid_rows:
+            thumbs[case.task].append((case, row))
+
+    name = extractor.name
+    rows = []
+    for (task, method), rec in per.items():
+        n = len(rec["crop"])
+        with torch.no_grad():
+            fake = extractor.extract(rec["crop"])
+            a = extractor.extract([p[0] for p in rec["box_feat_pair"]])
+            b = extractor.extract([p[1] for p in rec["box_feat_pair"]])
+        r: dict = {"task": task, "method": method, "n": n}
+        k = min(cfg.kid_subset_size, n, real_feats.shape[0])
+        if n >= 4 and real_feats.shape[0] >= 4:
+            d = distribution_metrics(real_feats, fake, name, kid_subsets=cfg.kid_subsets, kid_subset_size=k,
+                                     pr_k=min(3, n - 1), seed=cfg.seed, suffix="_crop")
+            r.update({kk: v for kk, v in d.items() if not kk.startswith(("precision", "recall"))})
+            r["kid_subset_size"] = k
+        r[f"ref_cos_{name}"] = float(_cosine(a, b).mean())
+        loc = {key: torch.cat([x[key] for x in rec["loc"]]) for key in LOCALITY_KEYS}
+        red = reduce_locality(loc)
+        r.update({kk: red[kk] for kk in ("outside_mask_max_abs_change", "outside_psnr", "mask_changed_fraction")})
+        if rec["paired"]:
+            for key in ("L1_box", "PSNR_box", "SSIM_box"):
+                vals = [p[key] for p in rec["paired"] if math.isfinite(p[key])]
+                r[key] = float(np.mean(vals)) if vals else math.nan
+        if timings.get((task, method)):
+            r["seconds_per_case"] = float(np.mean(timings[(task, method)]))
+        rows.append(r)
+    rows.sort(key=lambda r: (TASKS.index(r["task"]), r["method"]))
+    summary = {"extractor": name, "n_real_crops": int(real_feats.shape[0]), "rows": rows,
+               "torch_threads": torch.get_num_threads(), **({"identity": identity} if identity else {})}
+    atomic_write_json(out / "metrics.json", _clean(summary))
+    _report(out, rows, thumbs, list(methods), name, summary)
+    log(f"wrote {out / 'metrics.json'} and {out / 'report.html'}")
+    return summary
+
+
+def _outlined(image: torch.Tensor, box: Box, cfg: InsertionEvalConfig) -> torch.Tensor:
+    """The context crop with the box drawn as a 1-px red outline (for the report only)."""
+    win = window_around(box, tuple(image.shape[-2:]), margin=cfg.crop_margin, min_size=cfg.crop_min_size)
+    c = crop(image, win.box).clone()
+    c = c.expand(3, -1, -1).clone() if c.shape[0] == 1 else c
+    x0, y0, x1, y1 = (box[0] - win.box[0], box[1] - win.box[1], box[2] - win.box[0] - 1, box[3] - win.box[1] - 1)
+    red = torch.tensor([1.0, 0.0, 0.0]).view(3, 1)
+    c[:, y0, x0 : x1 + 1] = red
+    c[:, y1, x0 : x1 + 1] = red
+    c[:, y0 : y1 + 1, x0] = red
+    c[:, y0 : y1 + 1, x1] = red
+    return c
+
+
+def _clean(obj):
+    if isinstance(obj, dict):
+        return {k: _clean(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_clean(v) for v in obj]
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return str(obj)
+    return obj
+
+
+def _report(out: Path, rows: list[dict], thumbs: dict, methods: list[str], name: str, summary: dict) -> None:
+    from .report import HtmlReport
+
+    rep = HtmlReport(title="Reference insertion benchmark")
+    rep.paragraph(
+        f"Realism: FD/KID of {name} features of context crops around the box (margin 1 x box side, >= 48 px) "
+        f"vs {summary['n_real_crops']} real held-out defect crops; small N, so KID is the number to read. "
+        f"ref_cos_{name}: cosine between features of the result's box crop and of the reference. "
+        "L1/PSNR/SSIM_box: reinsertion only (the real image is the ground truth). Locality: change outside the box."
+    )
+    cols = ["task", "method", "n", f"FD_{name}_crop", f"KID_{name}_crop", f"ref_cos_{name}", "L1_box", "PSNR_box",
+            "SSIM_box", "outside_mask_max_abs_change", "seconds_per_case"]
+    rep.table(rows, columns=cols)
+    for task in TASKS:
+        if task not in thumbs:
+            continue
+        rep.heading(f"{task}: target | reference | box | " + " | ".join(methods))
+        grid = [[row["target"], row["reference"], row["box"], *[row["results"][m] for m in methods]]
+                for _, row in thumbs[task]]
+        titles = [f"{c.case_id} {c.defect_type}" for c, _ in thumbs[task]]
+        rep.grid(grid, col_titles=["target", "reference", "box", *methods], row_titles=titles, cell_px=128)
+    rep.save(out / "report.html")

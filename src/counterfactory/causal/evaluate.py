@@ -15,7 +15,7 @@ from ..errors import CheckpointError
 from ..io.manifest import atomic_write_json
 from . import report as rep
 from .checkpoint import VARIANT_NAMES
-from .metrics import DEFAULT_SCALES, METRIC_INFO, PERCENT_SCALED, evaluate_model, summarize
+from .metrics import DEFAULT_SCALES, METRIC_INFO, evaluate_model, summarize
 from .predictors import predictor_accuracy
 from .training import load_causal_model, load_predictors
 

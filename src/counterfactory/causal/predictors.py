@@ -63,13 +63,20 @@ class Segmentor(nn.Module):
         super().__init__()
         self.config = c = config
         ch = c.channels
-        self.e1 = nn.Sequential(nn.Conv2d(1, ch, 3, 1, 1), nn.SiLU())
+        # with several structures the class of a pixel depends on where it is (digit k = columns 28k..): a
+        # convolution cannot see that, so a column-coordinate channel is added (CoordConv)
+        self.coords = c.num_structures > 1
+        self.e1 = nn.Sequential(nn.Conv2d(2 if self.coords else 1, ch, 3, 1, 1), nn.SiLU())
         self.e2 = nn.Sequential(nn.Conv2d(ch, 2 * ch, 4, 2, 1), nn.SiLU(), nn.Conv2d(2 * ch, 2 * ch, 3, 1, 1), nn.SiLU())
         self.up = nn.ConvTranspose2d(2 * ch, ch, 4, 2, 1)
         self.d1 = nn.Conv2d(2 * ch, c.num_structures + 1, 3, 1, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h1 = self.e1(x * 2 - 1)
+        inp = x * 2 - 1
+        if self.coords:
+            col = torch.linspace(-1, 1, x.shape[-1], dtype=x.dtype).expand(x.shape[0], 1, x.shape[2], -1)
+            inp = torch.cat([inp, col], dim=1)
+        h1 = self.e1(inp)
         h2 = self.e2(h1)
         return self.d1(torch.cat([h1, F.silu(self.up(h2))], dim=1))
 

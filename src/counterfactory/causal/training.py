@@ -26,11 +26,16 @@ from tqdm.auto import tqdm
 from ..data.morphomnist import StructureData
 from ..errors import CheckpointError, TrainingError, input_error
 from .checkpoint import VARIANTS, load_modules, load_optimizers, read_meta, save_checkpoint
-from .predictors import PredictorConfig, Regressor, Segmentor, regressor_loss, regressor_targets, segmentor_loss
+from .predictors import (
+    PredictorConfig,
+    Regressor,
+    Segmentor,
+    regressor_loss,
+    regressor_targets,
+    segmentor_loss,
+)
 from .scm import ParentSCM
 from .vae import CondVAE, VAEConfig
-
-DATA_VARIANTS = {1: "single", 2: "pair"}
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,7 @@ import json
 import time
 from pathlib import Path
 
-from .synth import _positive_int
+from .synth import _nonneg_float, _positive_int
 
 
 def _ring_contrast(image, mask, width: int = 3) -> float:
@@ -36,12 +36,12 @@ def cmd_demo(args) -> int:
     from ..evaluation.locality import locality_metrics
     from ..evaluation.report import HtmlReport
     from ..io.images import load_image
-    from ..io.manifest import Manifest, atomic_write_json
+    from ..io.manifest import Manifest, atomic_write_json, sha256_file
     from ..io.masks import read_mask
     from ..models.compact import DEFAULT_WEIGHTS_DIR, load_compact
     from ..pipelines.defect_inpaint import DefectInpaintPipeline
     from ..pipelines.generate import GenerateConfig, generate, held_out_masks
-    from ..training.inpaint import AdapterTrainConfig, sha256_file, train_adapter
+    from ..training.inpaint import AdapterTrainConfig, train_adapter
     from ..training.trainer import LoopConfig
 
     if args.threads:
@@ -161,8 +161,8 @@ def register(sub) -> None:
     p.add_argument("--n-per-type", type=_positive_int("--n-per-type"), default=12)
     p.add_argument("--show", type=_positive_int("--show"), default=6, help="rows per type in the report")
     p.add_argument("--steps", type=_positive_int("--steps"), default=25, help="denoising steps")
-    p.add_argument("--guidance-scale", type=float, default=2.0)
+    p.add_argument("--guidance-scale", type=_nonneg_float("--guidance-scale"), default=2.0)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--threads", type=_positive_int("--threads"), default=None, help="torch CPU threads")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_demo)

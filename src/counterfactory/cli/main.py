@@ -20,6 +20,7 @@ COMMAND_MODULES = [
     "counterfactory.cli.demo",
     "counterfactory.cli.cft",
     "counterfactory.cli.evaluate",
+    "counterfactory.cli.insert",
 ]
 
 

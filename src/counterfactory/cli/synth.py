@@ -43,7 +43,7 @@ def _loop_args(p: argparse.ArgumentParser, steps: int, lr: float, batch: int, ck
                    help=f"steps between checkpoints (default {ckpt}); a rerun with the same --out resumes")
     g.add_argument("--ema-decay", type=float, default=0.995, help="EMA decay of the exported weights (default 0.995)")
     g.add_argument("--max-minutes", type=float, default=None, help="stop after this wall time (checkpoint kept; rerun resumes)")
-    g.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    g.add_argument("--threads", type=_positive_int("--threads"), default=None, help="torch CPU threads (default: torch's choice)")
     g.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
@@ -116,8 +116,9 @@ def cmd_generate(args) -> int:
     from ..data import open_dataset
     from ..data.splits import load_split
     from ..errors import input_error
+    from ..io.manifest import sha256_file
     from ..pipelines.generate import GenerateConfig, folder_masks, generate, held_out_masks
-    from ..training.inpaint import ADAPTER_CONFIG, check_adapter_types, sha256_file
+    from ..training.inpaint import ADAPTER_CONFIG, check_adapter_types
 
     _threads(args)
     adapter = Path(args.adapter)
@@ -219,6 +220,6 @@ def register(sub) -> None:
     p.add_argument("--crop-margin", type=_nonneg_float("--crop-margin"), default=0.5)
     p.add_argument("--batch-size", type=_positive_int("--batch-size"), default=16)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--threads", type=_positive_int("--threads"), default=None, help="torch CPU threads")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_generate)

@@ -8,6 +8,7 @@ killed mid-append) is ignored on read and overwritten by the next append.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import uuid
@@ -91,3 +92,12 @@ class Manifest:
             f.write(line)
             f.flush()
             os.fsync(f.fileno())
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    """Hex sha256 of a file (provenance of weights in manifests and adapter configs)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()

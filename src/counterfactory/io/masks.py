@@ -145,3 +145,33 @@ def paste_back(original: torch.Tensor, patch: torch.Tensor, mask: torch.Tensor, 
     keep = mask < 0.5
     out[..., y0:y1, x0:x1] = torch.where(keep, region, patch.to(region.dtype))
     return out
+
+
+def check_box(box, image_hw: tuple[int, int], name: str = "box") -> Box:
+    """Validate a user box ``(x0, y0, x1, y1)`` (pixels, end exclusive) against an image of size ``(H, W)``.
+
+    Integers only (a float box is an error, not silently rounded); zero-area and inverted boxes, and boxes that
+    reach outside the image, raise :class:`InputError` naming the box and the image size.
+    """
+    h, w = image_hw
+    try:
+        vals = [v.item() if isinstance(v, (torch.Tensor, np.generic)) else v for v in box]
+    except TypeError:
+        raise input_error(name, box, "four integers x0,y0,x1,y1 (pixels, end exclusive)") from None
+    if len(vals) != 4 or any(isinstance(v, bool) or not isinstance(v, (int, np.integer)) for v in vals):
+        raise input_error(name, box, "four integers x0,y0,x1,y1 (pixels, end exclusive)")
+    x0, y0, x1, y1 = (int(v) for v in vals)
+    if x1 <= x0 or y1 <= y0:
+        raise input_error(name, (x0, y0, x1, y1), "a box with x1 > x0 and y1 > y0 (this one is degenerate: zero area or inverted)")
+    if x0 < 0 or y0 < 0 or x1 > w or y1 > h:
+        raise input_error(name, (x0, y0, x1, y1), f"a box inside the image: 0 <= x0 < x1 <= {w}, 0 <= y0 < y1 <= {h}")
+    return x0, y0, x1, y1
+
+
+def box_mask(box: Box, image_hw: tuple[int, int]) -> torch.Tensor:
+    """A (1,H,W) float mask, 1 inside ``box`` (end exclusive), 0 elsewhere."""
+    h, w = image_hw
+    x0, y0, x1, y1 = box
+    m = torch.zeros(1, h, w)
+    m[:, y0:y1, x0:x1] = 1.0
+    return m

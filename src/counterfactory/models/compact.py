@@ -43,6 +43,12 @@ class CompactConfig:
     extra: dict = field(default_factory=dict)  # provenance (data, command, steps) kept next to the weights
 
     def __post_init__(self):
+        if not self.block_out_channels or any(int(c) < 1 for c in self.block_out_channels):
+            raise ConfigError(f"block_out_channels={self.block_out_channels}: one or more positive widths")
+        for name in ("sample_size", "layers_per_block", "cross_attention_dim", "num_tokens", "attention_head_dim",
+                     "norm_num_groups", "num_train_timesteps"):
+            if int(getattr(self, name)) < 1:
+                raise ConfigError(f"{name}={getattr(self, name)}: an integer >= 1")
         if self.sample_size % (2 ** (len(self.block_out_channels) - 1)) != 0:
             raise ConfigError(
                 f"sample_size={self.sample_size}: must be divisible by 2**(levels-1)={2 ** (len(self.block_out_channels) - 1)}"
@@ -135,9 +141,15 @@ def load_compact(directory: str | os.PathLike | None = None) -> CompactInpaintMo
     except (json.JSONDecodeError, KeyError, TypeError) as exc:
         raise CheckpointError(f"{cfile}: not a compact model config ({exc})") from None
     model = CompactInpaintModel(config)
-    state = load_file(str(wfile))
+    try:
+        state = load_file(str(wfile))
+    except Exception as exc:  # safetensors raises its own error type for truncated / foreign files
+        raise CheckpointError(f"{wfile}: not a readable safetensors file ({exc})") from None
     state = {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
-    missing, unexpected = model.load_state_dict(state, strict=False)
+    try:
+        missing, unexpected = model.load_state_dict(state, strict=False)
+    except RuntimeError as exc:  # shape mismatch
+        raise CheckpointError(f"{wfile}: does not match its config ({' '.join(str(exc).split())[:300]})") from None
     if missing or unexpected:
         raise CheckpointError(f"{wfile}: does not match its config (missing {missing[:3]}, unexpected {unexpected[:3]})")
     model.eval().requires_grad_(False)

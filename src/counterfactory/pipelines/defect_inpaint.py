@@ -22,24 +22,13 @@ from typing import Literal
 
 import numpy as np
 import torch
-import torch.nn.functional as F
-from tqdm.auto import tqdm
 
 from ..data.sample import GOOD
 from ..errors import CheckpointError, input_error
-from ..io.images import as_batch, from_model_space, to_model_space, to_pil, to_uint8
-from ..io.masks import CropWindow, binarize, group_windows, paste_back
+from ..io.images import as_batch, to_pil, to_uint8
+from ..io.masks import CropWindow, binarize, group_windows
 from ..models.conditioning import DamageTypeEmbedding
-from ..sampling.inpaint import (
-    PixelSpace,
-    VaeSpace,
-    guided,
-    initial_noise,
-    masked_image,
-    reinject_known,
-    to_working_resolution,
-    unet_input,
-)
+from ..sampling.inpaint import PixelSpace, VaeSpace, denoise, inpaint_windows
 
 ADAPTER_CONFIG = "adapter_config.json"
 OutputType = Literal["pt", "np", "pil"]
@@ -87,7 +76,8 @@ class DefectInpaintPipeline:
     def from_compact(cls, base: str | Path | None = None, adapter: str | Path | None = None,
                      scheduler=None) -> DefectInpaintPipeline:
         """The embedded default: the compact base from ``base`` (default: the shipped ``weights/``) + an adapter."""
-        from ..models.compact import load_compact, make_schedulers
+        from ..io.manifest import sha256_file
+        from ..models.compact import DEFAULT_WEIGHTS_DIR, WEIGHTS_FILE, load_compact, make_schedulers
 
         model = load_compact(base)
         unet = model.unet
@@ -95,6 +85,11 @@ class DefectInpaintPipeline:
         info = {"base_kind": "compact", "base": str(base or "weights/")}
         if adapter is not None:
             unet, emb, cfg = _load_adapter(unet, adapter, expected_kind="compact")
+            base_sha = sha256_file(Path(base or DEFAULT_WEIGHTS_DIR) / WEIGHTS_FILE)
+            if cfg.get("base_sha256") and cfg["base_sha256"] != base_sha:
+                raise CheckpointError(
+                    f"adapter {adapter} was trained on another base (sha256 {cfg['base_sha256'][:12]}…, this base "
+                    f"{base_sha[:12]}…): pass the base it was trained on with --base, or train a new adapter")
             info.update(adapter=str(adapter), adapter_config=cfg)
         return cls(unet, scheduler or make_schedulers(model.config)[1], emb, base_tokens=model.base_tokens.detach(),
                    resolution=model.config.sample_size, info=info)
@@ -233,23 +228,12 @@ class DefectInpaintPipeline:
                 jobs.append((i, win, t))
                 windows_per_image[i].append(win.box)
 
-        out = images.clone()
-        # CPU/GPU kernels round differently at different batch sizes (a Linear at batch 1 vs 2 differs by ~1e-7),
-        # so with one generator per image each window is denoised on its own: its result is then a function of
-        # that image, its mask and its generator only (what makes resumed `generate` runs bit-identical)
-        step = 1 if isinstance(generator, (list, tuple)) else batch_size
-        for start in range(0, len(jobs), step):
-            chunk = jobs[start : start + step]
-            x, m = self._prepare_windows(images, masks, chunk, crop_to_mask)
-            gens = [generator[i] for i, _, _ in chunk] if isinstance(generator, (list, tuple)) else generator
-            result = self._denoise(x, m, [t for _, _, t in chunk], num_inference_steps, guidance_scale, gens,
-                                   reinject_known_region)
-            for (i, win, _), patch in zip(chunk, result):
-                x0, y0, x1, y1 = win.box
-                if patch.shape[-2:] != (y1 - y0, x1 - x0):
-                    patch = F.interpolate(patch[None], size=(y1 - y0, x1 - x0), mode="bilinear", antialias=True,
-                                          align_corners=False)[0].clamp(0, 1)
-                out[i] = paste_back(out[i], patch, masks[i, :, y0:y1, x0:x1], win.box)
+        out = inpaint_windows(
+            images, masks, jobs,
+            lambda x, m, chunk_types, gens: self._denoise(x, m, chunk_types, num_inference_steps, guidance_scale,
+                                                          gens, reinject_known_region),
+            self.resolution, crop_to_mask, generator, batch_size,
+        )
 
         bypassed = [t == GOOD for t in types]
         if output_type == "np":
@@ -260,18 +244,6 @@ class DefectInpaintPipeline:
             result_images = out
         return DefectInpaintOutput(images=result_images, bypassed=bypassed, windows=windows_per_image)
 
-    def _prepare_windows(self, images, masks, chunk, crop_to_mask):
-        xs, ms = [], []
-        for i, win, _ in chunk:
-            x0, y0, x1, y1 = win.box
-            xi = images[i : i + 1, :, y0:y1, x0:x1]
-            mi = masks[i : i + 1, :, y0:y1, x0:x1]
-            if crop_to_mask:
-                xi, mi = to_working_resolution(xi, mi, self.resolution)
-            xs.append(xi)
-            ms.append(mi)
-        return torch.cat(xs), torch.cat(ms)
-
     def _conditioning(self, types: list[str | None]):
         b = len(types)
         if self.type_embedding is None:
@@ -280,41 +252,9 @@ class DefectInpaintPipeline:
         return self.type_embedding(idx), self.type_embedding.null_tokens(b)
 
     def _denoise(self, x01, mask, types, steps, guidance_scale, generator, reinject):
-        space, unet, scheduler = self.space, self.unet, copy.deepcopy(self.scheduler)
-        x = to_model_space(x01)
-        b, _, hh, ww = x.shape
-        f = space.scale_factor
-        shape = (b, space.channels, hh // f, ww // f)
-        if isinstance(generator, list):  # one generator per window: results independent of batching
-            noise = torch.cat([initial_noise((1, *shape[1:]), g, dtype=x.dtype) for g in generator])
-            masked_latents = torch.cat([space.encode(masked_image(x[k : k + 1], mask[k : k + 1]), generator=g)
-                                        for k, g in enumerate(generator)])
-        else:
-            noise = initial_noise(shape, generator, dtype=x.dtype)
-            masked_latents = space.encode(masked_image(x, mask), generator=generator)
-        latents = noise * scheduler.init_noise_sigma
-        mask_lat = space.mask_to_space(mask)
-        known = space.encode(x, sample=False) if reinject else None
-
         cond, uncond = self._conditioning(types)
-        use_cfg = uncond is not None and guidance_scale != 1.0
-        context = torch.cat([uncond, cond]) if use_cfg else cond
-        scheduler.set_timesteps(steps)
-        timesteps = scheduler.timesteps
-        for k, t in enumerate(tqdm(timesteps, desc="denoising", leave=False, **self._progress)):
-            model_in = torch.cat([latents] * 2) if use_cfg else latents
-            model_in = scheduler.scale_model_input(model_in, t)
-            mi = torch.cat([mask_lat] * 2) if use_cfg else mask_lat
-            ml = torch.cat([masked_latents] * 2) if use_cfg else masked_latents
-            pred = unet(unet_input(model_in, mi, ml), t, encoder_hidden_states=context, return_dict=False)[0]
-            if use_cfg:
-                pu, pc = pred.chunk(2)
-                pred = guided(pu, pc, guidance_scale)
-            latents = scheduler.step(pred, t, latents, return_dict=False)[0]
-            if reinject:
-                nxt = timesteps[k + 1] if k + 1 < len(timesteps) else None
-                latents = reinject_known(latents, known, noise, mask_lat, scheduler, nxt)
-        return from_model_space(space.decode(latents))
+        return denoise(self.unet, self.scheduler, self.space, x01, mask, cond, uncond, steps, guidance_scale,
+                       generator, reinject, self._progress)
 
 
 def _load_adapter(unet, adapter, expected_kind: str):

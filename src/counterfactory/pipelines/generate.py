@@ -119,13 +119,12 @@ class MaskSource:
 
 
 def held_out_masks(dataset, split, types: list[str]) -> dict[str, list[tuple[str, torch.Tensor]]]:
-    by_id = {s.source_id: s for s in dataset.samples}
     out = {}
     for t in types:
-        ids = split.held_out.get(t, [])
-        if not ids:
+        if not split.held_out.get(t):
             raise input_error("masks", "held-out", f"held-out masks for type {t!r} (the split has none)")
-        out[t] = [(sid, by_id[sid].load_mask()) for sid in ids]
+        # InputError (not a KeyError) when the split was made from another dataset than ``dataset``
+        out[t] = [(s.source_id, s.load_mask()) for s in split.samples(dataset, "held_out", t)]
     return out
 
 
@@ -145,6 +144,23 @@ def folder_masks(root: str | Path, types: list[str]) -> dict[str, list[tuple[str
     return out
 
 
+def _check_same_settings(records: list[dict], cfg: GenerateConfig, out: Path) -> None:
+    """A rerun resumes only a folder made with the same settings: anything else would mix two runs silently.
+
+    Provenance (file hashes) is not compared: an identical adapter re-exported by a resumed ``train-adapter``
+    can hash differently (safetensors writes its metadata map in no fixed order).
+    """
+    diff: set[str] = set()
+    for r in records:
+        expected = {"steps": cfg.num_inference_steps, "guidance": cfg.guidance_scale}
+        diff |= {k for k, v in expected.items() if r.get(k) != v}
+        if "type" in r and "index" in r and r.get("seed") != item_seed(cfg.seed, r["type"], r["index"]):
+            diff.add("seed")
+    if diff:
+        raise input_error("out", str(out), f"a new folder, or the settings its pairs were made with "
+                                           f"({', '.join(sorted(diff))} differ) to resume it")
+
+
 def generate(pipe: DefectInpaintPipeline, backgrounds: list[Sample], masks: dict[str, list[tuple[str, torch.Tensor]]],
              cfg: GenerateConfig, provenance: dict | None = None, progress: bool = True) -> dict:
     """Generate ``cfg.n_per_type`` pairs per type; resumes from ``<out>/manifest.jsonl``."""
@@ -158,7 +174,9 @@ def generate(pipe: DefectInpaintPipeline, backgrounds: list[Sample], masks: dict
     if not backgrounds:
         raise input_error("backgrounds", 0, "at least one defect-free image")
     manifest = Manifest(out / "manifest.jsonl")
-    done = manifest.done()
+    records = manifest.read()
+    _check_same_settings(records, cfg, out)
+    done = {str(r["id"]) for r in records if "id" in r}
     todo = [(t, i) for t in types for i in range(cfg.n_per_type) if f"{t}_{i:05d}" not in done]
     pipe.set_progress_bar_config(disable=True)
     bar = tqdm(total=len(types) * cfg.n_per_type, initial=len(types) * cfg.n_per_type - len(todo),

@@ -8,9 +8,16 @@ pixel space).
 
 from __future__ import annotations
 
+import copy
+from collections.abc import Callable, Sequence
+
 import torch
 import torch.nn.functional as F
 from diffusers.utils.torch_utils import randn_tensor
+from tqdm.auto import tqdm
+
+from ..io.images import from_model_space, to_model_space
+from ..io.masks import CropWindow, paste_back
 
 
 class PixelSpace:
@@ -92,3 +99,85 @@ def to_working_resolution(x: torch.Tensor, mask: torch.Tensor, size: int) -> tup
     else:
         mask = (F.interpolate(mask, size=(size, size), mode="nearest") > 0.5).float()
     return x, mask
+
+
+def denoise(unet, scheduler, space, x01: torch.Tensor, mask: torch.Tensor, cond: torch.Tensor,
+            uncond: torch.Tensor | None, num_inference_steps: int, guidance_scale: float, generator,
+            reinject: bool = True, progress: dict | None = None) -> torch.Tensor:
+    """The masked denoising loop shared by the inpainting pipelines; returns (B,3,h,w) in [0,1].
+
+    ``x01`` (B,3,h,w) windows in [0,1] at working resolution, ``mask`` (B,1,h,w) in {0,1}; ``cond`` (B,T,D)
+    cross-attention tokens and ``uncond`` (B,T,D) the null tokens (None: no classifier-free guidance).
+    ``generator``: one generator (or None) for the batch, or a list with one per window (results then do
+    not depend on batching). ``scheduler`` is copied, never mutated.
+    """
+    scheduler = copy.deepcopy(scheduler)
+    x = to_model_space(x01)
+    b, _, hh, ww = x.shape
+    f = space.scale_factor
+    shape = (b, space.channels, hh // f, ww // f)
+    if isinstance(generator, list):  # one generator per window: results independent of batching
+        noise = torch.cat([initial_noise((1, *shape[1:]), g, dtype=x.dtype) for g in generator])
+        masked_latents = torch.cat([space.encode(masked_image(x[k : k + 1], mask[k : k + 1]), generator=g)
+                                    for k, g in enumerate(generator)])
+    else:
+        noise = initial_noise(shape, generator, dtype=x.dtype)
+        masked_latents = space.encode(masked_image(x, mask), generator=generator)
+    latents = noise * scheduler.init_noise_sigma
+    mask_lat = space.mask_to_space(mask)
+    known = space.encode(x, sample=False) if reinject else None
+
+    use_cfg = uncond is not None and guidance_scale != 1.0
+    context = torch.cat([uncond, cond]) if use_cfg else cond
+    scheduler.set_timesteps(num_inference_steps)
+    timesteps = scheduler.timesteps
+    for k, t in enumerate(tqdm(timesteps, desc="denoising", leave=False, **(progress or {}))):
+        model_in = torch.cat([latents] * 2) if use_cfg else latents
+        model_in = scheduler.scale_model_input(model_in, t)
+        mi = torch.cat([mask_lat] * 2) if use_cfg else mask_lat
+        ml = torch.cat([masked_latents] * 2) if use_cfg else masked_latents
+        pred = unet(unet_input(model_in, mi, ml), t, encoder_hidden_states=context, return_dict=False)[0]
+        if use_cfg:
+            pu, pc = pred.chunk(2)
+            pred = guided(pu, pc, guidance_scale)
+        latents = scheduler.step(pred, t, latents, return_dict=False)[0]
+        if reinject:
+            nxt = timesteps[k + 1] if k + 1 < len(timesteps) else None
+            latents = reinject_known(latents, known, noise, mask_lat, scheduler, nxt)
+    return from_model_space(space.decode(latents))
+
+
+def inpaint_windows(images: torch.Tensor, masks: torch.Tensor, jobs: Sequence[tuple[int, CropWindow, object]],
+                    denoise_fn: Callable, resolution: int, crop_to_mask: bool, generator,
+                    batch_size: int) -> torch.Tensor:
+    """Crop-to-mask orchestration shared by the inpainting pipelines; returns a copy of ``images`` with
+    every job's result pasted back inside its mask only (pixels where the mask is 0 are bit-identical).
+
+    ``jobs``: ``(image index, window, payload)``; ``denoise_fn(x01, mask, payloads, generator)`` denoises a
+    chunk of windows (at ``resolution`` when ``crop_to_mask``) and returns (N,3,h,w) in [0,1]. With one
+    generator per image (a list), every window is denoised on its own: CPU/GPU kernels round differently at
+    different batch sizes (a Linear at batch 1 vs 2 differs by ~1e-7), so a window's result is then a
+    function of its image, mask, payload and generator only.
+    """
+    out = images.clone()
+    step = 1 if isinstance(generator, (list, tuple)) else batch_size
+    for start in range(0, len(jobs), step):
+        chunk = jobs[start : start + step]
+        xs, ms = [], []
+        for i, win, _ in chunk:
+            x0, y0, x1, y1 = win.box
+            xi = images[i : i + 1, :, y0:y1, x0:x1]
+            mi = masks[i : i + 1, :, y0:y1, x0:x1]
+            if crop_to_mask:
+                xi, mi = to_working_resolution(xi, mi, resolution)
+            xs.append(xi)
+            ms.append(mi)
+        gens = [generator[i] for i, _, _ in chunk] if isinstance(generator, (list, tuple)) else generator
+        result = denoise_fn(torch.cat(xs), torch.cat(ms), [p for _, _, p in chunk], gens)
+        for (i, win, _), patch in zip(chunk, result):
+            x0, y0, x1, y1 = win.box
+            if patch.shape[-2:] != (y1 - y0, x1 - x0):
+                patch = F.interpolate(patch[None], size=(y1 - y0, x1 - x0), mode="bilinear", antialias=True,
+                                      align_corners=False)[0].clamp(0, 1)
+            out[i] = paste_back(out[i], patch, masks[i, :, y0:y1, x0:x1], win.box)
+    return out

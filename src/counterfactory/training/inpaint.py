@@ -12,7 +12,6 @@ Every batch is a pure function of ``(seed, step)``, which makes resume exact.
 from __future__ import annotations
 
 import copy
-import hashlib
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -26,7 +25,7 @@ from ..data.random_masks import random_mask
 from ..data.sample import GOOD, Sample
 from ..errors import CheckpointError, ConfigError, input_error
 from ..io.images import to_model_space
-from ..io.manifest import atomic_write_json
+from ..io.manifest import atomic_write_json, sha256_file
 from ..io.masks import bbox, window_around
 from ..models.compact import CompactConfig, build_compact, load_compact, save_compact
 from ..models.conditioning import DamageTypeEmbedding
@@ -36,14 +35,6 @@ from .trainer import LoopConfig, Trainer, step_generator
 ADAPTER_CONFIG = "adapter_config.json"
 ATTENTION_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
 CONV_TARGETS = ("conv1", "conv2")
-
-
-def sha256_file(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def inpaint_loss(unet, scheduler, space, x0: torch.Tensor, mask: torch.Tensor, context: torch.Tensor,
@@ -88,13 +79,14 @@ class BaseTrainConfig:
             raise ConfigError(f"outside_weight={self.outside_weight}: in [0, 1]")
 
 
-def _procedural_pool(n: int, size: int, seed: int) -> list[np.ndarray]:
+def _procedural_pool(n: int, size: int, seed: int, progress: bool = True) -> list[np.ndarray]:
     from tqdm.auto import tqdm
 
     from ..data.surfaces import render_surface
 
     rng = np.random.default_rng([seed, 12345])
-    return [np.round(render_surface(rng, size) * 255).astype(np.uint8) for _ in tqdm(range(n), desc="rendering surfaces")]
+    return [np.round(render_surface(rng, size) * 255).astype(np.uint8)
+            for _ in tqdm(range(n), desc="rendering surfaces", disable=not progress)]
 
 
 def _good_pool(data: str, split: str | None) -> list[np.ndarray]:
@@ -136,7 +128,7 @@ def train_base(cfg: BaseTrainConfig, progress: bool = True) -> dict:
     model = build_compact(cfg.model, seed=cfg.loop.seed)
     train_sched = DDPMScheduler(num_train_timesteps=cfg.model.num_train_timesteps, beta_schedule=cfg.model.beta_schedule,
                                 prediction_type=cfg.model.prediction_type, clip_sample=False)
-    pool = (_procedural_pool(cfg.pool_size, cfg.pool_image_size, cfg.loop.seed) if cfg.data == "procedural"
+    pool = (_procedural_pool(cfg.pool_size, cfg.pool_image_size, cfg.loop.seed, progress) if cfg.data == "procedural"
             else _good_pool(cfg.data, cfg.split))
     space = PixelSpace()
     res = cfg.model.sample_size
@@ -289,7 +281,7 @@ def train_adapter(cfg: AdapterTrainConfig, progress: bool = True) -> dict:
     unet = copy.deepcopy(unet)
     unet.requires_grad_(False)
     targets = cfg.lora_targets if cfg.base_kind == "compact" else tuple(t for t in cfg.lora_targets if t in ATTENTION_TARGETS)
-    add_lora(unet, rank=cfg.lora_rank, alpha=cfg.lora_alpha, target_modules=targets)
+    add_lora(unet, rank=cfg.lora_rank, alpha=cfg.lora_alpha, target_modules=targets, seed=cfg.loop.seed)
     dim = unet.config.cross_attention_dim
     n_tok = cfg.num_tokens or (base_tokens.shape[0] if base_tokens is not None else 4)
     emb = DamageTypeEmbedding(types, num_tokens=n_tok, dim=dim)

@@ -128,9 +128,9 @@ class Trainer:
 
     def load_checkpoint(self, d: Path) -> None:
         state = json.loads((d / "state.json").read_text())
-        if state["identity"] != self.identity:
-            diff = sorted(k for k in set(state["identity"]) | set(self.identity)
-                          if state["identity"].get(k) != self.identity.get(k))
+        saved, mine = _comparable(state["identity"]), _comparable(self.identity)
+        if saved != mine:
+            diff = sorted(k for k in set(saved) | set(mine) if saved.get(k) != mine.get(k))
             raise CheckpointError(
                 f"--out {self.out} holds a run with other settings ({', '.join(diff[:5])} differ): "
                 "use a new --out, or the same settings to resume"
@@ -178,6 +178,8 @@ class Trainer:
         log_path = self.out / "log.csv"
         if resumed_from is None and log_path.exists():
             log_path.unlink()
+        elif resumed_from is not None:
+            _drop_csv_rows_after(log_path, resumed_from)  # steps logged after the checkpoint are redone
         writer = _TensorBoard(self.out / "tensorboard")
         t0 = time.time()
         window: list[float] = []
@@ -227,6 +229,29 @@ class Trainer:
         return {"steps": self.step, "resumed_from": resumed_from, "stopped_early": stopped_early,
                 "wall_seconds": round(time.time() - t0, 1),
                 "final_loss": sum(tail) / len(tail) if tail else None}
+
+
+def _drop_csv_rows_after(path: Path, step: int) -> None:
+    if not path.exists():
+        return
+    with path.open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    kept = [r for r in rows if r.get("step", "").isdigit() and int(r["step"]) <= step]
+    if len(kept) == len(rows):
+        return
+    with atomic_path(path) as tmp, tmp.open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(kept)
+
+
+def _comparable(identity: dict) -> dict:
+    """What must match to resume: everything but the step budget (a run may be extended or stopped early)."""
+    ident = json.loads(json.dumps(identity))
+    if isinstance(ident.get("loop"), dict):
+        ident["loop"].pop("steps", None)
+        ident["loop"].pop("max_minutes", None)
+    return ident
 
 
 def _append_csv(path: Path, row: dict) -> None:

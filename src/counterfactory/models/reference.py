@@ -1,0 +1,444 @@
+"""Reference encoders: a reference image (a crop of one defect or object) → cross-attention tokens.
+
+They play the part the damage-type table plays for :class:`~counterfactory.models.conditioning.DamageTypeEmbedding`:
+``encoder(references)`` gives ``(B, num_tokens, dim)`` tokens the U-Net attends to, and a learned **null
+reference** (``null_tokens``) is the unconditional branch of classifier-free guidance (reference dropout in
+training, as Paint-by-Example's ``uncond_vector``).
+
+Kinds:
+
+- ``compact``: :class:`CompactReferenceEncoder`, a small conv net on a 32-48 px reference crop, trained jointly
+  with the LoRA adapter (works on a CPU). Its head starts at the base model's own tokens (bias = base tokens,
+  small weights), so an untrained adapter starts as the base.
+- ``clip`` / ``dinov2``: :class:`PretrainedReferenceEncoder`, a frozen ``CLIPVisionModel`` / ``Dinov2Model``
+  loaded from a local folder (``local_files_only=True``, never a download) plus a learned projection to the
+  U-Net's ``cross_attention_dim``: one pooled token mapped to ``num_tokens`` tokens (``token_mode="pooled"``,
+  the PbE bottleneck) or every hidden state projected (``"patches"``, AnyDoor-style CLS + patch tokens).
+
+Saved as ``reference_encoder.safetensors`` (the trainable weights only: never the pretrained backbone) +
+``reference_encoder.json`` (kind, sizes, the backbone folder it was trained with).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from ..errors import CheckpointError, ConfigError, _short, input_error
+from ..io.manifest import atomic_path, atomic_write_json
+
+REFERENCE_ADAPTER_CONFIG = "reference_adapter.json"  # written last: its presence marks a complete adapter
+REFERENCE_ADAPTER_FORMAT = "counterfactory.reference_adapter.v1"
+ENCODER_WEIGHTS = "reference_encoder.safetensors"
+ENCODER_CONFIG = "reference_encoder.json"
+ENCODER_KINDS = ("compact", "clip", "dinov2")
+TOKEN_MODES = ("pooled", "patches")
+MIN_REFERENCE_SIDE = 8  # smaller references carry no usable appearance
+
+_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+_IMAGENET_MEAN = (0.485, 0.456, 0.406)
+_IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass(frozen=True)
+class ReferenceEncoderConfig:
+    kind: str = "compact"  # "compact" | "clip" | "dinov2"
+    dim: int = 64  # token width = the U-Net's cross_attention_dim
+    num_tokens: int = 4  # tokens per reference (compact and token_mode="pooled"); patches: the backbone's count
+    input_size: int = 48  # compact: references are resized to input_size² (pretrained: the backbone's size)
+    channels: tuple[int, ...] = (32, 64, 128)  # compact: stem width, then one stride-2 stage per entry after it
+    groups: int = 8  # compact: GroupNorm groups
+    token_mode: str = "pooled"  # pretrained: "pooled" (1 pooled vector -> num_tokens) | "patches" (all states)
+    backbone: str | None = None  # pretrained: the local transformers folder it was built from
+
+    def __post_init__(self):
+        if self.kind not in ENCODER_KINDS:
+            raise input_error("encoder kind", self.kind, f"one of {', '.join(ENCODER_KINDS)}", ConfigError)
+        for name in ("dim", "num_tokens", "groups"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise input_error(name, v, "an integer >= 1", ConfigError)
+        if isinstance(self.input_size, bool) or not isinstance(self.input_size, int) or not 16 <= self.input_size <= 512:
+            raise input_error("input_size", self.input_size, "an integer in [16, 512]", ConfigError)
+        ch = tuple(self.channels)
+        if not ch or any((not isinstance(c, int)) or c < 1 or c % self.groups for c in ch):
+            raise input_error("channels", self.channels, f"positive widths divisible by groups={self.groups}", ConfigError)
+        object.__setattr__(self, "channels", ch)
+        if self.token_mode not in TOKEN_MODES:
+            raise input_error("token_mode", self.token_mode, f"one of {', '.join(TOKEN_MODES)}", ConfigError)
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["channels"] = list(self.channels)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> ReferenceEncoderConfig:
+        known = {k: (tuple(v) if k == "channels" else v) for k, v in d.items() if k in cls.__dataclass_fields__}
+        return cls(**known)
+
+
+def reference_batch(references, size: int, name: str = "reference_image") -> torch.Tensor:
+    """References (a (B,C,h,w) / (C,h,w) tensor in [0,1], a PIL image, or a list of them, sizes may differ) →
+    (B,3,size,size): gray expanded to RGB, resized bilinearly with antialiasing (aspect not kept, as PbE)."""
+    from ..io.images import as_batch
+
+    items = list(references) if isinstance(references, (list, tuple)) else [references]
+    if isinstance(references, torch.Tensor) and references.ndim == 4:
+        items = list(references.unbind(0))
+    if not items:
+        raise input_error(name, references, "at least one reference image")
+    out = []
+    for i, ref in enumerate(items):
+        r = as_batch(ref, mode="RGB", name=f"{name}[{i}]")
+        if r.shape[1] not in (1, 3):
+            raise input_error(f"{name}[{i}] channels", r.shape[1], "1 (gray) or 3 (RGB); no alpha channel")
+        h, w = r.shape[-2:]
+        if min(h, w) < MIN_REFERENCE_SIDE:
+            raise input_error(f"{name}[{i}] size", (h, w), f"at least {MIN_REFERENCE_SIDE} px on each side")
+        r = r.expand(-1, 3, -1, -1) if r.shape[1] == 1 else r
+        if (h, w) != (size, size):
+            r = F.interpolate(r, size=(size, size), mode="bilinear", antialias=True, align_corners=False).clamp(0, 1)
+        out.append(r)
+    return torch.cat(out)
+
+
+def int_box(box, h: int, w: int) -> tuple[int, int, int, int]:
+    """Float box → the pixels it touches (floor / ceil), inside the canvas, at least 1 px."""
+    x0, y0, x1, y1 = box
+    ix0, iy0 = max(0, int(math.floor(x0))), max(0, int(math.floor(y0)))
+    ix1, iy1 = min(w, int(math.ceil(x1))), min(h, int(math.ceil(y1)))
+    return ix0, iy0, max(ix1, min(w, ix0 + 1)), max(iy1, min(h, iy0 + 1))
+
+
+def reference_crop(image: torch.Tensor, box: tuple[int, int, int, int], jitter: tuple[float, float] = (0.0, 0.0),
+                   rng=None, min_side: int = 8) -> torch.Tensor:
+    """Crop a reference (C,h,w) around ``box`` of ``image`` (C,H,W): each side moves outwards by
+    U(jitter) × the box side (a fixed ``jitter[0]`` without ``rng``), the crop is at least ``min_side`` px
+    per axis (centred on the box) and stays inside the image."""
+    h, w = image.shape[-2:]
+    x0, y0, x1, y1 = box
+    bw, bh = x1 - x0, y1 - y0
+    u = rng.uniform(jitter[0], jitter[1], size=4) if rng is not None else np.full(4, jitter[0])
+    cx0, cx1 = x0 - u[0] * bw, x1 + u[2] * bw
+    cy0, cy1 = y0 - u[1] * bh, y1 + u[3] * bh
+    cx0, cy0, cx1, cy1 = int_box((cx0, cy0, cx1, cy1), h, w)
+
+    def grow(a, b, n):
+        need = min(min_side, n) - (b - a)
+        if need > 0:
+            a = max(0, a - need // 2 - need % 2)
+            b = min(n, a + min(min_side, n))
+            a = max(0, b - min(min_side, n))
+        return a, b
+
+    cx0, cx1 = grow(cx0, cx1, w)
+    cy0, cy1 = grow(cy0, cy1, h)
+    return image[..., cy0:cy1, cx0:cx1]
+
+
+class ReferenceEncoder(nn.Module):
+    """Base: ``forward(references, drop=None) -> (B, num_tokens, dim)``; ``null_tokens(B)`` for CFG."""
+
+    config: ReferenceEncoderConfig
+    null: nn.Parameter
+
+    @property
+    def kind(self) -> str:
+        return self.config.kind
+
+    @property
+    def dim(self) -> int:
+        return self.null.shape[1]
+
+    @property
+    def num_tokens(self) -> int:
+        return self.null.shape[0]
+
+    @property
+    def input_size(self) -> int:
+        return self.config.input_size
+
+    def preprocess(self, references) -> torch.Tensor:
+        """References in [0,1] (any sizes) → the encoder's input batch (B,3,S,S) in [0,1]."""
+        return reference_batch(references, self.input_size)
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def forward(self, references, drop: torch.Tensor | None = None) -> torch.Tensor:
+        """Tokens (B, num_tokens, dim); rows where ``drop`` is True get the null reference."""
+        x = references if _is_prepared(references, self.input_size) else self.preprocess(references)
+        tokens = self.embed(x)
+        if drop is not None:
+            tokens = torch.where(drop.to(tokens.device)[:, None, None], self.null.expand_as(tokens), tokens)
+        return tokens
+
+    def null_tokens(self, batch_size: int) -> torch.Tensor:
+        return self.null[None].expand(batch_size, -1, -1)
+
+    def init_from_tokens(self, tokens: torch.Tensor) -> ReferenceEncoder:
+        """Start the null reference (and, for the compact kind, the head's output) at given tokens, e.g. the
+        compact base's own unconditional tokens: an untrained adapter then reproduces the base."""
+        if tuple(tokens.shape) != tuple(self.null.shape):
+            raise input_error("tokens", tuple(tokens.shape), f"shape {tuple(self.null.shape)} (num_tokens, dim)")
+        with torch.no_grad():
+            self.null.copy_(tokens)
+        return self
+
+    def trainable_state(self) -> dict[str, torch.Tensor]:
+        """What is saved: every parameter except a pretrained backbone's."""
+        return {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items() if not k.startswith("backbone.")}
+
+
+def _is_prepared(x, size: int) -> bool:
+    return isinstance(x, torch.Tensor) and x.ndim == 4 and x.shape[1] == 3 and tuple(x.shape[-2:]) == (size, size)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# compact
+# ---------------------------------------------------------------------------------------------------------
+def _stage(cin: int, cout: int, groups: int, stride: int) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Conv2d(cin, cout, 3, stride=stride, padding=1), nn.GroupNorm(groups, cout), nn.SiLU(),
+        nn.Conv2d(cout, cout, 3, padding=1), nn.GroupNorm(groups, cout), nn.SiLU(),
+    )
+
+
+class CompactReferenceEncoder(ReferenceEncoder):
+    """Conv net on the resized reference: stem, stride-2 stages, 2×2 average pool (coarse layout survives),
+    a linear head to ``num_tokens × dim`` tokens, plus the learned null reference."""
+
+    def __init__(self, config: ReferenceEncoderConfig | None = None, seed: int = 0):
+        super().__init__()
+        config = config or ReferenceEncoderConfig()
+        if config.kind != "compact":
+            raise input_error("encoder kind", config.kind, "'compact' for CompactReferenceEncoder", ConfigError)
+        self.config = config
+        c = config.channels
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            self.stem = nn.Sequential(nn.Conv2d(3, c[0], 3, padding=1), nn.GroupNorm(config.groups, c[0]), nn.SiLU())
+            self.stages = nn.Sequential(*[_stage(c[i], c[i + 1], config.groups, 2) for i in range(len(c) - 1)])
+            self.head = nn.Linear(4 * c[-1], config.num_tokens * config.dim)
+            nn.init.normal_(self.head.weight, std=0.02 / (4 * c[-1]) ** 0.5 * 8)
+            nn.init.zeros_(self.head.bias)
+            self.null = nn.Parameter(torch.zeros(config.num_tokens, config.dim))
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.stages(self.stem(x * 2.0 - 1.0))
+        h = F.adaptive_avg_pool2d(h, 2).flatten(1)
+        return self.head(h).view(x.shape[0], self.config.num_tokens, self.config.dim)
+
+    def init_from_tokens(self, tokens: torch.Tensor) -> CompactReferenceEncoder:
+        super().init_from_tokens(tokens)
+        with torch.no_grad():
+            self.head.bias.copy_(tokens.reshape(-1))
+        return self
+
+
+# ---------------------------------------------------------------------------------------------------------
+# pretrained (CLIP / DINOv2 vision towers from a local folder)
+# ---------------------------------------------------------------------------------------------------------
+def _read_backbone_config(folder: Path) -> dict:
+    cfg = folder / "config.json"
+    if not folder.is_dir() or not cfg.is_file():
+        raise CheckpointError(
+            f"reference encoder backbone: no transformers folder at {folder} (need config.json + model.safetensors, "
+            "e.g. from save_pretrained of openai/clip-vit-large-patch14 or facebook/dinov2-base); nothing is downloaded"
+        )
+    try:
+        return json.loads(cfg.read_text())
+    except (ValueError, OSError) as exc:
+        raise CheckpointError(f"reference encoder backbone: unreadable {cfg} ({_short(str(exc))})") from None
+
+
+def load_backbone(kind: str, path: str | os.PathLike):
+    """A frozen ``CLIPVisionModel`` / ``Dinov2Model`` from a local folder → (model, hidden size, image size, mean, std).
+
+    Raises :class:`CheckpointError` (one line) for a missing folder, a folder of another model type, or
+    incomplete weights (never a silent random init)."""
+    from transformers import CLIPVisionModel, Dinov2Model
+
+    if kind not in ("clip", "dinov2"):
+        raise input_error("encoder kind", kind, "'clip' or 'dinov2' for a pretrained backbone", ConfigError)
+    folder = Path(path).expanduser()
+    raw = _read_backbone_config(folder)
+    model_type = str(raw.get("model_type", ""))
+    allowed = ("clip", "clip_vision_model") if kind == "clip" else ("dinov2",)
+    if model_type not in allowed:
+        raise CheckpointError(
+            f"reference encoder backbone: {folder} holds a {model_type or 'unknown'!r} model, not {kind} "
+            f"(config model_type one of {allowed})"
+        )
+    cls = CLIPVisionModel if kind == "clip" else Dinov2Model
+    try:
+        with _quiet_transformers():
+            model, info = cls.from_pretrained(str(folder), local_files_only=True, output_loading_info=True)
+    except Exception as exc:  # noqa: BLE001 - transformers raises OSError/ValueError/... for broken folders
+        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(f"reference encoder backbone: cannot load {kind} from {folder} ({_short(msg, 160)})") from None
+    missing = list(info.get("missing_keys") or []) + list(info.get("mismatched_keys") or [])
+    if missing:
+        raise CheckpointError(
+            f"reference encoder backbone: {folder} is incomplete ({len(missing)} weights missing, e.g. {_short(str(missing[0]), 80)})"
+        )
+    model.eval().requires_grad_(False)
+    c = model.config
+    mean, std = (_CLIP_MEAN, _CLIP_STD) if kind == "clip" else (_IMAGENET_MEAN, _IMAGENET_STD)
+    size = int(c.image_size) if kind == "clip" else int(min(224, c.image_size))
+    pre = folder / "preprocessor_config.json"
+    if pre.is_file():
+        try:
+            d = json.loads(pre.read_text())
+            mean, std = tuple(d.get("image_mean", mean)), tuple(d.get("image_std", std))
+            crop = d.get("crop_size")
+            crop = crop.get("height") if isinstance(crop, dict) else crop
+            if isinstance(crop, int) and kind == "dinov2":
+                size = crop
+        except (ValueError, OSError):
+            pass
+    if kind == "dinov2":
+        size = max(c.patch_size, (size // c.patch_size) * c.patch_size)
+    return model, int(c.hidden_size), size, mean, std
+
+
+@contextlib.contextmanager
+def _quiet_transformers():
+    """No weight-loading progress bar or load report (a full CLIPModel folder lists its unused text tower)."""
+    from transformers.utils import logging as hf_logging
+
+    level = hf_logging.get_verbosity()
+    bar = hf_logging.is_progress_bar_enabled()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(level)
+        if bar:
+            hf_logging.enable_progress_bar()
+
+
+class PretrainedReferenceEncoder(ReferenceEncoder):
+    """A frozen CLIP / DINOv2 vision tower + a learned projection to the U-Net's token width."""
+
+    def __init__(self, config: ReferenceEncoderConfig, backbone=None, seed: int = 0):
+        super().__init__()
+        if config.kind not in ("clip", "dinov2"):
+            raise input_error("encoder kind", config.kind, "'clip' or 'dinov2'", ConfigError)
+        if backbone is None:
+            if not config.backbone:
+                raise input_error("backbone", None, f"a local {config.kind} transformers folder (encoder weights path)")
+            backbone = load_backbone(config.kind, config.backbone)
+        model, hidden, size, mean, std = backbone
+        if config.input_size != size:
+            config = ReferenceEncoderConfig.from_dict({**config.to_dict(), "input_size": size})
+        self.config = config
+        self.backbone = model
+        self.hidden_size = hidden
+        self.register_buffer("_mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("_std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
+        if config.token_mode == "patches":
+            with torch.no_grad():
+                n = model(pixel_values=torch.zeros(1, 3, size, size)).last_hidden_state.shape[1]
+        else:
+            n = config.num_tokens
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            self.norm = nn.LayerNorm(hidden)
+            out = config.dim if config.token_mode == "patches" else config.num_tokens * config.dim
+            self.proj = nn.Linear(hidden, out)
+            nn.init.normal_(self.proj.weight, std=hidden ** -0.5)
+            nn.init.zeros_(self.proj.bias)
+            self.null = nn.Parameter(torch.zeros(n, config.dim))
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        self.backbone.eval()  # frozen: no dropout / batch-statistics changes
+        return self
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            out = self.backbone(pixel_values=(x - self._mean) / self._std)
+        if self.config.token_mode == "patches":
+            return self.proj(self.norm(out.last_hidden_state))
+        pooled = out.pooler_output
+        return self.proj(self.norm(pooled)).view(x.shape[0], self.config.num_tokens, self.config.dim)
+
+    def init_from_tokens(self, tokens: torch.Tensor) -> PretrainedReferenceEncoder:
+        super().init_from_tokens(tokens)
+        if self.config.token_mode == "pooled":
+            with torch.no_grad():
+                self.proj.bias.copy_(tokens.reshape(-1))
+        return self
+
+
+# ---------------------------------------------------------------------------------------------------------
+# build / save / load
+# ---------------------------------------------------------------------------------------------------------
+def build_reference_encoder(config: ReferenceEncoderConfig, seed: int = 0, backbone=None) -> ReferenceEncoder:
+    """A fresh encoder of ``config.kind`` (deterministic by ``seed``); pretrained kinds load their backbone
+    from ``config.backbone`` unless a loaded ``backbone`` tuple (:func:`load_backbone`) is passed."""
+    if config.kind == "compact":
+        return CompactReferenceEncoder(config, seed=seed)
+    return PretrainedReferenceEncoder(config, backbone=backbone, seed=seed)
+
+
+def save_reference_encoder(encoder: ReferenceEncoder, directory: str | os.PathLike, extra: dict | None = None) -> Path:
+    """Write ``reference_encoder.safetensors`` (trainable weights only) + ``reference_encoder.json`` (atomic)."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    with atomic_path(directory / ENCODER_WEIGHTS) as tmp:
+        save_file(encoder.trainable_state(), str(tmp), metadata={"format": "counterfactory.reference_encoder.v1"})
+    info = {"format": "counterfactory.reference_encoder.v1", "config": encoder.config.to_dict(),
+            "num_tokens_out": encoder.num_tokens, **(extra or {})}
+    atomic_write_json(directory / ENCODER_CONFIG, info)
+    return directory / ENCODER_WEIGHTS
+
+
+def load_reference_encoder(directory: str | os.PathLike, backbone: str | os.PathLike | None = None) -> ReferenceEncoder:
+    """Load an encoder saved by :func:`save_reference_encoder`; frozen, eval mode.
+
+    ``backbone``: the local CLIP/DINOv2 folder for pretrained kinds (default: the folder recorded at training).
+    """
+    directory = Path(directory)
+    wfile, cfile = directory / ENCODER_WEIGHTS, directory / ENCODER_CONFIG
+    if not wfile.is_file() or not cfile.is_file():
+        raise CheckpointError(
+            f"reference encoder not found in {directory} (need {ENCODER_WEIGHTS} and {ENCODER_CONFIG}): "
+            "train one with `counterfactory train-reference`"
+        )
+    try:
+        info = json.loads(cfile.read_text())
+        config = ReferenceEncoderConfig.from_dict(info["config"])
+    except (ValueError, KeyError, TypeError) as exc:
+        raise CheckpointError(f"{cfile}: not a reference encoder config ({_short(str(exc))})") from None
+    if backbone is not None:
+        config = ReferenceEncoderConfig.from_dict({**config.to_dict(), "backbone": str(backbone)})
+    if config.kind != "compact" and not config.backbone:
+        raise CheckpointError(f"{cfile}: a {config.kind} encoder needs its backbone folder (pass --encoder-weights DIR)")
+    encoder = build_reference_encoder(config)
+    try:
+        state = load_file(str(wfile))
+    except Exception as exc:  # noqa: BLE001 - safetensors raises its own error type for broken files
+        raise CheckpointError(f"{wfile}: not a readable safetensors file ({_short(str(exc))})") from None
+    own = encoder.trainable_state()
+    if set(state) != set(own) or any(state[k].shape != own[k].shape for k in own):
+        diff = sorted(set(state) ^ set(own)) or [k for k in own if state[k].shape != own[k].shape]
+        raise CheckpointError(f"{wfile}: does not match its encoder config (e.g. {_short(str(diff[:2]))})")
+    encoder.load_state_dict(state, strict=False)
+    encoder.eval().requires_grad_(False)
+    return encoder
+

@@ -1,0 +1,97 @@
+"""The defect-synthesis commands in-process: help, one-line errors with exit 2, a tiny generate run."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from counterfactory.cli.main import main
+
+
+def _fails(capsys, argv: list[str], *words: str) -> str:
+    """Run ``argv``; expect exit 2 with one line on stderr (no traceback) that contains ``words``."""
+    try:
+        code = main(argv)
+    except SystemExit as exc:  # argparse errors exit from parse_args
+        code = exc.code
+    err = capsys.readouterr().err
+    assert code == 2, err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1, err
+    assert "Traceback" not in err
+    for w in words:
+        assert w in lines[0], lines[0]
+    return lines[0]
+
+
+@pytest.mark.parametrize("command", ["train-base", "train-adapter", "generate", "demo"])
+def test_help_exits_zero(capsys, command):
+    with pytest.raises(SystemExit) as exc:
+        main([command, "--help"])
+    assert exc.value.code == 0
+    out = capsys.readouterr().out
+    assert out.startswith("usage:") and command in out
+
+
+def test_train_adapter_missing_data_folder(capsys, tmp_path):
+    _fails(capsys, ["train-adapter", "--data", str(tmp_path / "nope"), "--out", str(tmp_path / "a")], "--data")
+
+
+def test_train_base_missing_data_folder(capsys, tmp_path):
+    _fails(capsys, ["train-base", "--data", str(tmp_path / "nope"), "--out", str(tmp_path / "b")], "--data")
+
+
+@pytest.mark.parametrize("command", ["train-base", "train-adapter"])
+def test_steps_zero(capsys, tmp_path, command):
+    _fails(capsys, [command, "--data", str(tmp_path), "--out", str(tmp_path / "o"), "--steps", "0"], "--steps")
+
+
+def test_generate_with_a_folder_that_is_not_an_adapter(capsys, tmp_path, tiny_data):
+    _fails(capsys, ["generate", "--adapter", str(tmp_path), "--data", str(tiny_data), "--out", str(tmp_path / "g")],
+           "--adapter", "adapter_config.json")
+
+
+def test_generate_unknown_types(capsys, tmp_path, tiny_adapter, tiny_base, tiny_data):
+    _fails(capsys, ["generate", "--adapter", str(tiny_adapter), "--base", str(tiny_base), "--data", str(tiny_data),
+                    "--out", str(tmp_path / "g"), "--types", "dent"], "dent", "crack")
+    assert not (tmp_path / "g").exists()
+
+
+def test_train_adapter_unknown_types(capsys, tmp_path, tiny_base, tiny_data):
+    _fails(capsys, ["train-adapter", "--data", str(tiny_data), "--base", str(tiny_base), "--out", str(tmp_path / "a"),
+                    "--types", "dent", "--quiet"], "types", "dent")
+
+
+def test_train_adapter_on_an_empty_base_folder_says_where_to_put_the_weights(capsys, tmp_path, tiny_data):
+    (tmp_path / "empty").mkdir()
+    line = _fails(capsys, ["train-adapter", "--data", str(tiny_data), "--base", str(tmp_path / "empty"),
+                           "--out", str(tmp_path / "a")], "compact_inpaint.safetensors", str(tmp_path / "empty"))
+    assert "train-base" in line
+
+
+def test_generate_end_to_end(capsys, tmp_path, tiny_adapter, tiny_base, tiny_data):
+    out = tmp_path / "g"
+    argv = ["generate", "--adapter", str(tiny_adapter), "--base", str(tiny_base), "--data", str(tiny_data),
+            "--out", str(out), "--n", "1", "--num-inference-steps", "1", "--quiet"]
+    assert main(argv) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["generated"] == 2 and summary["skipped"] == 0
+    recs = [json.loads(line) for line in (out / "manifest.jsonl").read_text().splitlines()]
+    assert sorted(r["type"] for r in recs) == ["crack", "spot"]
+    assert all(len(r["adapter_sha256"]) == 64 and len(r["base_sha256"]) == 64 for r in recs)
+    assert all((out / r["image"]).is_file() and (out / r["mask"]).is_file() for r in recs)
+    assert main(argv) == 0  # a rerun resumes: nothing left to do
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["skipped"] == 2
+
+
+def test_train_base_tiny_run(capsys, tmp_path):
+    out = tmp_path / "base"
+    argv = ["train-base", "--out", str(out), "--steps", "1", "--pool-size", "2", "--resolution", "32",
+            "--channels", "16", "32", "--batch-size", "1", "--quiet"]
+    assert main(argv) == 0
+    captured = capsys.readouterr()
+    assert json.loads(captured.out.strip().splitlines()[-1])["steps"] == 1
+    assert "rendering surfaces" not in captured.err and "training" not in captured.err  # --quiet: no bars
+    assert (Path(out) / "compact_inpaint.safetensors").is_file()

@@ -1,0 +1,123 @@
+"""Reference encoders: compact (trained with the adapter) and CLIP / DINOv2 from a local folder (tiny configs)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from PIL import Image
+
+from counterfactory.errors import CheckpointError, InputError
+from counterfactory.models.reference import (
+    ENCODER_WEIGHTS,
+    CompactReferenceEncoder,
+    ReferenceEncoderConfig,
+    build_reference_encoder,
+    load_backbone,
+    load_reference_encoder,
+    reference_batch,
+    reference_crop,
+    save_reference_encoder,
+)
+
+CFG = ReferenceEncoderConfig(dim=16, num_tokens=4, input_size=32, channels=(8, 16))
+
+
+@pytest.fixture(scope="module")
+def hf_folders(tmp_path_factory):
+    """Tiny random CLIPVisionModel and Dinov2Model saved with save_pretrained (the layout of the real ones)."""
+    from transformers import CLIPVisionConfig, CLIPVisionModel, Dinov2Config, Dinov2Model
+
+    d = tmp_path_factory.mktemp("hf")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        CLIPVisionModel(CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                         num_attention_heads=4, image_size=32, patch_size=8)).save_pretrained(d / "clip")
+        Dinov2Model(Dinov2Config(hidden_size=32, num_hidden_layers=1, num_attention_heads=4, image_size=32,
+                                 patch_size=8, mlp_ratio=2)).save_pretrained(d / "dinov2")
+    return d
+
+
+def test_compact_tokens_shape_null_and_determinism():
+    a, b = CompactReferenceEncoder(CFG, seed=0), CompactReferenceEncoder(CFG, seed=0)
+    refs = [torch.rand(3, 20, 30), torch.rand(1, 40, 12)]  # any sizes, gray or colour
+    ta, tb = a(refs), b(refs)
+    assert ta.shape == (2, 4, 16)
+    assert torch.equal(ta, tb)
+    assert not torch.allclose(ta[0], ta[1])  # the reference matters
+    dropped = a(refs, drop=torch.tensor([True, False]))
+    assert torch.equal(dropped[0], a.null) and torch.equal(dropped[1], ta[1])
+    assert a.null_tokens(3).shape == (3, 4, 16)
+
+
+def test_compact_init_from_base_tokens_starts_near_them():
+    base = torch.randn(4, 16)
+    enc = CompactReferenceEncoder(CFG).init_from_tokens(base)
+    assert torch.equal(enc.null, base)
+    tok = enc(torch.rand(2, 3, 32, 32))
+    assert (tok - base).abs().max() < 0.5 * base.abs().max()
+    with pytest.raises(InputError, match="tokens"):
+        enc.init_from_tokens(torch.zeros(3, 16))
+
+
+def test_compact_save_load_roundtrip(tmp_path):
+    enc = CompactReferenceEncoder(CFG, seed=3)
+    save_reference_encoder(enc, tmp_path)
+    back = load_reference_encoder(tmp_path)
+    x = torch.rand(2, 3, 32, 32)
+    assert torch.equal(enc(x), back(x))
+    assert not any(p.requires_grad for p in back.parameters())
+
+
+@pytest.mark.parametrize("kind", ["clip", "dinov2"])
+@pytest.mark.parametrize("mode,n_tokens", [("pooled", 4), ("patches", 17)])
+def test_pretrained_encoders_from_local_folder(hf_folders, tmp_path, kind, mode, n_tokens):
+    cfg = ReferenceEncoderConfig(kind=kind, dim=16, num_tokens=4, token_mode=mode, backbone=str(hf_folders / kind))
+    enc = build_reference_encoder(cfg)
+    tok = enc([torch.rand(3, 20, 30), torch.rand(3, 9, 9)])
+    assert tok.shape == (2, n_tokens, 16) and enc.null_tokens(2).shape == (2, n_tokens, 16)
+    trainable = {n for n, p in enc.named_parameters() if p.requires_grad}
+    assert trainable and not any(n.startswith("backbone.") for n in trainable)  # the backbone stays frozen
+    save_reference_encoder(enc, tmp_path)
+    saved = json.loads((tmp_path / "reference_encoder.json").read_text())
+    assert saved["config"]["backbone"] == str(hf_folders / kind)
+    from safetensors.torch import load_file
+
+    assert not any(k.startswith("backbone.") for k in load_file(str(tmp_path / ENCODER_WEIGHTS)))
+    back = load_reference_encoder(tmp_path)
+    x = torch.rand(1, 3, 32, 32)
+    assert torch.allclose(enc(x), back(x))
+
+
+def test_pretrained_bad_paths_are_one_line_checkpoint_errors(hf_folders, tmp_path):
+    with pytest.raises(CheckpointError, match="no transformers folder") as e:
+        load_backbone("clip", tmp_path / "nowhere")
+    assert "\n" not in str(e.value)
+    with pytest.raises(CheckpointError, match="not clip"):
+        load_backbone("clip", hf_folders / "dinov2")
+    (tmp_path / "half").mkdir()
+    (tmp_path / "half" / "config.json").write_text((hf_folders / "clip" / "config.json").read_text())
+    with pytest.raises(CheckpointError) as e:  # config without weights: never a silent random init
+        load_backbone("clip", tmp_path / "half")
+    assert "\n" not in str(e.value)
+    with pytest.raises(CheckpointError, match="reference encoder not found"):
+        load_reference_encoder(tmp_path / "nothing")
+
+
+def test_reference_batch_rejects_tiny_and_alpha():
+    assert reference_batch(torch.rand(1, 8, 8), 16).shape == (1, 3, 16, 16)
+    with pytest.raises(InputError, match="at least 8 px"):
+        reference_batch(torch.rand(3, 7, 20), 16)
+    with pytest.raises(InputError, match="channels"):
+        reference_batch(torch.rand(4, 10, 10), 16)
+    rgba = Image.new("RGBA", (10, 10))
+    assert reference_batch(rgba.convert("RGB"), 16).shape == (1, 3, 16, 16)
+
+
+def test_reference_crop_context_and_min_side():
+    img = torch.arange(100 * 80, dtype=torch.float32).view(1, 100, 80)
+    c = reference_crop(img, (10, 20, 30, 40), (0.1, 0.1))
+    assert c.shape[-2:] == (24, 24)  # 20 px box + 2 px on each side
+    tiny = reference_crop(img, (0, 0, 3, 3), (0.0, 0.0), min_side=8)
+    assert tiny.shape[-2:] == (8, 8)  # grown to 8 px, still inside the image

@@ -1,6 +1,6 @@
 """Crop-to-mask vs full-image inpainting on a 512x512 image, masks of 1 %, 5 % and 20 % of the area.
 
-Same model, steps, guidance and seed on both paths. Full image: ``crop_to_mask=False``, the whole 512 px image is
+Same model, steps, guidance and seed on both paths (known-region re-injection on, the default). Full image: ``crop_to_mask=False``, the whole 512 px image is
 denoised at its own size. Crop: ``crop_to_mask=True`` (default), a context window around the mask is resized to
 the model's working resolution (64 px for both models here), denoised, and pasted back inside the mask.
 

@@ -14,7 +14,7 @@ from ..data.morphomnist import StructureData
 from ..errors import CheckpointError
 from ..io.manifest import atomic_write_json
 from . import report as rep
-from .checkpoint import VARIANT_NAMES
+from .checkpoint import VARIANT_NAMES, read_meta
 from .metrics import DEFAULT_SCALES, METRIC_INFO, evaluate_model, summarize
 from .predictors import predictor_accuracy
 from .training import load_causal_model, load_predictors
@@ -27,7 +27,7 @@ def model_folder(out: Path, variant: str, seed: int) -> Path:
 
 
 def _check_finished(folder: Path, variant: str) -> dict:
-    vae, scm, meta = load_causal_model(folder, variant)
+    meta = read_meta(folder, "causal_model", variant)
     if not meta.get("done"):
         raise CheckpointError(f"checkpoint={folder}: training stopped at step {meta.get('step')}; allowed: a finished run (rerun `cft train` to resume)")
     return meta

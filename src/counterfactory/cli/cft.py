@@ -118,7 +118,7 @@ def run_evaluate(args) -> int:
     import torch
 
     from ..causal.checkpoint import read_meta
-    from ..causal.evaluate import evaluate_run
+    from ..causal.evaluate import evaluate_run, markdown_table
     from ..causal.metrics import DEFAULT_SCALES, check_scales
     from ..causal.training import TrainConfig
     from ..data.morphomnist import build_structures, load_morphomnist
@@ -156,8 +156,6 @@ def run_evaluate(args) -> int:
             f"warning: {left} interventions per model fell outside the training range of area and were left out",
             file=sys.stderr,
         )
-    from ..causal.evaluate import markdown_table
-
     print(markdown_table(results, args.variants))
     print(f"results: {where / 'results.json'}\nreport: {report}")
     return 0

@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..errors import InputError, input_error
+from ..errors import input_error
 
 IMAGES_FILE = "t10k-images-idx3-ubyte.gz"
 LABELS_FILE = "t10k-labels-idx1-ubyte.gz"
@@ -232,17 +232,3 @@ def build_structures(data: MorphoMNIST, split: str, num_structures: int = 1, see
         csv_intensity=torch.from_numpy(data.intensity[src]),
     )
 
-
-__all__ = [
-    "InputError",
-    "MorphoMNIST",
-    "StructureData",
-    "build_structures",
-    "foreground",
-    "label_map",
-    "load_morphomnist",
-    "measure",
-    "read_idx",
-    "split_indices",
-    "write_idx",
-]

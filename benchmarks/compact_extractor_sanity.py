@@ -48,9 +48,14 @@ def main() -> None:
         te = torch.cat([f[("held_out", t)] for t in types])
         te_y = torch.cat([torch.full((f[("held_out", t)].shape[0],), i) for i, t in enumerate(types)])
         pred = tr_y[torch.cdist(te, tr).argmin(1)]
+        import torch.nn.functional as F
+
+        pred_cos = tr_y[torch.cdist(F.normalize(te, dim=1), F.normalize(tr, dim=1)).argmin(1)]
         kid = {f"{a_}|{b_}": round(kernel_distance(f[("train", a_)], f[("held_out", b_)], 50, 16)[0], 4)
                for a_ in types for b_ in types}
-        result[name] = {"1nn_type_accuracy": round(float((pred == te_y).float().mean()), 3), "KID_train_vs_heldout": kid}
+        result[name] = {"1nn_type_accuracy": round(float((pred == te_y).float().mean()), 3),
+                        "1nn_type_accuracy_cosine": round(float((pred_cos == te_y).float().mean()), 3),
+                        "KID_train_vs_heldout": kid}
     print(json.dumps(result, indent=2))
 
 

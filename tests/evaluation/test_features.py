@@ -117,3 +117,20 @@ def test_inception_from_torchscript_file_is_named_fid(tmp_path):
     bad.write_bytes(b"not torchscript")
     with pytest.raises(InputError):
         load_extractor("inception", bad)
+
+
+def test_compact_training_with_type_labels_is_deterministic():
+    imgs = _imgs()
+    masks = [torch.zeros(1, *im.shape[-2:]) for im in imgs]
+    for m in masks[:4]:
+        m[:, 5:9, 6:12] = 1
+    labelled = [(imgs[i], masks[i], 1 + i % 2) for i in range(4)] + [(imgs[i], None, 0) for i in (4, 5)]
+    cfg = CompactExtractorConfig(**TINY, seed=1)
+    a, log = train_compact_extractor(imgs, cfg, labelled=labelled)
+    b, _ = train_compact_extractor(imgs, cfg, labelled=labelled)
+    assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
+    plain, _ = train_compact_extractor(imgs, cfg)
+    assert not all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), plain.state_dict().values()))
+    assert len(log.losses) == 3
+    with pytest.raises(InputError):  # a class number with no member
+        train_compact_extractor(imgs, cfg, labelled=[(imgs[0], None, 0), (imgs[1], masks[1], 2)])

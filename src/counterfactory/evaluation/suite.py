@@ -158,6 +158,7 @@ def _fingerprint(paths: list[Path], config: CompactExtractorConfig) -> str:
         st = Path(p).stat()
         h.update(f"{Path(p).resolve()}|{st.st_size}\n".encode())
     h.update(json.dumps(asdict(config), sort_keys=True).encode())
+    h.update(b"recipe:ssl+type-labels/2")
     return h.hexdigest()[:16]
 
 
@@ -179,11 +180,27 @@ def get_extractor(cfg: EvalConfig, train_items: list[Item], log=print) -> tuple[
                                                        "cached": True, "fingerprint": fp}
         except (ValueError, OSError):
             pass
-    log(f"compact extractor: training {ccfg.steps} steps on {len(paths)} real images (self-supervised) ...")
+    from ..data import GOOD
+
+    types = sorted({i.type for i in train_items if i.type != GOOD})
+    log(f"compact extractor: training {ccfg.steps} steps on {len(paths)} real images (self-supervised + "
+        f"defect-type labels of the {sum(i.type != GOOD for i in train_items)} real training defects) ...")
     images = [load_image(p) for p in paths]
+    labelled = []
+    for it, im in zip(train_items, images):
+        if it.type == GOOD:
+            labelled.append((im, None, 0))
+        elif it.mask_path is not None:
+            labelled.append((im, _load_mask(it, im.shape[-2:], "--real"), 1 + types.index(it.type)))
+    has_good = any(c == 0 for _, _, c in labelled)
+    if not has_good:  # no defect-free images: classes are the defect types only
+        labelled = [(im, m, c - 1) for im, m, c in labelled]
+    if len({c for _, _, c in labelled}) < 2:
+        labelled = None
     t0 = time.perf_counter()
-    model, tlog = train_compact_extractor(images, ccfg)
-    extra = {"fingerprint": fp, "trained_on": {"images": len(paths), "root": str(Path(cfg.real).resolve())},
+    model, tlog = train_compact_extractor(images, ccfg, labelled=labelled)
+    extra = {"fingerprint": fp, "trained_on": {"images": len(paths), "root": str(Path(cfg.real).resolve()),
+                                               "type_labels": (["good"] if has_good else []) + types if labelled else None},
              "final_loss": float(np.mean(tlog.losses[-20:])) if tlog.losses else None,
              "seconds": round(time.perf_counter() - t0, 1), "torch_threads": torch.get_num_threads()}
     save_compact_extractor(model, cache, extra)
@@ -401,8 +418,9 @@ def _notes(cfg: EvalConfig, ext_info: dict, use_crop: bool, has_src: bool, count
     notes = []
     if ext_info["kind"] == "compact":
         notes.append(
-            "Features come from the compact extractor trained self-supervised on this dataset's real images "
-            f"({'training split and defect-free images' if cfg.split else 'all given real images'}); FD_compact / KID_compact "
+            "Features come from the compact extractor trained on this dataset's real images "
+            f"({'training split and defect-free images' if cfg.split else 'all given real images'}) with a contrastive "
+            "loss plus the defect-type labels of the real training defects (never generated images); FD_compact / KID_compact "
             "are comparable only between runs that use the same extractor weights, never with published FID/KID."
         )
     if ext_info["kind"] != "inception":

@@ -57,8 +57,9 @@ def build_downstream_report(result: dict, data, cfg, examples: dict) -> HtmlRepo
         f"{result['torch_threads']} CPU thread(s); total {result['seconds']} s wall, {result.get('cpu_seconds')} s CPU."
     )
     r.heading("Result")
-    for v in verdicts(summary):
-        r.paragraph(v)
+    for metric in ("pixel_AP", "image_AUROC"):
+        for v in verdicts(summary, metric):
+            r.paragraph(v)
     rows = []
     for s, groups in summary.items():
         rows.append({"setting": SETTING_TITLES.get(s, s), **{m: _fmt(groups["all"][m]) for m in METRICS}})

@@ -76,3 +76,13 @@ def test_downstream_bad_input(tiny_real, tmp_path, capsys):
     assert _run(["benchmark", "downstream", "--data", str(tiny_real), "--out", str(tmp_path / "o"), "--seeds", "a"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 3 and all(line.startswith("counterfactory benchmark: error:") for line in err)
+
+
+def test_adding_generated_later_reuses_the_other_settings(tiny_real, tiny_generated, tmp_path, capsys):
+    common = ["--data", str(tiny_real), "--out", str(tmp_path / "o"), "--steps", "2", "--seeds", "0", "--eval-good", "2",
+              "--crop", "32", "--batch-size", "4"]
+    assert _run(["benchmark", "downstream", *common, "--settings", "real"]) == 0
+    capsys.readouterr()
+    assert _run(["benchmark", "downstream", *common, "--settings", "real,ours", "--generated", str(tiny_generated)]) == 0
+    err = capsys.readouterr().err
+    assert "real/seed0: done earlier" in err and "ours/seed0: pixel AP" in err

@@ -447,8 +447,13 @@ def run_downstream(cfg: DownstreamConfig, log=print) -> dict:
     from ..io.manifest import Manifest
 
     manifest = Manifest(runs_path)
-    cfg_key = json.dumps({k: v for k, v in asdict(cfg).items() if k not in ("out", "settings", "seeds")}, sort_keys=True, default=str)
-    done = {r["id"]: r for r in manifest.read() if r.get("config") == cfg_key}
+    def cfg_key(setting: str) -> str:
+        """What a run's result depends on: the generated folder only matters to 'ours' (so adding --generated
+        later reuses the real / perlin / copypaste runs)."""
+        skip = {"out", "settings", "seeds"} | (set() if setting == "ours" else {"generated", "max_generated_per_type"})
+        return json.dumps({k: v for k, v in asdict(cfg).items() if k not in skip}, sort_keys=True, default=str)
+
+    done = {r["id"]: r for r in manifest.read() if r.get("config") == cfg_key(r.get("setting", ""))}
     runs = []
     examples = {}
     for setting in cfg.active_settings():
@@ -467,7 +472,7 @@ def run_downstream(cfg: DownstreamConfig, log=print) -> dict:
             t_train = time.perf_counter() - t1
             maps = predict(model, data.eval_images)
             res = evaluate_maps(maps, data, cfg.image_pool)
-            rec = {"id": rid, "setting": setting, "seed": seed, "metrics": res, "config": cfg_key,
+            rec = {"id": rid, "setting": setting, "seed": seed, "metrics": res, "config": cfg_key(setting),
                    "final_loss": float(np.mean(losses[-20:])), "train_seconds": round(t_train, 1),
                    "seconds": round(time.perf_counter() - t1, 1), "cpu_seconds": round(time.process_time() - c1, 1)}
             manifest.append(rec)

@@ -117,7 +117,7 @@ def cmd_generate(args) -> int:
     from ..data.splits import load_split
     from ..errors import input_error
     from ..io.manifest import sha256_file
-    from ..pipelines.generate import GenerateConfig, folder_masks, generate, held_out_masks
+    from ..pipelines.generate import GenerateConfig, folder_masks, generate, split_masks
     from ..training.inpaint import ADAPTER_CONFIG, check_adapter_types
 
     _threads(args)
@@ -135,7 +135,10 @@ def cmd_generate(args) -> int:
     good_ids = set(split.train.get("good", [])) if args.backgrounds == "train" else set(
         split.held_out.get("good", []) + split.train.get("good", []))
     backgrounds = [s for s in ds.good() if s.source_id in good_ids]
-    masks = held_out_masks(ds, split, types) if args.masks == "held-out" else folder_masks(args.masks, types)
+    if args.masks in ("held-out", "train"):
+        masks = split_masks(ds, split, types, args.masks.replace("-", "_"))
+    else:
+        masks = folder_masks(args.masks, types)
     pipe = _pipeline(args)
     from ..models.compact import DEFAULT_WEIGHTS_DIR, WEIGHTS_FILE
 
@@ -210,7 +213,9 @@ def register(sub) -> None:
     p.add_argument("--out", required=True, help="output folder")
     _base_args(p)
     p.add_argument("--split", default=None, help="split file (default: the adapter's split.json)")
-    p.add_argument("--masks", default="held-out", help="'held-out' (default) or a folder of masks (<dir>/<type>/*.png)")
+    p.add_argument("--masks", default="held-out", help="'held-out' (default: the split's held-out real masks, augmented), 'train' (the few-shot masks: "
+                        "use it when the pairs train a model evaluated on the held-out defects) or a folder of masks "
+                        "(<dir>/<type>/*.png)")
     p.add_argument("--backgrounds", default="train", choices=["train", "all"],
                    help="defect-free images to paint on: the split's train part (default) or all")
     p.add_argument("--n", type=_positive_int("--n"), default=100, help="pairs per type (default 100)")

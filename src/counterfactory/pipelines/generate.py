@@ -118,14 +118,25 @@ class MaskSource:
         return best, {"mask_source": name, "augment": params.to_dict(), "on_foreground": round(best_cov, 3)}
 
 
-def held_out_masks(dataset, split, types: list[str]) -> dict[str, list[tuple[str, torch.Tensor]]]:
+def split_masks(dataset, split, types: list[str], part: str = "held_out") -> dict[str, list[tuple[str, torch.Tensor]]]:
+    """Real masks of one part of the split, per type.
+
+    ``"held_out"`` (the field's protocol for generation) or ``"train"`` — use ``"train"`` when the generated
+    pairs will train a model that is then evaluated on the held-out defects, or their mask shapes leak.
+    """
+    if part not in ("held_out", "train"):
+        raise input_error("part", part, "'held_out' or 'train'")
     out = {}
     for t in types:
-        if not split.held_out.get(t):
-            raise input_error("masks", "held-out", f"held-out masks for type {t!r} (the split has none)")
+        if not getattr(split, part).get(t):
+            raise input_error("masks", part.replace("_", "-"), f"{part} masks for type {t!r} (the split has none)")
         # InputError (not a KeyError) when the split was made from another dataset than ``dataset``
-        out[t] = [(s.source_id, s.load_mask()) for s in split.samples(dataset, "held_out", t)]
+        out[t] = [(s.source_id, s.load_mask()) for s in split.samples(dataset, part, t)]
     return out
+
+
+def held_out_masks(dataset, split, types: list[str]) -> dict[str, list[tuple[str, torch.Tensor]]]:
+    return split_masks(dataset, split, types, "held_out")
 
 
 def folder_masks(root: str | Path, types: list[str]) -> dict[str, list[tuple[str, torch.Tensor]]]:

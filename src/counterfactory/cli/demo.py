@@ -161,7 +161,8 @@ def register(sub) -> None:
     p.add_argument("--n-per-type", type=_positive_int("--n-per-type"), default=12)
     p.add_argument("--show", type=_positive_int("--show"), default=6, help="rows per type in the report")
     p.add_argument("--steps", type=_positive_int("--steps"), default=25, help="denoising steps")
-    p.add_argument("--guidance-scale", type=_nonneg_float("--guidance-scale"), default=2.0)
+    p.add_argument("--guidance-scale", type=_nonneg_float("--guidance-scale"), default=4.0,
+                   help="classifier-free guidance (default 4: cracks reach -0.21 luminance contrast vs -0.13 at 2)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=_positive_int("--threads"), default=None, help="torch CPU threads")
     p.add_argument("--quiet", action="store_true")

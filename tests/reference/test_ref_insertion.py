@@ -130,7 +130,7 @@ def test_evaluate_end_to_end_with_baselines(tmp_path, boxes_data):
     assert set(rows) == {(t, m) for t in ("reinsertion", "insertion") for m in methods}
     for r in rows.values():
         assert r["outside_mask_max_abs_change"] == 0.0  # the baselines never touch pixels outside the box
-        assert "FD_compact_crop" in r and "KID_compact_crop" in r and -1 <= r["ref_cos_compact"] <= 1
+        assert "FD_compact_crop" in r and "KID_compact_crop" in r and -1 <= r["ref_cos_compact"] <= 1 and "ref_cos_compact_shuffled" in r
     assert "L1_box" in rows[("reinsertion", "poisson")] and "L1_box" not in rows[("insertion", "poisson")]
     out = tmp_path / "run"
     assert (out / "report.html").is_file() and (out / "metrics.json").is_file()

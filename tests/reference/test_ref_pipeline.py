@@ -154,3 +154,12 @@ def test_adapter_refuses_another_base(tmp_path, tiny_config, ref_adapter):
         (tmp_path / "ad").mkdir()
         (tmp_path / "ad" / "adapter_config.json").write_text("{}")
         ReferenceInpaintPipeline.from_compact(tmp_path / "ad", base=tmp_path)
+
+
+def test_gray_target_gives_gray_result(pipe):
+    image = rand_image(0, c=1)
+    res = _run(pipe, image, rand_image(1, c=1, h=16, w=16)).images[0]
+    assert torch.equal(res[0], res[1]) and torch.equal(res[1], res[2])
+    m = torch.zeros(48, 64, dtype=torch.bool)
+    m[10:30, 20:36] = True
+    assert torch.equal(res[0][~m], image[0][~m]) and not torch.equal(res[0][m], image[0][m])

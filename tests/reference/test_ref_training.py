@@ -53,11 +53,23 @@ def test_training_batch_is_a_pure_function_of_seed_and_step(tiny_data):
     c = reference_batch_for_step(items, types, 32, 24, cfg, step=6)
     assert all(torch.equal(x, y) for x, y in zip(a, b))
     assert not torch.equal(a[1], c[1])
-    x0, region, refs = a
+    x0, region, refs, null_rows = a
+    assert null_rows.dtype == torch.bool and not null_rows.any()  # no defect-free images given: no null rows
     assert x0.shape == (3, 3, 32, 32) and x0.min() >= -1 and x0.max() <= 1
     assert region.shape == (3, 1, 32, 32) and set(region.unique().tolist()) <= {0.0, 1.0}
     assert (region.flatten(1).sum(1) > 0).all()
     assert refs.shape == (3, 3, 24, 24) and refs.min() >= 0 and refs.max() <= 1
+
+
+def test_background_rows_use_defect_free_images_and_the_null_reference(tiny_data):
+    from counterfactory.training.reference import background_items
+
+    cfg = ReferenceTrainConfig(out="unused", data=str(tiny_data), batch_size=8, background_prob=0.5)
+    types, items = defect_items(str(tiny_data), None, None, 4)
+    goods = background_items(str(tiny_data), None, 10)
+    assert goods and all(g.defect_type == "good" and g.boxes == () for g in goods)
+    _, region, _, null_rows = reference_batch_for_step(items, types, 32, 24, cfg, step=1, backgrounds=goods)
+    assert 0 < int(null_rows.sum()) < 8 and (region.flatten(1).sum(1) > 0).all()
 
 
 def test_reference_augmentation_keeps_shape_and_range():

@@ -276,6 +276,8 @@ def cmd_benchmark(args) -> int:
 
         def model_fn(target, box, reference, case):
             g = torch.Generator().manual_seed(args.seed * 1_000_003 + int(case.case_id.rsplit("-", 1)[1]))
+            if bool((target == target[:1]).all()) and bool((reference == reference[:1]).all()):
+                target, reference = target[:1], reference[:1]  # gray data stored as RGB: keep the result gray
             return pipe(target, reference, box=box, num_inference_steps=args.num_inference_steps,
                         guidance_scale=args.guidance_scale, generator=g, crop_margin=args.crop_margin,
                         max_box_side=args.max_box_side or 10**9).images[0]
@@ -319,7 +321,8 @@ def cmd_train_reference(args) -> int:
         out=args.out, data=args.data, base=args.base, base_kind=args.base_kind, encoder=args.encoder,
         encoder_weights=args.encoder_weights, token_mode=args.token_mode, reference_size=args.reference_size,
         split=args.split, types=tuple(args.types) if args.types else None, lora_rank=args.rank, lora_targets=targets,
-        batch_size=args.batch_size, reference_dropout=args.reference_dropout, loop=loop,
+        batch_size=args.batch_size, reference_dropout=args.reference_dropout, background_prob=args.background_prob,
+        loop=loop,
     )
     summary = train_reference(cfg, progress=not args.quiet)
     print(json.dumps(summary))
@@ -355,13 +358,14 @@ def register(sub) -> None:
     p.add_argument("--box", default=None, help="x0,y0,x1,y1 in pixels (end exclusive)")
     p.add_argument("--reference", default=None, help="reference image file (a crop of one defect/object; no alpha)")
     p.add_argument("--out", default=None, help="output image file (one image) or run folder (--data)")
-    p.add_argument("--method", default="model", choices=["model", "copy_paste", "poisson"],
+    p.add_argument("--method", default="model", choices=["model", "copy_paste", "poisson", "unchanged"],
                    help="one image: the model (default) or a baseline")
     b = p.add_argument_group("benchmark (--data)")
     b.add_argument("--data", default=None, help="dataset folder: run the benchmark instead of one image")
     b.add_argument("--split", default=None, help="split file (default: the adapter's split.json, else the first-third split)")
     b.add_argument("--tasks", default="reinsertion,replacement,insertion", help="comma list of tasks")
-    b.add_argument("--methods", default="model,copy_paste,poisson", help="comma list of model, copy_paste, poisson")
+    b.add_argument("--methods", default="model,copy_paste,poisson,unchanged",
+                   help="comma list of model, copy_paste, poisson, unchanged (the target as is: a calibration row)")
     b.add_argument("--n", type=_positive_int("--n"), default=20, help="cases per task (default 20)")
     b.add_argument("--extractor", default="compact", choices=["compact", "inception", "clip", "dinov2"],
                    help="feature extractor for FD/KID and reference fidelity (default compact, trained here if no weights)")
@@ -394,6 +398,8 @@ def register(sub) -> None:
     p.add_argument("--rank", type=_positive_int("--rank"), default=8, help="LoRA rank (default 8)")
     p.add_argument("--lora-targets", default="attn+conv", choices=["attn", "attn+conv"])
     p.add_argument("--reference-dropout", type=float, default=0.2, help="null-reference rate for CFG (default 0.2)")
+    p.add_argument("--background-prob", type=float, default=0.2,
+                   help="rows on defect-free training images with the null reference (default 0.2; 0 = none)")
     g = p.add_argument_group("optimisation")
     g.add_argument("--steps", type=_positive_int("--steps"), default=600)
     g.add_argument("--lr", type=float, default=1e-3)

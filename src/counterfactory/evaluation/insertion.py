@@ -10,12 +10,14 @@ Tasks (:func:`build_cases`, from the split's **held-out** images; AnydoorMed's `
 
 Baselines (pure functions, no model): :func:`copy_paste` (the reference resized into the box) and
 :func:`poisson_blend` (seamless cloning: the Poisson equation with the reference's gradients as guidance and the
-target as Dirichlet boundary, solved with a sparse direct solver; no OpenCV).
+target as Dirichlet boundary, solved with a sparse direct solver; no OpenCV). ``unchanged`` returns the target as
+is: for reinsertion that is the ground truth (the best reachable row), for insertion a defect-free crop (what the
+realism metric gives when nothing is inserted): it calibrates the table.
 
 Metrics per task and method (:func:`evaluate_insertion`): realism FD/KID (named after the extractor) of crops
 around the box against real defect crops; paired error to ground truth for reinsertion (L1, PSNR, SSIM in the
 box); reference fidelity ``ref_cos_<extractor>`` (feature cosine between the result's box crop and the
-reference); locality outside the box (:mod:`.locality`). Methods are injected as callables, so this module never
+reference, centred on the real crops' mean feature, with a shuffled-reference control); locality outside the box (:mod:`.locality`). Methods are injected as callables, so this module never
 imports a pipeline.
 """
 
@@ -45,7 +47,7 @@ from .features import FeatureExtractor, resize_square
 from .locality import LOCALITY_KEYS, locality_per_image, reduce_locality
 
 TASKS = ("reinsertion", "replacement", "insertion")
-BASELINES = ("copy_paste", "poisson")
+BASELINES = ("copy_paste", "poisson", "unchanged")  # unchanged: the target as is (a calibration row, see below)
 REFERENCE_CONTEXT = 0.1  # reference crop = defect box + 10 % of its side on each side (PbE: box + 10 px)
 
 
@@ -270,6 +272,8 @@ def baseline_method(name: str) -> Callable:
         return lambda target, box, reference, case=None: copy_paste(target, box, reference)
     if name == "poisson":
         return lambda target, box, reference, case=None: poisson_blend(target, box, reference)
+    if name == "unchanged":  # reinsertion: the ground truth itself; insertion: no defect at all
+        return lambda target, box, reference, case=None: target.clone()
     raise input_error("method", name, f"one of {', '.join(BASELINES)}")
 
 
@@ -397,14 +401,22 @@ def evaluate_insertion(cases: list[InsertionCase], methods: dict[str, Callable],
                                      pr_k=min(3, n - 1), seed=cfg.seed, suffix="_crop")
             r.update({kk: v for kk, v in d.items() if not kk.startswith(("precision", "recall"))})
             r["kid_subset_size"] = k
-        r[f"ref_cos_{name}"] = float(_cosine(a, b).mean())
+        # centred on the real defect crops' mean feature: the generic "looks like a defect crop" direction, shared by
+        # every crop, would otherwise put every cosine near 1; the shuffled control pairs each result with another
+        # case's reference (same task), so ref_cos - ref_cos_shuffled is what the reference itself explains
+        mu = real_feats.double().mean(0) if real_feats.shape[0] else torch.zeros(a.shape[1], dtype=torch.float64)
+        ac, bc = a.double() - mu, b.double() - mu
+        r[f"ref_cos_{name}"] = float(_cosine(ac, bc).mean())
+        if n >= 2:
+            r[f"ref_cos_{name}_shuffled"] = float(_cosine(ac, bc.roll(1, 0)).mean())
         loc = {key: torch.cat([x[key] for x in rec["loc"]]) for key in LOCALITY_KEYS}
         red = reduce_locality(loc)
         r.update({kk: red[kk] for kk in ("outside_mask_max_abs_change", "outside_psnr", "mask_changed_fraction")})
         if rec["paired"]:
             for key in ("L1_box", "PSNR_box", "SSIM_box"):
                 vals = [p[key] for p in rec["paired"] if math.isfinite(p[key])]
-                r[key] = float(np.mean(vals)) if vals else math.nan
+                infinite = any(math.isinf(p[key]) for p in rec["paired"])
+                r[key] = float(np.mean(vals)) if vals else (math.inf if infinite else math.nan)  # PSNR: mean of finite
         if timings.get((task, method)):
             r["seconds_per_case"] = float(np.mean(timings[(task, method)]))
         rows.append(r)
@@ -448,10 +460,12 @@ def _report(out: Path, rows: list[dict], thumbs: dict, methods: list[str], name:
     rep.paragraph(
         f"Realism: FD/KID of {name} features of context crops around the box (margin 1 x box side, >= 48 px) "
         f"vs {summary['n_real_crops']} real held-out defect crops; small N, so KID is the number to read. "
-        f"ref_cos_{name}: cosine between features of the result's box crop and of the reference. "
+        f"ref_cos_{name}: cosine between features of the result's box crop and of the reference, both centred on the "
+        "real crops' mean feature; _shuffled pairs each result with another case's reference (the chance level). "
         "L1/PSNR/SSIM_box: reinsertion only (the real image is the ground truth). Locality: change outside the box."
     )
-    cols = ["task", "method", "n", f"FD_{name}_crop", f"KID_{name}_crop", f"ref_cos_{name}", "L1_box", "PSNR_box",
+    cols = ["task", "method", "n", f"FD_{name}_crop", f"KID_{name}_crop", f"ref_cos_{name}", f"ref_cos_{name}_shuffled",
+            "L1_box", "PSNR_box",
             "SSIM_box", "outside_mask_max_abs_change", "seconds_per_case"]
     rep.table(rows, columns=cols)
     for task in TASKS:

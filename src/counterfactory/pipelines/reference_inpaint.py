@@ -219,6 +219,7 @@ class ReferenceInpaintPipeline:
                                   f"a region at most {limit} px on its longer side (max_box_side; default "
                                   f"{MAX_BOX_FACTOR} x the working resolution {self.resolution}): downscale the image first")
         references = self.reference_encoder.preprocess(refs)
+        self._gray = [c == 1 for c in chans]
         return images, masks, references
 
     # ------------------------------------------------------------------ call
@@ -262,7 +263,8 @@ class ReferenceInpaintPipeline:
                 box would be inpainted at a small fraction of its size and come out blurred.
 
         Returns:
-            :class:`ReferenceInpaintOutput`. Every pixel outside the region equals the input pixel exactly.
+            :class:`ReferenceInpaintOutput`, always 3 channels; for a 1-channel (gray) image the region gets the
+            channel mean, so the result stays gray. Every pixel outside the region equals the input pixel exactly.
         """
         images, masks, references = self.check_inputs(image, reference_image, box, mask_image, num_inference_steps,
                                                       guidance_scale, output_type, crop_margin, mask_threshold,
@@ -286,6 +288,9 @@ class ReferenceInpaintPipeline:
                            guidance_scale, gens, reinject_known_region, self._progress)
 
         out = inpaint_windows(images, masks, jobs, denoise_fn, self.resolution, True, generator, batch_size)
+        for i, gray in enumerate(self._gray):  # a gray target gets a gray result (the model may tint the region)
+            if gray:
+                out[i] = torch.where(masks[i] > 0.5, out[i].mean(0, keepdim=True), out[i])
         if output_type == "np":
             result = np.stack([to_uint8(o) for o in out])
         elif output_type == "pil":

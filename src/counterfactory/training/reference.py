@@ -9,7 +9,13 @@ Each training item is one real defect (a connected component of a training mask)
   region's shape from the mask; the defect box is always inside the region;
 - the **reference** is the same defect cropped from the same image with a jittered crop, flipped, rotated
   and sometimes blurred (PbE: crop + flips + rotation + blur), then resized to the encoder's input;
-- with probability ``reference_dropout`` the reference is replaced by the learned null reference (CFG).
+- with probability ``reference_dropout`` the reference is replaced by the learned null reference (CFG);
+- with probability ``background_prob`` the row is a defect-sized box on a *defect-free* training image trained
+  with the null reference (AnydoorMed's erased-reference rows on healthy images): the null branch learns plain
+  surface filling on the real product, so guidance pushes towards the reference's defect, and the LoRA keeps
+  the base's inpainting of unseen surfaces;
+- contrast/brightness jitter of the target and, independently, of the reference (``photometric_prob``): the
+  lighting of the result has to come from the target's context, not from the reference.
 
 Trained: LoRA on the base U-Net (attention + ResNet convs on the compact base; attention only on SD) and the
 reference encoder (all of the compact one; the projection and null of a CLIP/DINOv2 one, whose backbone stays
@@ -85,6 +91,10 @@ class ReferenceTrainConfig:
     blur_prob: float = 0.3  # reference Gaussian blur (PbE: 0.3)
     crop_jitter: tuple[float, float] = (-0.05, 0.2)  # reference crop: each side moves by U(a, b) × the box side
     min_component_area: int = 4  # defect components smaller than this (pixels) are not used
+    background_prob: float = 0.2  # rows on a defect-free training image, random box, null reference (AnydoorMed)
+    max_backgrounds: int = 64  # defect-free training images kept in memory for those rows
+    photometric_prob: float = 0.5  # per target and (independently) per reference: contrast/brightness jitter
+    photometric: tuple[float, float] = (0.25, 0.12)  # contrast in 1 ± a, brightness offset in ± b ([0,1] scale)
     loop: LoopConfig = field(default_factory=lambda: LoopConfig(steps=600, lr=1e-3, warmup_steps=20,
                                                                 checkpoint_every=50))
 
@@ -112,6 +122,11 @@ class ReferenceTrainConfig:
             raise ConfigError(f"box_extend={self.box_extend}: in [0, 1]")
         if not -0.4 <= self.crop_jitter[0] <= self.crop_jitter[1] <= 1:
             raise ConfigError(f"crop_jitter={self.crop_jitter}: -0.4 <= low <= high <= 1")
+        for name in ("background_prob", "photometric_prob"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise ConfigError(f"{name}={getattr(self, name)}: a probability in [0, 1]")
+        if not (0 <= self.photometric[0] < 1 and 0 <= self.photometric[1] <= 0.5):
+            raise ConfigError(f"photometric={self.photometric}: contrast in [0, 1), brightness in [0, 0.5]")
         if not 0 <= self.rotate_degrees <= 180:
             raise ConfigError(f"rotate_degrees={self.rotate_degrees}: in [0, 180]")
 
@@ -235,25 +250,57 @@ def defect_items(data: str, split_path: str | None, types, min_area: int, out: s
     return [t for t in names if any(it.defect_type == t for it in items)], items
 
 
+def background_items(data: str, split_path: str | None, limit: int) -> list[DefectItem]:
+    """Up to ``limit`` defect-free training images (evenly spaced over the split's train part), as items."""
+    from ..data import open_dataset
+    from ..data.splits import few_shot_split, load_split
+
+    if limit <= 0:
+        return []
+    ds = open_dataset(data)
+    split = load_split(split_path) if split_path else few_shot_split(ds)
+    ids = split.train.get(GOOD, [])
+    index = ds.by_id()
+    pick = [ids[int(i)] for i in np.unique(np.linspace(0, len(ids) - 1, min(limit, len(ids))).round())] if ids else []
+    return [DefectItem(i, GOOD, torch.round(index[i].load_image() * 255).to(torch.uint8), ()) for i in pick]
+
+
+def photometric_jitter(x: torch.Tensor, rng: np.random.Generator, contrast: float, brightness: float) -> torch.Tensor:
+    """Contrast about the mean (× U(1 ± contrast)) and a brightness offset (U(± brightness)), clamped to [0,1]."""
+    a = float(rng.uniform(1 - contrast, 1 + contrast))
+    b = float(rng.uniform(-brightness, brightness))
+    mean = x.mean()
+    return ((x - mean) * a + mean + b).clamp(0, 1)
+
+
 def reference_batch_for_step(items: list[DefectItem], types: list[str], res: int, ref_size: int,
-                             cfg: ReferenceTrainConfig, step: int):
-    """(targets in model space (B,3,res,res), regions (B,1,res,res), references (B,3,S,S) in [0,1]);
-    a pure function of (cfg.loop.seed, step)."""
+                             cfg: ReferenceTrainConfig, step: int, backgrounds: list[DefectItem] | None = None):
+    """(targets in model space (B,3,res,res), regions (B,1,res,res), references (B,3,S,S) in [0,1], null rows (B,)
+    bool: background rows that must be trained with the null reference); a pure function of (cfg.loop.seed, step)."""
     rng = np.random.default_rng([cfg.loop.seed, step, 6])
     per_type: dict[str, list[int]] = {}
     for k, it in enumerate(items):
         per_type.setdefault(it.defect_type, []).append(k)
-    xs, ms, refs = [], [], []
+    xs, ms, refs, nulls = [], [], [], []
     for _ in range(cfg.batch_size):
         t = types[int(rng.integers(len(types)))]
         it = items[per_type[t][int(rng.integers(len(per_type[t])))]]
         box = it.boxes[int(rng.integers(len(it.boxes)))]
+        is_bg = bool(backgrounds) and rng.random() < cfg.background_prob
+        if is_bg:  # a defect-sized box at a random place of a defect-free image
+            it = backgrounds[int(rng.integers(len(backgrounds)))]
+            h, w = it.image.shape[-2:]
+            bw, bh = min(box[2] - box[0], w - 1), min(box[3] - box[1], h - 1)
+            bx, by = int(rng.integers(0, w - bw + 1)), int(rng.integers(0, h - bh + 1))
+            box = (bx, by, bx + bw, by + bh)
         img = it.image.float() / 255.0
         h, w = img.shape[-2:]
         win = window_around(box, (h, w), float(rng.uniform(*cfg.margin_range)), min_size=min(res, max(h, w)))
         wx0, wy0, wx1, wy1 = win.box
         crop = img[None, :, wy0:wy1, wx0:wx1]
         x, _ = to_working_resolution(crop, torch.zeros(1, 1, wy1 - wy0, wx1 - wx0), res)
+        if rng.random() < cfg.photometric_prob:
+            x = photometric_jitter(x, rng, *cfg.photometric)
         sx, sy = res / (wx1 - wx0), res / (wy1 - wy0)
         b = ((box[0] - wx0) * sx, (box[1] - wy0) * sy, (box[2] - wx0) * sx, (box[3] - wy0) * sy)
         if cfg.hflip and rng.random() < 0.5:
@@ -269,12 +316,14 @@ def reference_batch_for_step(items: list[DefectItem], types: list[str], res: int
             region = torch.zeros(res, res)
             ex0, ey0, ex1, ey1 = int_box(ext, res, res)
             region[ey0:ey1, ex0:ex1] = 1.0
-        ref = reference_crop(img, box, cfg.crop_jitter, rng)
-        ref = augment_reference(ref, rng, cfg)
+        ref = augment_reference(reference_crop(img, box, cfg.crop_jitter, rng), rng, cfg)
+        if rng.random() < cfg.photometric_prob:  # independent: lighting must come from the target, not the reference
+            ref = photometric_jitter(ref, rng, *cfg.photometric)
         xs.append(x)
         ms.append(region[None, None])
         refs.append(reference_batch(ref, ref_size))
-    return to_model_space(torch.cat(xs)), torch.cat(ms), torch.cat(refs)
+        nulls.append(is_bg)
+    return to_model_space(torch.cat(xs)), torch.cat(ms), torch.cat(refs), torch.tensor(nulls, dtype=torch.bool)
 
 
 # ====================================================================== training
@@ -291,6 +340,7 @@ def train_reference(cfg: ReferenceTrainConfig, progress: bool = True) -> dict:
 
     unet, space, train_s, _, res, base_tokens, base_file = load_base(cfg.base, cfg.base_kind)
     types, items = defect_items(cfg.data, cfg.split, cfg.types, cfg.min_component_area, out=cfg.out)
+    backgrounds = background_items(cfg.data, cfg.split, cfg.max_backgrounds) if cfg.background_prob > 0 else []
     unet = copy.deepcopy(unet)
     unet.requires_grad_(False)
     targets = cfg.lora_targets if cfg.base_kind == "compact" else tuple(t for t in cfg.lora_targets if t in ATTENTION_TARGETS)
@@ -306,13 +356,13 @@ def train_reference(cfg: ReferenceTrainConfig, progress: bool = True) -> dict:
     ref_size = encoder.input_size
 
     def loss_fn(step: int, device) -> torch.Tensor:
-        x0, region, refs = reference_batch_for_step(items, types, res, ref_size, cfg, step)
+        x0, region, refs, null_rows = reference_batch_for_step(items, types, res, ref_size, cfg, step, backgrounds)
         gen = step_generator(cfg.loop.seed, step)
-        drop = torch.rand(x0.shape[0], generator=gen) < cfg.reference_dropout
+        drop = (torch.rand(x0.shape[0], generator=gen) < cfg.reference_dropout) | null_rows
         ctx = encoder(refs.to(device), drop=drop)
         return inpaint_loss(unet, train_s, space, x0.to(device), region.to(device), ctx, gen, cfg.outside_weight)
 
-    identity = {"task": "train-reference", **_jsonable(asdict(cfg)), "types": types,
+    identity = {"task": "train-reference", **_jsonable(asdict(cfg)), "types": types, "backgrounds": len(backgrounds),
                 "defects": {t: sum(1 for it in items if it.defect_type == t) for t in types}}
     identity.pop("out")
     identity["loop"].pop("max_minutes", None)

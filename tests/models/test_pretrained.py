@@ -19,15 +19,6 @@ from counterfactory.models.pretrained import (
 )
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Tiny models run fastest on one thread; two OpenMP threads on a busy 2-core box spin for seconds."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 @pytest.fixture(scope="module")
 def sd_dir(tmp_path_factory):
     return save_tiny_sd_inpaint(tmp_path_factory.mktemp("sd") / "tiny-sd-inpaint", seed=0)

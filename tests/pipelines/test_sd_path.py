@@ -25,14 +25,6 @@ from counterfactory.training.trainer import LoopConfig
 STEPS = 3
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 @pytest.fixture(scope="module")
 def work(tmp_path_factory):
     """(tiny SD folder, dataset category root, trained adapter folder)."""

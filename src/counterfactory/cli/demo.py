@@ -11,7 +11,7 @@ import json
 import time
 from pathlib import Path
 
-from .synth import _nonneg_float, _positive_int
+from ._args import nonneg_float, positive_int
 
 
 def _ring_contrast(image, mask, width: int = 3) -> float:
@@ -156,14 +156,14 @@ def register(sub) -> None:
                                    "per type → DIR/report.html and DIR/metrics.json. Rerun to resume after a kill.")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--base", default=None, help="compact base folder (default: the shipped weights/)")
-    p.add_argument("--shots", type=_positive_int("--shots"), default=5, help="real defects per type for the adapter")
-    p.add_argument("--adapter-steps", type=_positive_int("--adapter-steps"), default=400)
-    p.add_argument("--n-per-type", type=_positive_int("--n-per-type"), default=12)
-    p.add_argument("--show", type=_positive_int("--show"), default=6, help="rows per type in the report")
-    p.add_argument("--steps", type=_positive_int("--steps"), default=25, help="denoising steps")
-    p.add_argument("--guidance-scale", type=_nonneg_float("--guidance-scale"), default=4.0,
+    p.add_argument("--shots", type=positive_int("--shots"), default=5, help="real defects per type for the adapter")
+    p.add_argument("--adapter-steps", type=positive_int("--adapter-steps"), default=400)
+    p.add_argument("--n-per-type", type=positive_int("--n-per-type"), default=12)
+    p.add_argument("--show", type=positive_int("--show"), default=6, help="rows per type in the report")
+    p.add_argument("--steps", type=positive_int("--steps"), default=25, help="denoising steps")
+    p.add_argument("--guidance-scale", type=nonneg_float("--guidance-scale"), default=4.0,
                    help="classifier-free guidance (default 4: cracks reach -0.21 luminance contrast vs -0.13 at 2)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=_positive_int("--threads"), default=None, help="torch CPU threads")
+    p.add_argument("--threads", type=positive_int("--threads"), default=None, help="torch CPU threads")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_demo)

@@ -8,35 +8,10 @@ and the copy-paste / Poisson baselines, and writes metrics.json + report.html.
 
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 
-
-def _positive_int(name):
-    def parse(text):
-        try:
-            v = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{name}={text!r}: an integer >= 1") from None
-        if v < 1:
-            raise argparse.ArgumentTypeError(f"{name}={text!r}: an integer >= 1")
-        return v
-
-    return parse
-
-
-def _nonneg_float(name):
-    def parse(text):
-        try:
-            v = float(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{name}={text!r}: a number >= 0") from None
-        if not v >= 0 or v == float("inf"):
-            raise argparse.ArgumentTypeError(f"{name}={text!r}: a finite number >= 0")
-        return v
-
-    return parse
+from ._args import nonneg_float, positive_int
 
 
 def parse_box(text: str) -> tuple[int, int, int, int]:
@@ -337,10 +312,10 @@ def _model_args(p):
     g.add_argument("--base-kind", default="compact", choices=["compact", "sd"], help="which base (default compact)")
     g.add_argument("--encoder-weights", default=None,
                    help="local CLIP/DINOv2 folder for an adapter with a pretrained encoder (default: the one it was trained with)")
-    g.add_argument("--num-inference-steps", type=_positive_int("--num-inference-steps"), default=25)
-    g.add_argument("--guidance-scale", type=_nonneg_float("--guidance-scale"), default=3.0,
+    g.add_argument("--num-inference-steps", type=positive_int("--num-inference-steps"), default=25)
+    g.add_argument("--guidance-scale", type=nonneg_float("--guidance-scale"), default=3.0,
                    help="classifier-free guidance towards the reference (1 = none; default 3)")
-    g.add_argument("--crop-margin", type=_nonneg_float("--crop-margin"), default=0.5,
+    g.add_argument("--crop-margin", type=nonneg_float("--crop-margin"), default=0.5,
                    help="context around the box as a fraction of its side (default 0.5)")
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--threads", type=int, default=None, help="torch CPU threads")
@@ -366,13 +341,13 @@ def register(sub) -> None:
     b.add_argument("--tasks", default="reinsertion,replacement,insertion", help="comma list of tasks")
     b.add_argument("--methods", default="model,copy_paste,poisson,unchanged",
                    help="comma list of model, copy_paste, poisson, unchanged (the target as is: a calibration row)")
-    b.add_argument("--n", type=_positive_int("--n"), default=20, help="cases per task (default 20)")
+    b.add_argument("--n", type=positive_int("--n"), default=20, help="cases per task (default 20)")
     b.add_argument("--extractor", default="compact", choices=["compact", "inception", "clip", "dinov2"],
                    help="feature extractor for FD/KID and reference fidelity (default compact, trained here if no weights)")
     b.add_argument("--extractor-weights", default=None, help="local weights of the extractor")
-    b.add_argument("--extractor-steps", type=_positive_int("--extractor-steps"), default=300,
+    b.add_argument("--extractor-steps", type=positive_int("--extractor-steps"), default=300,
                    help="training steps of the compact extractor when it is trained here (default 300)")
-    b.add_argument("--max-box-side", type=_positive_int("--max-box-side"), default=None,
+    b.add_argument("--max-box-side", type=positive_int("--max-box-side"), default=None,
                    help="largest box side the model accepts in the benchmark (default: no limit, every real box is "
                         "evaluated even when much larger than the working resolution)")
     _model_args(p)
@@ -391,21 +366,21 @@ def register(sub) -> None:
     p.add_argument("--encoder-weights", default=None, help="local CLIP/DINOv2 transformers folder (--encoder clip/dinov2)")
     p.add_argument("--token-mode", default="pooled", choices=["pooled", "patches"],
                    help="pretrained encoders: one pooled token mapped to several (PbE) or every hidden state (AnyDoor)")
-    p.add_argument("--reference-size", type=_positive_int("--reference-size"), default=48,
+    p.add_argument("--reference-size", type=positive_int("--reference-size"), default=48,
                    help="compact encoder input side in pixels (default 48)")
     p.add_argument("--split", default=None, help="split file (default: the field's first-third split)")
     p.add_argument("--types", nargs="+", default=None, help="train only on these defect types")
-    p.add_argument("--rank", type=_positive_int("--rank"), default=8, help="LoRA rank (default 8)")
+    p.add_argument("--rank", type=positive_int("--rank"), default=8, help="LoRA rank (default 8)")
     p.add_argument("--lora-targets", default="attn+conv", choices=["attn", "attn+conv"])
     p.add_argument("--reference-dropout", type=float, default=0.2, help="null-reference rate for CFG (default 0.2)")
     p.add_argument("--background-prob", type=float, default=0.2,
                    help="rows on defect-free training images with the null reference (default 0.2; 0 = none)")
     g = p.add_argument_group("optimisation")
-    g.add_argument("--steps", type=_positive_int("--steps"), default=600)
+    g.add_argument("--steps", type=positive_int("--steps"), default=600)
     g.add_argument("--lr", type=float, default=1e-3)
-    g.add_argument("--batch-size", type=_positive_int("--batch-size"), default=8)
+    g.add_argument("--batch-size", type=positive_int("--batch-size"), default=8)
     g.add_argument("--seed", type=int, default=0)
-    g.add_argument("--checkpoint-every", type=_positive_int("--checkpoint-every"), default=50)
+    g.add_argument("--checkpoint-every", type=positive_int("--checkpoint-every"), default=50)
     g.add_argument("--ema-decay", type=float, default=0.995)
     g.add_argument("--max-minutes", type=float, default=None, help="stop after this wall time (rerun resumes)")
     g.add_argument("--threads", type=int, default=None)

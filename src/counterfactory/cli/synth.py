@@ -6,44 +6,20 @@ import argparse
 import json
 from pathlib import Path
 
-
-def _positive_int(name):
-    def parse(text):
-        try:
-            v = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{name}={text!r}: an integer >= 1") from None
-        if v < 1:
-            raise argparse.ArgumentTypeError(f"{name}={text!r}: an integer >= 1")
-        return v
-
-    return parse
-
-
-def _nonneg_float(name):
-    def parse(text):
-        try:
-            v = float(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{name}={text!r}: a number >= 0") from None
-        if not v >= 0:
-            raise argparse.ArgumentTypeError(f"{name}={text!r}: a number >= 0")
-        return v
-
-    return parse
+from ._args import nonneg_float, positive_int
 
 
 def _loop_args(p: argparse.ArgumentParser, steps: int, lr: float, batch: int, ckpt: int):
     g = p.add_argument_group("optimisation")
-    g.add_argument("--steps", type=_positive_int("--steps"), default=steps, help=f"optimisation steps (default {steps})")
+    g.add_argument("--steps", type=positive_int("--steps"), default=steps, help=f"optimisation steps (default {steps})")
     g.add_argument("--lr", type=float, default=lr, help=f"AdamW learning rate (default {lr})")
-    g.add_argument("--batch-size", type=_positive_int("--batch-size"), default=batch, help=f"batch size (default {batch})")
+    g.add_argument("--batch-size", type=positive_int("--batch-size"), default=batch, help=f"batch size (default {batch})")
     g.add_argument("--seed", type=int, default=0, help="seed of data, masks, noise and init (default 0)")
-    g.add_argument("--checkpoint-every", type=_positive_int("--checkpoint-every"), default=ckpt,
+    g.add_argument("--checkpoint-every", type=positive_int("--checkpoint-every"), default=ckpt,
                    help=f"steps between checkpoints (default {ckpt}); a rerun with the same --out resumes")
     g.add_argument("--ema-decay", type=float, default=0.995, help="EMA decay of the exported weights (default 0.995)")
     g.add_argument("--max-minutes", type=float, default=None, help="stop after this wall time (checkpoint kept; rerun resumes)")
-    g.add_argument("--threads", type=_positive_int("--threads"), default=None, help="torch CPU threads (default: torch's choice)")
+    g.add_argument("--threads", type=positive_int("--threads"), default=None, help="torch CPU threads (default: torch's choice)")
     g.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
@@ -171,12 +147,12 @@ def register(sub) -> None:
     p.add_argument("--data", default="procedural",
                    help="'procedural' (embedded surfaces, default) or a dataset folder (its training good images)")
     p.add_argument("--split", default=None, help="split file from `counterfactory data split` (dataset folders only)")
-    p.add_argument("--pool-size", type=_positive_int("--pool-size"), default=1500,
+    p.add_argument("--pool-size", type=positive_int("--pool-size"), default=1500,
                    help="procedural surfaces rendered once and cropped at random (default 1500)")
-    p.add_argument("--max-crop", type=_positive_int("--max-crop"), default=None,
+    p.add_argument("--max-crop", type=positive_int("--max-crop"), default=None,
                    help="largest random crop side in pixels before resizing to --resolution (default: whole image side)")
-    p.add_argument("--resolution", type=_positive_int("--resolution"), default=64, help="working resolution (default 64)")
-    p.add_argument("--channels", type=_positive_int("--channels"), nargs="+", default=[32, 64, 128],
+    p.add_argument("--resolution", type=positive_int("--resolution"), default=64, help="working resolution (default 64)")
+    p.add_argument("--channels", type=positive_int("--channels"), nargs="+", default=[32, 64, 128],
                    help="U-Net block widths (default 32 64 128)")
     p.add_argument("--prediction-type", default="sample", choices=["sample", "epsilon", "v_prediction"],
                    help="x0 ('sample', default), epsilon or v")
@@ -191,15 +167,15 @@ def register(sub) -> None:
     p.add_argument("--out", required=True, help="adapter folder (checkpoints, logs, exported adapter)")
     _base_args(p)
     p.add_argument("--split", default=None, help="split file (default: the field's first-third split)")
-    p.add_argument("--shots", type=_positive_int("--shots"), default=None, help="first k defects per type train")
+    p.add_argument("--shots", type=positive_int("--shots"), default=None, help="first k defects per type train")
     p.add_argument("--types", nargs="+", default=None, help="train only these defect types")
-    p.add_argument("--rank", type=_positive_int("--rank"), default=8, help="LoRA rank (default 8)")
+    p.add_argument("--rank", type=positive_int("--rank"), default=8, help="LoRA rank (default 8)")
     p.add_argument("--lora-targets", default="attn+conv", choices=["attn", "attn+conv"],
                    help="LoRA on attention only, or attention + ResNet convs (default; compact base only)")
     p.add_argument("--outside-weight", type=float, default=0.1, help="loss weight outside the mask (inside = 1)")
     p.add_argument("--no-hflip", action="store_true", help="no horizontal flips (orientation-sensitive products)")
     p.add_argument("--no-vflip", action="store_true", help="no vertical flips")
-    p.add_argument("--rotate", type=_nonneg_float("--rotate"), default=20.0, help="max rotation in degrees (default 20)")
+    p.add_argument("--rotate", type=nonneg_float("--rotate"), default=20.0, help="max rotation in degrees (default 20)")
     _loop_args(p, steps=400, lr=1e-3, batch=8, ckpt=50)
     p.set_defaults(func=cmd_train_adapter)
 
@@ -218,13 +194,13 @@ def register(sub) -> None:
                         "(<dir>/<type>/*.png)")
     p.add_argument("--backgrounds", default="train", choices=["train", "all"],
                    help="defect-free images to paint on: the split's train part (default) or all")
-    p.add_argument("--n", type=_positive_int("--n"), default=100, help="pairs per type (default 100)")
+    p.add_argument("--n", type=positive_int("--n"), default=100, help="pairs per type (default 100)")
     p.add_argument("--types", nargs="+", default=None, help="only these types (default: all of the adapter)")
-    p.add_argument("--num-inference-steps", type=_positive_int("--num-inference-steps"), default=25)
-    p.add_argument("--guidance-scale", type=_nonneg_float("--guidance-scale"), default=2.0)
-    p.add_argument("--crop-margin", type=_nonneg_float("--crop-margin"), default=0.5)
-    p.add_argument("--batch-size", type=_positive_int("--batch-size"), default=16)
+    p.add_argument("--num-inference-steps", type=positive_int("--num-inference-steps"), default=25)
+    p.add_argument("--guidance-scale", type=nonneg_float("--guidance-scale"), default=2.0)
+    p.add_argument("--crop-margin", type=nonneg_float("--crop-margin"), default=0.5)
+    p.add_argument("--batch-size", type=positive_int("--batch-size"), default=16)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=_positive_int("--threads"), default=None, help="torch CPU threads")
+    p.add_argument("--threads", type=positive_int("--threads"), default=None, help="torch CPU threads")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_generate)

@@ -368,11 +368,7 @@ def train_reference(cfg: ReferenceTrainConfig, progress: bool = True) -> dict:
     identity["loop"].pop("max_minutes", None)
     trainer = Trainer(module, loss_fn, cfg.loop, cfg.out, identity, progress=progress)
     summary = trainer.run()
-    ema = trainer.ema_state()
-    with torch.no_grad():
-        for n, p in module.named_parameters():
-            if n in ema:
-                p.copy_(ema[n])
+    trainer.copy_ema_into(module)
     out = Path(cfg.out)
     adapter_cfg = {
         "format": REFERENCE_ADAPTER_FORMAT,

@@ -162,6 +162,15 @@ class Trainer:
             for n, p in self._params.items():
                 self.ema[n].mul_(decay).add_(p.detach(), alpha=1 - decay)
 
+    def copy_ema_into(self, module: nn.Module) -> nn.Module:
+        """Write the EMA weights into ``module``'s parameters of the same names (what gets exported)."""
+        ema = self.ema_state()
+        with torch.no_grad():
+            for n, p in module.named_parameters():
+                if n in ema:
+                    p.copy_(ema[n])
+        return module
+
     def ema_state(self) -> dict[str, torch.Tensor]:
         return dict(self.ema) if self.ema is not None else {n: p.detach().clone() for n, p in self._params.items()}
 

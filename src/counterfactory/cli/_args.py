@@ -30,3 +30,36 @@ def nonneg_float(name: str):
         return v
 
     return parse
+
+
+def loop_args(p: argparse.ArgumentParser, steps: int, lr: float, batch: int, ckpt: int) -> None:
+    """The optimisation flags every training command shares (read back by :func:`loop_config`)."""
+    g = p.add_argument_group("optimisation")
+    g.add_argument("--steps", type=positive_int("--steps"), default=steps, help=f"optimisation steps (default {steps})")
+    g.add_argument("--lr", type=float, default=lr, help=f"AdamW learning rate (default {lr})")
+    g.add_argument("--batch-size", type=positive_int("--batch-size"), default=batch, help=f"batch size (default {batch})")
+    g.add_argument("--seed", type=int, default=0, help="seed of data, masks, noise and init (default 0)")
+    g.add_argument("--checkpoint-every", type=positive_int("--checkpoint-every"), default=ckpt,
+                   help=f"steps between checkpoints (default {ckpt}); a rerun with the same --out resumes")
+    g.add_argument("--ema-decay", type=float, default=0.995, help="EMA decay of the exported weights (default 0.995)")
+    g.add_argument("--max-minutes", type=float, default=None, help="stop after this wall time (checkpoint kept; rerun resumes)")
+    threads_arg(g)
+    g.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def threads_arg(p) -> None:
+    p.add_argument("--threads", type=positive_int("--threads"), default=None, help="torch CPU threads (default: torch's choice)")
+
+
+def loop_config(args, warmup: int):
+    from ..training.trainer import LoopConfig
+
+    return LoopConfig(steps=args.steps, lr=args.lr, warmup_steps=warmup, ema_decay=args.ema_decay,
+                      checkpoint_every=args.checkpoint_every, seed=args.seed, max_minutes=args.max_minutes)
+
+
+def set_threads(args) -> None:
+    if getattr(args, "threads", None):
+        import torch
+
+        torch.set_num_threads(args.threads)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from ._args import nonneg_float, positive_int
+from ._args import loop_args, loop_config, nonneg_float, positive_int, set_threads, threads_arg
 
 
 def parse_box(text: str) -> tuple[int, int, int, int]:
@@ -26,13 +26,6 @@ def parse_box(text: str) -> tuple[int, int, int, int]:
     if len(vals) != 4:
         raise input_error("--box", text, "four integers x0,y0,x1,y1 (pixels, end exclusive), e.g. 10,20,50,60")
     return vals
-
-
-def _threads(args):
-    if getattr(args, "threads", None):
-        import torch
-
-        torch.set_num_threads(args.threads)
 
 
 def read_image_file(path: str, argument: str, reject_alpha: bool):
@@ -140,7 +133,7 @@ def cmd_insert(args) -> int:
 
     from ..io.images import save_image
 
-    _threads(args)
+    set_threads(args)
     out = _out_file(args.out)
     image, img_c = read_image_file(args.image, "--image", reject_alpha=False)
     reference, ref_c = read_image_file(args.reference, "--reference", reject_alpha=True)
@@ -223,7 +216,7 @@ def cmd_benchmark(args) -> int:
         real_defect_crops,
     )
 
-    _threads(args)
+    set_threads(args)
     if not Path(args.data).is_dir():
         raise input_error("--data", args.data, "an existing dataset folder (MVTec or Magnetic Tile layout)")
     tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
@@ -284,14 +277,12 @@ def cmd_train_reference(args) -> int:
     from ..errors import input_error
     from ..training.inpaint import ATTENTION_TARGETS, CONV_TARGETS
     from ..training.reference import ReferenceTrainConfig, train_reference
-    from ..training.trainer import LoopConfig
 
-    _threads(args)
+    set_threads(args)
     if not Path(args.data).is_dir():
         raise input_error("--data", args.data, "an existing dataset folder (MVTec or Magnetic Tile layout)")
     targets = {"attn": ATTENTION_TARGETS, "attn+conv": ATTENTION_TARGETS + CONV_TARGETS}[args.lora_targets]
-    loop = LoopConfig(steps=args.steps, lr=args.lr, warmup_steps=20, ema_decay=args.ema_decay,
-                      checkpoint_every=args.checkpoint_every, seed=args.seed, max_minutes=args.max_minutes)
+    loop = loop_config(args, warmup=20)
     cfg = ReferenceTrainConfig(
         out=args.out, data=args.data, base=args.base, base_kind=args.base_kind, encoder=args.encoder,
         encoder_weights=args.encoder_weights, token_mode=args.token_mode, reference_size=args.reference_size,
@@ -318,7 +309,7 @@ def _model_args(p):
     g.add_argument("--crop-margin", type=nonneg_float("--crop-margin"), default=0.5,
                    help="context around the box as a fraction of its side (default 0.5)")
     g.add_argument("--seed", type=int, default=0)
-    g.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    threads_arg(g)
     g.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
@@ -375,14 +366,5 @@ def register(sub) -> None:
     p.add_argument("--reference-dropout", type=float, default=0.2, help="null-reference rate for CFG (default 0.2)")
     p.add_argument("--background-prob", type=float, default=0.2,
                    help="rows on defect-free training images with the null reference (default 0.2; 0 = none)")
-    g = p.add_argument_group("optimisation")
-    g.add_argument("--steps", type=positive_int("--steps"), default=600)
-    g.add_argument("--lr", type=float, default=1e-3)
-    g.add_argument("--batch-size", type=positive_int("--batch-size"), default=8)
-    g.add_argument("--seed", type=int, default=0)
-    g.add_argument("--checkpoint-every", type=positive_int("--checkpoint-every"), default=50)
-    g.add_argument("--ema-decay", type=float, default=0.995)
-    g.add_argument("--max-minutes", type=float, default=None, help="stop after this wall time (rerun resumes)")
-    g.add_argument("--threads", type=int, default=None)
-    g.add_argument("--quiet", action="store_true")
+    loop_args(p, steps=600, lr=1e-3, batch=8, ckpt=50)
     p.set_defaults(func=cmd_train_reference)

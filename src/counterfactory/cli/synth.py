@@ -2,39 +2,10 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 
-from ._args import nonneg_float, positive_int
-
-
-def _loop_args(p: argparse.ArgumentParser, steps: int, lr: float, batch: int, ckpt: int):
-    g = p.add_argument_group("optimisation")
-    g.add_argument("--steps", type=positive_int("--steps"), default=steps, help=f"optimisation steps (default {steps})")
-    g.add_argument("--lr", type=float, default=lr, help=f"AdamW learning rate (default {lr})")
-    g.add_argument("--batch-size", type=positive_int("--batch-size"), default=batch, help=f"batch size (default {batch})")
-    g.add_argument("--seed", type=int, default=0, help="seed of data, masks, noise and init (default 0)")
-    g.add_argument("--checkpoint-every", type=positive_int("--checkpoint-every"), default=ckpt,
-                   help=f"steps between checkpoints (default {ckpt}); a rerun with the same --out resumes")
-    g.add_argument("--ema-decay", type=float, default=0.995, help="EMA decay of the exported weights (default 0.995)")
-    g.add_argument("--max-minutes", type=float, default=None, help="stop after this wall time (checkpoint kept; rerun resumes)")
-    g.add_argument("--threads", type=positive_int("--threads"), default=None, help="torch CPU threads (default: torch's choice)")
-    g.add_argument("--quiet", action="store_true", help="no progress bar")
-
-
-def _loop_config(args, warmup: int):
-    from ..training.trainer import LoopConfig
-
-    return LoopConfig(steps=args.steps, lr=args.lr, warmup_steps=warmup, ema_decay=args.ema_decay,
-                      checkpoint_every=args.checkpoint_every, seed=args.seed, max_minutes=args.max_minutes)
-
-
-def _threads(args):
-    if args.threads:
-        import torch
-
-        torch.set_num_threads(args.threads)
+from ._args import loop_args, loop_config, nonneg_float, positive_int, set_threads, threads_arg
 
 
 def cmd_train_base(args) -> int:
@@ -42,14 +13,14 @@ def cmd_train_base(args) -> int:
     from ..models.compact import CompactConfig
     from ..training.inpaint import BaseTrainConfig, train_base
 
-    _threads(args)
+    set_threads(args)
     if args.data != "procedural" and not Path(args.data).is_dir():
         raise input_error("--data", args.data, "'procedural' or an existing dataset folder")
     model = CompactConfig(sample_size=args.resolution, block_out_channels=tuple(args.channels),
                           prediction_type=args.prediction_type)
     cfg = BaseTrainConfig(out=args.out, data=args.data, split=args.split, batch_size=args.batch_size,
                           pool_size=args.pool_size, max_crop=args.max_crop, model=model,
-                          loop=_loop_config(args, warmup=50))
+                          loop=loop_config(args, warmup=50))
     summary = train_base(cfg, progress=not args.quiet)
     print(json.dumps(summary))
     return 0
@@ -59,7 +30,7 @@ def cmd_train_adapter(args) -> int:
     from ..errors import input_error
     from ..training.inpaint import ATTENTION_TARGETS, CONV_TARGETS, AdapterTrainConfig, train_adapter
 
-    _threads(args)
+    set_threads(args)
     if not Path(args.data).is_dir():
         raise input_error("--data", args.data, "an existing dataset folder (MVTec or Magnetic Tile layout)")
     targets = {"attn": ATTENTION_TARGETS, "attn+conv": ATTENTION_TARGETS + CONV_TARGETS}[args.lora_targets]
@@ -67,7 +38,7 @@ def cmd_train_adapter(args) -> int:
         out=args.out, data=args.data, base=args.base, base_kind=args.base_kind, split=args.split, shots=args.shots,
         types=tuple(args.types) if args.types else None, lora_rank=args.rank, lora_targets=targets,
         batch_size=args.batch_size, outside_weight=args.outside_weight, hflip=not args.no_hflip,
-        vflip=not args.no_vflip, rotate_degrees=args.rotate, loop=_loop_config(args, warmup=20),
+        vflip=not args.no_vflip, rotate_degrees=args.rotate, loop=loop_config(args, warmup=20),
     )
     summary = train_adapter(cfg, progress=not args.quiet)
     print(json.dumps(summary))
@@ -96,7 +67,7 @@ def cmd_generate(args) -> int:
     from ..pipelines.generate import GenerateConfig, folder_masks, generate, split_masks
     from ..training.inpaint import ADAPTER_CONFIG, check_adapter_types
 
-    _threads(args)
+    set_threads(args)
     adapter = Path(args.adapter)
     if not (adapter / ADAPTER_CONFIG).is_file():
         raise input_error("--adapter", args.adapter, f"an adapter folder holding {ADAPTER_CONFIG} (from train-adapter)")
@@ -156,7 +127,7 @@ def register(sub) -> None:
                    help="U-Net block widths (default 32 64 128)")
     p.add_argument("--prediction-type", default="sample", choices=["sample", "epsilon", "v_prediction"],
                    help="x0 ('sample', default), epsilon or v")
-    _loop_args(p, steps=3000, lr=1e-3, batch=16, ckpt=100)
+    loop_args(p, steps=3000, lr=1e-3, batch=16, ckpt=100)
     p.set_defaults(func=cmd_train_base)
 
     p = sub.add_parser("train-adapter", help="few-shot adapter: LoRA + damage-type embeddings on a frozen base",
@@ -176,7 +147,7 @@ def register(sub) -> None:
     p.add_argument("--no-hflip", action="store_true", help="no horizontal flips (orientation-sensitive products)")
     p.add_argument("--no-vflip", action="store_true", help="no vertical flips")
     p.add_argument("--rotate", type=nonneg_float("--rotate"), default=20.0, help="max rotation in degrees (default 20)")
-    _loop_args(p, steps=400, lr=1e-3, batch=8, ckpt=50)
+    loop_args(p, steps=400, lr=1e-3, batch=8, ckpt=50)
     p.set_defaults(func=cmd_train_adapter)
 
     p = sub.add_parser("generate", help="generate N defect image+mask pairs per type (anomalib Folder layout)",
@@ -201,6 +172,6 @@ def register(sub) -> None:
     p.add_argument("--crop-margin", type=nonneg_float("--crop-margin"), default=0.5)
     p.add_argument("--batch-size", type=positive_int("--batch-size"), default=16)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=positive_int("--threads"), default=None, help="torch CPU threads")
+    threads_arg(p)
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_generate)

@@ -185,3 +185,12 @@ def as_batch(images: ImageLike | list, mode: Mode = "RGB", name: str = "image") 
     if not torch.isfinite(t).all():
         raise InputError(f"{name}: contains NaN or inf; allowed: finite values in [0,1]")
     return t
+
+
+def convert_output(images: torch.Tensor, output_type: str):
+    """Pipeline results (B,3,H,W) in [0,1] → ``"pt"`` (unchanged), ``"np"`` (B,H,W,3) uint8 or ``"pil"`` (list)."""
+    if output_type == "np":
+        return np.stack([to_uint8(o) for o in images])
+    if output_type == "pil":
+        return [to_pil(o) for o in images]
+    return images

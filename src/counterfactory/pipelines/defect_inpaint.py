@@ -25,7 +25,7 @@ import torch
 
 from ..data.sample import GOOD
 from ..errors import CheckpointError, input_error
-from ..io.images import as_batch, to_pil, to_uint8
+from ..io.images import as_batch, convert_output
 from ..io.masks import CropWindow, binarize, group_windows
 from ..models.conditioning import DamageTypeEmbedding
 from ..sampling.inpaint import PixelSpace, VaeSpace, denoise, inpaint_windows
@@ -236,13 +236,7 @@ class DefectInpaintPipeline:
         )
 
         bypassed = [t == GOOD for t in types]
-        if output_type == "np":
-            result_images = np.stack([to_uint8(o) for o in out])
-        elif output_type == "pil":
-            result_images = [to_pil(o) for o in out]
-        else:
-            result_images = out
-        return DefectInpaintOutput(images=result_images, bypassed=bypassed, windows=windows_per_image)
+        return DefectInpaintOutput(images=convert_output(out, output_type), bypassed=bypassed, windows=windows_per_image)
 
     def _conditioning(self, types: list[str | None]):
         b = len(types)

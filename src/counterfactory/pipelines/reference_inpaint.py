@@ -27,7 +27,7 @@ import torch
 from PIL import Image
 
 from ..errors import CheckpointError, input_error
-from ..io.images import as_batch, to_pil, to_uint8
+from ..io.images import as_batch, convert_output
 from ..io.masks import bbox, binarize, box_mask, check_box, group_windows
 from ..models.reference import (
     MIN_REFERENCE_SIDE,
@@ -291,13 +291,7 @@ class ReferenceInpaintPipeline:
         for i, gray in enumerate(self._gray):  # a gray target gets a gray result (the model may tint the region)
             if gray:
                 out[i] = torch.where(masks[i] > 0.5, out[i].mean(0, keepdim=True), out[i])
-        if output_type == "np":
-            result = np.stack([to_uint8(o) for o in out])
-        elif output_type == "pil":
-            result = [to_pil(o) for o in out]
-        else:
-            result = out
-        return ReferenceInpaintOutput(images=result, masks=masks, windows=windows)
+        return ReferenceInpaintOutput(images=convert_output(out, output_type), masks=masks, windows=windows)
 
 
 def _items(x) -> list:

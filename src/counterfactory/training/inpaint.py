@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import copy
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -30,7 +30,7 @@ from ..io.masks import bbox, window_around
 from ..models.compact import CompactConfig, build_compact, load_compact, save_compact
 from ..models.conditioning import DamageTypeEmbedding
 from ..sampling.inpaint import PixelSpace, VaeSpace, masked_image, to_working_resolution, unet_input
-from .trainer import LoopConfig, Trainer, step_generator
+from .trainer import LoopConfig, Trainer, run_identity, step_generator
 
 ADAPTER_CONFIG = "adapter_config.json"
 ATTENTION_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
@@ -139,11 +139,9 @@ def train_base(cfg: BaseTrainConfig, progress: bool = True) -> dict:
         return inpaint_loss(model.unet, train_sched, space, x0.to(device), mask.to(device),
                             model.tokens(x0.shape[0]), gen, cfg.outside_weight)
 
-    identity = {"task": "train-base", **_jsonable(asdict(cfg))}
-    identity.pop("out")
+    identity = run_identity("train-base", cfg)
     if cfg.max_crop is None:  # runs started before the option existed stay resumable
         identity.pop("max_crop")
-    identity["loop"].pop("max_minutes", None)
     trainer = Trainer(model, loss_fn, cfg.loop, out, identity, progress=progress)
     summary = trainer.run()
     with torch.no_grad():
@@ -302,10 +300,8 @@ def train_adapter(cfg: AdapterTrainConfig, progress: bool = True) -> dict:
         ctx = emb(y, drop=drop)
         return inpaint_loss(unet, train_s, space, x0.to(device), mask.to(device), ctx, gen, cfg.outside_weight)
 
-    identity = {"task": "train-adapter", **_jsonable(asdict(cfg)), "types": types,
-                "shots": {t: sum(1 for it in items if it[3] == i) for i, t in enumerate(types)}}
-    identity.pop("out")
-    identity["loop"].pop("max_minutes", None)
+    identity = run_identity("train-adapter", cfg, types=types,
+                            shots={t: sum(1 for it in items if it[3] == i) for i, t in enumerate(types)})
     trainer = Trainer(module, loss_fn, cfg.loop, cfg.out, identity, progress=progress)
     summary = trainer.run()
     trainer.copy_ema_into(module)
@@ -341,9 +337,3 @@ def check_adapter_types(adapter_dir: str | Path, wanted: list[str]) -> None:
     for t in wanted:
         if t not in have and t != GOOD:
             raise input_error("defect type", t, f"one the adapter was trained for: {have}")
-
-
-def _jsonable(d):
-    return json.loads(json.dumps(d, default=lambda o: list(o) if isinstance(o, tuple) else str(o)))
-
-

@@ -31,7 +31,7 @@ from __future__ import annotations
 import copy
 import json
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -59,8 +59,8 @@ from ..models.reference import (
     save_reference_encoder,
 )
 from ..sampling.inpaint import to_working_resolution
-from .inpaint import ATTENTION_TARGETS, CONV_TARGETS, _jsonable, inpaint_loss, load_base
-from .trainer import LoopConfig, Trainer, step_generator
+from .inpaint import ATTENTION_TARGETS, CONV_TARGETS, inpaint_loss, load_base
+from .trainer import LoopConfig, Trainer, run_identity, step_generator
 
 
 @dataclass(frozen=True)
@@ -362,10 +362,8 @@ def train_reference(cfg: ReferenceTrainConfig, progress: bool = True) -> dict:
         ctx = encoder(refs.to(device), drop=drop)
         return inpaint_loss(unet, train_s, space, x0.to(device), region.to(device), ctx, gen, cfg.outside_weight)
 
-    identity = {"task": "train-reference", **_jsonable(asdict(cfg)), "types": types, "backgrounds": len(backgrounds),
-                "defects": {t: sum(1 for it in items if it.defect_type == t) for t in types}}
-    identity.pop("out")
-    identity["loop"].pop("max_minutes", None)
+    identity = run_identity("train-reference", cfg, types=types, backgrounds=len(backgrounds),
+                            defects={t: sum(1 for it in items if it.defect_type == t) for t in types})
     trainer = Trainer(module, loss_fn, cfg.loop, cfg.out, identity, progress=progress)
     summary = trainer.run()
     trainer.copy_ema_into(module)

@@ -52,6 +52,16 @@ class LoopConfig:
             raise ConfigError("checkpoint_every/log_every: integers >= 1")
 
 
+def run_identity(task: str, config, **extra) -> dict:
+    """What identifies a run for resuming: the task, its config (minus the output folder) and data facts."""
+    ident = json.loads(json.dumps({"task": task, **asdict(config), **extra},
+                                  default=lambda o: list(o) if isinstance(o, tuple) else str(o)))
+    ident.pop("out", None)
+    if isinstance(ident.get("loop"), dict):
+        ident["loop"].pop("max_minutes", None)  # a wall-time budget does not change what is trained
+    return ident
+
+
 def step_generator(seed: int, step: int, stream: int = 0) -> torch.Generator:
     """The torch generator of one step: a pure function of (seed, step, stream)."""
     return torch.Generator().manual_seed((seed * 1_000_003 + step * 7919 + stream * 104_729) % (2**63 - 1))

@@ -21,6 +21,22 @@ def test_fit_recovers_the_intensity_mechanism():
     assert ParentSCM.from_dict(scm.to_dict()) == scm
 
 
+def test_fit_equals_least_squares_and_is_bit_stable():
+    scm, area, intensity, digit = _fit()
+    a, i, d = area.flatten().double(), intensity.flatten().double(), digit.flatten()
+    design = torch.cat([a[:, None], torch.nn.functional.one_hot(d, 10).double()], dim=1)
+    coef = torch.linalg.lstsq(design, i[:, None], driver="gelsd").solution[:, 0]
+    assert scm.w_area == pytest.approx(float(coef[0]), rel=1e-9)
+    assert scm.b_digit == pytest.approx([float(c) for c in coef[1:]], rel=1e-9)
+    # the same numbers from copies at other memory offsets (LAPACK's rounding depended on alignment), and
+    # with digits absent (a rank-deficient design): absent digits fall back to the pooled offset
+    for pad in (1, 3, 7):
+        shifted = [torch.cat([torch.zeros(pad, 2, dtype=t.dtype), t])[pad:] for t in (area, intensity, digit)]
+        assert ParentSCM.fit(*shifted) == scm
+    few = ParentSCM.fit(area[:6], intensity[:6], digit[:6])
+    assert all(v == v for v in few.b_digit) and ParentSCM.fit(area[:6], intensity[:6], digit[:6]) == few
+
+
 def test_intervention_keeps_noise_and_the_other_structure():
     scm, area, intensity, digit = _fit()
     k = torch.zeros(500, dtype=torch.long)

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
+import numpy as np
 import torch
 
 from ..errors import InputError, input_error
@@ -38,31 +39,46 @@ class ParentSCM:
     int_max: float
     w_area: float  # intensity mechanism: slope on area
     b_digit: tuple[float, ...]  # intensity mechanism: per-digit offset
-    sd_int: float  # intensity mechanism: residual std
+    sd_int: float  # intensity mechanism: residual std (at least 1e-3)
     area_mu_digit: tuple[float, ...]  # area mechanism: per-digit mean
     area_sd_digit: tuple[float, ...]  # area mechanism: per-digit std
     num_structures: int = 1
 
     @classmethod
     def fit(cls, area: torch.Tensor, intensity: torch.Tensor, digit: torch.Tensor) -> ParentSCM:
-        a, i, d = area.flatten().double(), intensity.flatten().double(), digit.flatten()
-        design = torch.cat([a[:, None], torch.nn.functional.one_hot(d, NUM_DIGITS).double()], dim=1)
-        coef = torch.linalg.lstsq(design, i[:, None]).solution[:, 0]
-        resid = i - design @ coef
-        mu = [float(a[d == k].mean()) if (d == k).any() else float(a.mean()) for k in range(NUM_DIGITS)]
-        sd = [float(a[d == k].std()) if (d == k).sum() > 1 else float(a.std()) for k in range(NUM_DIGITS)]
+        """Least squares in closed form (float64 numpy), so that the same data gives the same bits everywhere.
+
+        ``intensity = w_area * area + b_digit`` is a one-way fixed-effects regression: ``w_area`` is the pooled
+        within-digit slope and ``b_digit = mean_i(d) - w_area * mean_a(d)``. A LAPACK ``lstsq`` would give the same
+        numbers up to rounding, but its rounding depends on memory alignment (and it is rank-deficient when a
+        digit is absent), which made resumed runs differ from straight ones.
+        """
+        a = area.detach().cpu().double().flatten().numpy()
+        i = intensity.detach().cpu().double().flatten().numpy()
+        d = digit.detach().cpu().flatten().numpy()
+        present = [k for k in range(NUM_DIGITS) if (d == k).any()]
+        mean_a = {k: a[d == k].mean() for k in present}
+        mean_i = {k: i[d == k].mean() for k in present}
+        da = a - np.array([mean_a[k] for k in d])
+        di = i - np.array([mean_i[k] for k in d])
+        sxx = float((da * da).sum())
+        w = float((da * di).sum()) / sxx if sxx > 0 else 0.0
+        b = [float(mean_i[k] - w * mean_a[k]) if k in mean_a else float(i.mean() - w * a.mean()) for k in range(NUM_DIGITS)]
+        resid = i - (w * a + np.array(b)[d])
+        mu = [float(mean_a[k]) if k in mean_a else float(a.mean()) for k in range(NUM_DIGITS)]
+        sd = [float(a[d == k].std(ddof=1)) if (d == k).sum() > 1 else float(a.std(ddof=1)) for k in range(NUM_DIGITS)]
         return cls(
             area_mean=float(a.mean()),
-            area_std=float(a.std()),
+            area_std=float(a.std(ddof=1)),
             int_mean=float(i.mean()),
-            int_std=float(i.std()),
+            int_std=float(i.std(ddof=1)),
             area_min=float(a.min()),
             area_max=float(a.max()),
             int_min=float(i.min()),
             int_max=float(i.max()),
-            w_area=float(coef[0]),
-            b_digit=tuple(float(v) for v in coef[1:]),
-            sd_int=float(resid.std()),
+            w_area=w,
+            b_digit=tuple(b),
+            sd_int=max(float(resid.std(ddof=1)) if len(resid) > 1 else 0.0, 1e-3),  # floor: an exact fit (tiny data) has none
             area_mu_digit=tuple(mu),
             area_sd_digit=tuple(sd),
             num_structures=int(area.shape[1]),

@@ -136,11 +136,13 @@ def test_per_image_generators_make_results_independent_of_the_batch(case):
     mask[1] = _mask(box=(2, 3, 12, 30))[0]
     alone = pipe(img[:1], mask[:1], t, num_inference_steps=STEPS, generator=[_gen(11)]).images
     pair = pipe(img, mask, t, num_inference_steps=STEPS, generator=[_gen(11), _gen(12)]).images
-    assert torch.equal(alone[0], pair[0])
-    swapped = pipe(img.flip(0), mask.flip(0), t, num_inference_steps=STEPS, generator=[_gen(12), _gen(11)]).images
-    assert torch.equal(swapped[1], pair[0]) and torch.equal(swapped[0], pair[1])
-    small_batches = pipe(img, mask, t, num_inference_steps=STEPS, generator=[_gen(11), _gen(12)], batch_size=1).images
-    assert torch.equal(small_batches, pair)
+    assert torch.allclose(alone[0], pair[0], atol=1e-5)  # batched: the same noise, kernel rounding only
+    assert torch.equal(pipe(img, mask, t, num_inference_steps=STEPS, generator=[_gen(11), _gen(12)]).images, pair)
+    one_by_one = pipe(img, mask, t, num_inference_steps=STEPS, generator=[_gen(11), _gen(12)], batch_size=1).images
+    assert torch.equal(one_by_one[0], alone[0])
+    swapped = pipe(img.flip(0), mask.flip(0), t, num_inference_steps=STEPS, generator=[_gen(12), _gen(11)],
+                   batch_size=1).images
+    assert torch.equal(swapped[1], one_by_one[0]) and torch.equal(swapped[0], one_by_one[1])
 
 
 def test_whole_image_mode_keeps_the_outside(case):

@@ -49,7 +49,7 @@ def reference(setup, tmp_path_factory) -> Path:
     """An uninterrupted run."""
     out = tmp_path_factory.mktemp("gen") / "ref"
     summary = _run(setup, out)
-    assert summary == {"generated": N * len(TYPES), "skipped": 0, "out": str(out)}
+    assert summary == {"generated": N * len(TYPES), "skipped": 0, "out": str(out), "batch_size": 2}
     return out
 
 
@@ -65,7 +65,7 @@ def test_folder_layout_and_manifest(reference):
         assert r["image"] == f"{r['type']}/{r['id']}.png"
         assert r["mask"] == f"ground_truth/{r['type']}/{r['id']}_mask.png"
         assert (reference / r["image"]).is_file() and (reference / r["mask"]).is_file()
-        assert r["steps"] == 2 and r["base_sha256"] == "x" and r["mask_source"]
+        assert r["steps"] == 2 and r["base_sha256"] == "x" and r["mask_source"] and r["batch"] == 2
     files = {str(p.relative_to(reference)) for p in reference.rglob("*") if p.is_file()}
     assert files == {r["image"] for r in recs} | {r["mask"] for r in recs} | {"manifest.jsonl"}
     # anomalib's Folder reader expects exactly this: <type>/<id>.png and ground_truth/<type>/<id>_mask.png
@@ -94,7 +94,7 @@ def test_rerun_of_a_finished_folder_does_nothing(setup, reference, tmp_path):
     out = tmp_path / "copy"
     shutil.copytree(reference, out)
     before = {p: p.stat().st_ino for p in out.rglob("*.png")}
-    assert _run(setup, out) == {"generated": 0, "skipped": N * len(TYPES), "out": str(out)}
+    assert _run(setup, out) == {"generated": 0, "skipped": N * len(TYPES), "out": str(out), "batch_size": 2}
     assert {p: p.stat().st_ino for p in out.rglob("*.png")} == before
 
 
@@ -111,7 +111,7 @@ def _kill_last_records(out: Path, k: int) -> list[dict]:
 def test_resume_after_a_kill_is_bit_identical(setup, reference, tmp_path, kill, batch_size):
     out = tmp_path / "run"
     shutil.copytree(reference, out)
-    lost = _kill_last_records(out, 3)  # a chunk boundary in the middle: the rerun batches items differently
+    lost = _kill_last_records(out, 3)  # a group boundary in the middle: the rerun redoes a partly finished group
     if kill == "files and record gone":
         for r in lost:
             (out / r["image"]).unlink()
@@ -124,15 +124,20 @@ def test_resume_after_a_kill_is_bit_identical(setup, reference, tmp_path, kill, 
             f.write(json.dumps(lost[0], sort_keys=True, default=str)[:40])  # killed mid-append
     finished = {p: p.stat().st_ino for p in out.rglob("*.png")
                 if not any(r["id"] in p.name for r in lost)}
-    summary = _run(setup, out, batch_size=batch_size)  # a resumed run may even use another batch size
-    assert summary["generated"] == 3 and summary["skipped"] == N * len(TYPES) - 3
+    summary = _run(setup, out, batch_size=batch_size)  # a resumed run keeps the folder's batch size (groups)
+    assert summary["generated"] == 3 and summary["skipped"] == N * len(TYPES) - 3 and summary["batch_size"] == 2
     assert {p: p.stat().st_ino for p in finished} == finished  # finished ids were not redone
     assert _digests(out) == _digests(reference)
 
 
 def test_same_seed_same_files_other_seed_other_files(setup, reference, tmp_path):
-    _run(setup, tmp_path / "b", batch_size=4)
+    _run(setup, tmp_path / "b")
     assert _digests(tmp_path / "b") == _digests(reference)
+    _run(setup, tmp_path / "b4", batch_size=4)  # other batches: the same noise and masks, kernel rounding only
+    for r in _records(reference):
+        assert (tmp_path / "b4" / r["mask"]).read_bytes() == (reference / r["mask"]).read_bytes()
+        a, b = (np.asarray(Image.open(root / r["image"])).astype(int) for root in (reference, tmp_path / "b4"))
+        assert np.abs(a - b).max() <= 1, r["id"]
     _run(setup, tmp_path / "c", seed=1)
     images = [k for k in _digests(reference) if not k.startswith("ground_truth") and k.endswith(".png")]
     assert any(_digests(tmp_path / "c")[k] != _digests(reference)[k] for k in images)

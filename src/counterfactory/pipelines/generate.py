@@ -188,14 +188,21 @@ def generate(pipe: DefectInpaintPipeline, backgrounds: list[Sample], masks: dict
     records = manifest.read()
     _check_same_settings(records, cfg, out)
     done = {str(r["id"]) for r in records if "id" in r}
-    todo = [(t, i) for t in types for i in range(cfg.n_per_type) if f"{t}_{i:05d}" not in done]
+    # Items are denoised in fixed groups of ``group`` consecutive items: kernels round differently at different
+    # batch compositions, so a resumed run redoes a partly finished group whole (writing only its missing items)
+    # with the group size the folder was started with, and every pair comes out bit-identical.
+    recorded = {int(r["batch"]) for r in records if "batch" in r}
+    group = recorded.pop() if len(recorded) == 1 else cfg.batch_size
+    items = [(t, i) for t in types for i in range(cfg.n_per_type)]
+    todo = [it for it in items if f"{it[0]}_{it[1]:05d}" not in done]
     pipe.set_progress_bar_config(disable=True)
-    bar = tqdm(total=len(types) * cfg.n_per_type, initial=len(types) * cfg.n_per_type - len(todo),
-               desc="generating", disable=not progress)
+    bar = tqdm(total=len(items), initial=len(items) - len(todo), desc="generating", disable=not progress)
     cache: dict[str, torch.Tensor] = {}
     mask_source = MaskSource(masks, cfg.foreground_overlap)
-    for start in range(0, len(todo), cfg.batch_size):
-        chunk = todo[start : start + cfg.batch_size]
+    for start in range(0, len(items), group):
+        chunk = items[start : start + group]
+        if all(f"{t}_{i:05d}" in done for t, i in chunk):
+            continue
         imgs, msks, gens, metas = [], [], [], []
         for t, i in chunk:
             s = item_seed(cfg.seed, t, i)
@@ -211,25 +218,28 @@ def generate(pipe: DefectInpaintPipeline, backgrounds: list[Sample], masks: dict
             metas.append({"id": f"{t}_{i:05d}", "type": t, "index": i, "seed": s, "source_image": str(bg.image_path),
                           "source_id": bg.source_id, **meta})
         # images of different sizes cannot share a tensor: run them one size group at a time
-        groups: dict[tuple, list[int]] = {}
+        sizes: dict[tuple, list[int]] = {}
         for k, im in enumerate(imgs):
-            groups.setdefault(tuple(im.shape), []).append(k)
+            sizes.setdefault(tuple(im.shape), []).append(k)
         results: dict[int, torch.Tensor] = {}
-        for ks in groups.values():
+        for ks in sizes.values():
             res = pipe(torch.stack([imgs[k] for k in ks]), torch.stack([msks[k] for k in ks]),
                        [metas[k]["type"] for k in ks], num_inference_steps=cfg.num_inference_steps,
                        guidance_scale=cfg.guidance_scale, generator=[gens[k] for k in ks],
-                       crop_margin=cfg.crop_margin, batch_size=cfg.batch_size)
+                       crop_margin=cfg.crop_margin, batch_size=group)
             for k, r in zip(ks, res.images):
                 results[k] = r
         for k, meta in enumerate(metas):
+            if meta["id"] in done:
+                continue
             t = meta["type"]
             img_path = out / t / f"{meta['id']}.png"
             mask_path = out / "ground_truth" / t / f"{meta['id']}_mask.png"
             save_image(results[k], img_path)
             save_image(msks[k], mask_path)
             manifest.append({**meta, "image": str(img_path.relative_to(out)), "mask": str(mask_path.relative_to(out)),
-                             "steps": cfg.num_inference_steps, "guidance": cfg.guidance_scale, **(provenance or {})})
+                             "steps": cfg.num_inference_steps, "guidance": cfg.guidance_scale, "batch": group,
+                             **(provenance or {})})
             bar.update(1)
     bar.close()
-    return {"generated": len(todo), "skipped": len(types) * cfg.n_per_type - len(todo), "out": str(out)}
+    return {"generated": len(todo), "skipped": len(items) - len(todo), "out": str(out), "batch_size": group}

@@ -254,11 +254,12 @@ class ReferenceInpaintPipeline:
             guidance_scale: classifier-free guidance weight towards the reference (against the learned null
                 reference); 1 disables it.
             generator: a ``torch.Generator`` (or one per image) for reproducible noise: same seed → bit-identical
-                output on CPU; with one per image, each result does not depend on the batch.
+                output on CPU; with one per image, each image's noise comes from its own generator, so its result is
+                the same in any batch up to kernel rounding (~1e-7), exactly with ``batch_size=1``.
             output_type: ``"pt"`` (B,3,H,W) float in [0,1], ``"np"`` (B,H,W,3) uint8, ``"pil"`` list of images.
             crop_margin: context on each side of the region's box, as a fraction of its larger side.
             reinject_known_region: re-inject the known region (noised to the current level) after every step.
-            batch_size: windows denoised together with one generator (or None).
+            batch_size: windows denoised together (one U-Net batch).
             max_box_side: largest allowed region side in pixels (default 4 × the working resolution): a larger
                 box would be inpainted at a small fraction of its size and come out blurred.
 

@@ -154,15 +154,16 @@ def inpaint_windows(images: torch.Tensor, masks: torch.Tensor, jobs: Sequence[tu
     every job's result pasted back inside its mask only (pixels where the mask is 0 are bit-identical).
 
     ``jobs``: ``(image index, window, payload)``; ``denoise_fn(x01, mask, payloads, generator)`` denoises a
-    chunk of windows (at ``resolution`` when ``crop_to_mask``) and returns (N,3,h,w) in [0,1]. With one
-    generator per image (a list), every window is denoised on its own: CPU/GPU kernels round differently at
-    different batch sizes (a Linear at batch 1 vs 2 differs by ~1e-7), so a window's result is then a
-    function of its image, mask, payload and generator only.
+    chunk of up to ``batch_size`` windows (at ``resolution`` when ``crop_to_mask``) and returns (N,3,h,w) in
+    [0,1]. With one generator per image (a list), every window draws its noise from its image's generator, so
+    a window's result depends on the other windows of its chunk only through kernel rounding (a Linear at batch
+    1 vs 2 differs by ~1e-7 on CPU): the same call gives the same bits, and ``batch_size=1`` makes each
+    window's result a function of its image, mask, payload and generator alone (callers that must reproduce
+    an item outside its original batch, e.g. a resumed ``generate``, keep the batches fixed instead).
     """
     out = images.clone()
-    step = 1 if isinstance(generator, (list, tuple)) else batch_size
-    for start in range(0, len(jobs), step):
-        chunk = jobs[start : start + step]
+    for start in range(0, len(jobs), batch_size):
+        chunk = jobs[start : start + batch_size]
         xs, ms = [], []
         for i, win, _ in chunk:
             x0, y0, x1, y1 = win.box

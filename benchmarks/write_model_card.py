@@ -17,8 +17,11 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--run", required=True, help="train-base output folder")
     ap.add_argument("--weights", default="weights", help="folder holding the shipped compact_inpaint.* files")
-    ap.add_argument("--command", required=True, help="the exact command that trained it")
+    ap.add_argument("--command", required=True, action="append",
+                    help="the exact command that trained it; repeat once per session when the run was resumed")
     ap.add_argument("--machine", default="2 CPU cores (shared with other jobs while it ran), no GPU")
+    ap.add_argument("--quality", default=None,
+                    help="a file with the output of benchmarks/base_quality.py to quote in the card")
     args = ap.parse_args()
     run, weights = Path(args.run), Path(args.weights)
     summary = json.loads((run / "train_summary.json").read_text())
@@ -26,7 +29,27 @@ def main() -> None:
     rows = list(csv.DictReader((run / "log.csv").open()))
     marks = [rows[i] for i in sorted({0, len(rows) // 4, len(rows) // 2, 3 * len(rows) // 4, len(rows) - 1})]
     curve = "\n".join(f"| {r['step']} | {float(r['loss']):.4f} | {r['seconds']} |" for r in marks)
-    wall = max(float(r["seconds"]) for r in rows)
+    # the seconds column restarts at every resumed session: wall time is the sum over sessions
+    sessions, wall, last = 1, 0.0, 0.0
+    for r in rows:
+        t = float(r["seconds"])
+        if t < last:
+            sessions, wall = sessions + 1, wall + last
+        last = t
+    wall += last
+    run_cfg = json.loads((run / "run_config.json").read_text())
+    planned = int(run_cfg["loop"]["steps"])
+    n = len(rows)
+    early = [float(r["loss"]) for r in rows[max(0, n - 2 * (n // 5)) : n - n // 5]]
+    late = [float(r["loss"]) for r in rows[n - n // 5 :]]
+    trend = (sum(late) / len(late)) / (sum(early) / len(early)) if early and late else float("nan")
+    commands = "\n".join(f"  - `{c}`" for c in args.command)
+    stop = (f"Stopped by `--max-minutes` at {summary['steps']} of {planned} planned steps" if summary["steps"] < planned
+            else f"Finished all {planned} planned steps")
+    quality = Path(args.quality).read_text().strip() if args.quality else ""
+    fence = "```"
+    quality_block = (f"\n## Fill quality on held-out surfaces (benchmarks/base_quality.py)\n{fence}\n{quality}\n{fence}\n"
+                     if quality else "")
     size_mb = (weights / "compact_inpaint.safetensors").stat().st_size / 1e6
     text = f"""# Compact inpainting base (the embedded default)
 
@@ -48,18 +71,19 @@ Masks: random strokes (thin and thick), blobs and boxes, 0.5–50 % of the crop.
 were used: the base learns to fill a region from its context; damage types come from an adapter.
 
 ## Training
-- Command: `{args.command}`
+- Command{"s (one per session; each resumed the run from its checkpoints)" if len(args.command) > 1 else ""}:
+{commands}
 - Steps: {summary["steps"]} (batch 16, AdamW lr 1e-3, 50 warm-up steps, grad-clip 1.0, EMA 0.995 — the shipped
   weights are the EMA); seed {cfg.get("extra", {}).get("seed", 0)}; loss weighted 1 inside the mask, 0.1 outside.
-- Stopped by `--max-minutes` after {wall / 60:.0f} min of wall time on {args.machine}
-  (the loss was still falling: more steps would help; the same command with a larger `--steps` and the same
-  `--out` resumes the run from its checkpoints).
-- Final loss (mean of the last 50 steps): {summary["final_loss"]:.4f}
+- {stop}, after {wall / 60:.0f} min of wall time in {sessions} session(s) on {args.machine}.
+  The same command with a larger `--steps` and the same `--out` resumes the run from its checkpoints.
+- Final loss (mean of the last 50 steps): {summary["final_loss"]:.4f}. Trend: the mean logged loss of the last
+  fifth of the run is {trend:.3f}× that of the fifth before it{" (still falling)" if trend < 0.97 else " (flat)"}.
 
 | step | loss (mean of last 10) | seconds |
 |---|---|---|
 {curve}
-
+{quality_block}
 ## What it is for, and not for
 - For: the demo and the tests' real-weights path; a starting point for `counterfactory train-adapter` on
   small grayscale/colour surface-inspection crops; fast CPU sampling (64 px windows via crop-to-mask).

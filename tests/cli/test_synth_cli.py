@@ -95,3 +95,17 @@ def test_train_base_tiny_run(capsys, tmp_path):
     assert json.loads(captured.out.strip().splitlines()[-1])["steps"] == 1
     assert "rendering surfaces" not in captured.err and "training" not in captured.err  # --quiet: no bars
     assert (Path(out) / "compact_inpaint.safetensors").is_file()
+
+
+def test_demo_end_to_end_on_a_tiny_base(tiny_base, tmp_path, capsys):
+    """The README's main job, shrunk: report + metrics with locality 0 and the appearance numbers per type."""
+    out = tmp_path / "demo"
+    args = ["demo", "--out", str(out), "--base", str(tiny_base), "--shots", "1", "--adapter-steps", "2",
+            "--n-per-type", "1", "--steps", "2", "--show", "1", "--quiet"]
+    assert main(args) == 0
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["outside_mask_max_abs_change"] == 0.0 and m["generated"] == len(m["per_type"]) >= 4
+    for t, v in m["per_type"].items():
+        assert v["outside_mask_max_abs_change"] == 0.0, t
+        assert {"contrast_generated_mean", "grain_ratio_generated_median", "grain_ratio_real_heldout_median"} <= set(v)
+    assert "grain_ratio" in (out / "report.html").read_text()

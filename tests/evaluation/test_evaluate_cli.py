@@ -28,8 +28,14 @@ def test_evaluate_end_to_end(tiny_real, tiny_generated, tmp_path):
     assert m["per_type"]["crack"]["outside_mask_max_abs_change"] == 0.0
     assert m["per_type"]["crack"]["outside_psnr"] == "inf"
     assert m["per_type"]["crack"]["mask_changed_fraction"] > 0.3
+    # appearance: the fake generator pastes real procedural defects, so generated and real medians agree in sign
+    a = m["appearance"]["crack"]
+    assert a["ring_contrast"]["generated"]["n"] > 0 and a["ring_contrast"]["real"]["n"] > 0
+    assert a["ring_contrast"]["generated"]["median"] < 0 and a["ring_contrast"]["real"]["median"] < 0
+    assert m["per_type"]["crack"]["ring_contrast_median"] == a["ring_contrast"]["generated"]["median"]
     html = (out / "report.html").read_text()
     assert html.count("data:image/png;base64,") > 10 and "<script" not in html and "FD_compact" in html
+    assert "grain_ratio generated" in html
     # second run reuses the cached extractor and reproduces the numbers
     assert main(["evaluate", "--real", str(tiny_real), "--generated", str(tiny_generated), "--out", str(out), *FAST]) == 0
     m2 = json.loads((out / "metrics.json").read_text())

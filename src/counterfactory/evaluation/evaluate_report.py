@@ -100,6 +100,22 @@ def build_evaluate_report(metrics, samples, gen_v, train_v, ref_v, matches, per_
         rows.append(row)
     r.table(rows, columns=cols)
 
+    if metrics.get("appearance"):
+        r.heading("Appearance: generated vs real defects", level=3)
+        r.paragraph("Medians over images, [10th–90th percentile]. ring_contrast: mean luminance inside the mask minus "
+                    "a ring around it. grain_ratio: high-pass energy inside the mask over that around it (1 = the "
+                    "surface's grain; far below 1 = a smooth fill a detector can learn as a shortcut).")
+        arows = []
+        for t, block in metrics["appearance"].items():
+            row = {"type": t}
+            for k, v in block.items():
+                for who in ("generated", "real"):
+                    s = v[who]
+                    row[f"{k} {who}"] = (f"{s['median']:.3g} [{s['p10']:.3g}–{s['p90']:.3g}] n={s['n']}"
+                                         if s["n"] else "–")
+            arows.append(row)
+        r.table(arows)
+
     # ---- plots -------------------------------------------------------------------------------------
     plt = _plt()
     types = [t for t in per_type]

@@ -11,6 +11,8 @@ What is compared (per defect type, and pooled over types when there are several)
   number for held-out real defects as the reference (``IC_dist_..._real``).
 - locality (change outside the mask, fraction of the mask changed, change/mask IoU) when the pre-edit image
   of each generated one is known (``--source`` or the manifest's ``source_image``).
+- appearance (``ring_contrast``, ``grain_ratio``: see appearance.py) of generated and of real reference defects,
+  when both have masks: medians side by side, so a fill smoother or fainter than real defects shows as a number.
 
 Images of different sizes are fine for the distribution metrics (each is resized to the extractor input);
 an image and its mask, or a generated image and its source, must have the same size (else an error).
@@ -32,6 +34,7 @@ from ..errors import input_error
 from ..io.images import load_image
 from ..io.manifest import atomic_write_json
 from ..io.masks import bbox, crop, read_mask, window_around
+from .appearance import APPEARANCE_KEYS, appearance, summarize
 from .distribution import distribution_metrics, kernel_distance
 from .diversity import intra_cluster_distance
 from .features import (
@@ -362,14 +365,21 @@ def evaluate_folders(cfg: EvalConfig, log=print) -> dict:
     samples_for_grid: dict[str, list[dict]] = {}
     has_src = gen.has_sources and gen.has_masks
     log("locality ..." if has_src else "locality: skipped (no --source and no source_image in the manifest)")
+    look: dict[str, dict[str, list[float]]] = {}  # appearance of generated defects, per type
     for t in gen.types:
         rows = []
         acc: dict[str, list[float]] = {k: [] for k in LOCALITY_KEYS}
+        look[t] = {k: [] for k in APPEARANCE_KEYS}
         for j, it in enumerate(gen_items[t]):
-            if not has_src and j >= cfg.grid_rows:
+            if not (has_src or use_crop) and j >= cfg.grid_rows:
                 break
             img = load_image(it.image_path)
             mask = _load_mask(it, img.shape[-2:], "--generated")
+            if use_crop:
+                for k, v in appearance(img, mask).items():
+                    look[t][k].append(v)
+            if not has_src and j >= cfg.grid_rows:
+                continue
             src = None
             if has_src:
                 src = load_image(it.source_path)
@@ -392,6 +402,26 @@ def evaluate_folders(cfg: EvalConfig, log=print) -> dict:
     for t, loc in locality.items():
         per_type.setdefault(t, {}).update({k: v for k, v in loc.items() if k in LOCALITY_KEYS})
 
+    # appearance: generated vs the real reference defects of the type
+    appearance_table: dict[str, dict] = {}
+    if use_crop:
+        log("appearance ...")
+        real_look: dict[str, dict[str, list[float]]] = {}
+        for r in real_types_needed:
+            real_look[r] = {k: [] for k in APPEARANCE_KEYS}
+            for it in ref[r]:
+                img = load_image(it.image_path)
+                for k, v in appearance(img, _load_mask(it, img.shape[-2:], "--real")).items():
+                    real_look[r][k].append(v)
+        for t, rts in matches.items():
+            appearance_table[t] = {}
+            for k in APPEARANCE_KEYS:
+                g = summarize(look[t][k])
+                rl = summarize(sum((real_look[r][k] for r in rts), []))
+                appearance_table[t][k] = {"generated": g, "real": rl}
+                per_type[t][f"{k}_median"] = g["median"]
+                per_type[t][f"{k}_median_real"] = rl["median"]
+
     notes = _notes(cfg, ext_info, use_crop, has_src, counts, name)
     metrics = {
         "format": "counterfactory.evaluate/1",
@@ -403,6 +433,7 @@ def evaluate_folders(cfg: EvalConfig, log=print) -> dict:
         "per_type": per_type,
         "real_vs_real": floor,
         "locality": locality,
+        "appearance": appearance_table,
         "notes": notes,
         "seconds": round(time.perf_counter() - t_start, 1),
     }

@@ -50,11 +50,17 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=25)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--scheduler", default="ddim", choices=["ddim", "ddpm"],
+                    help="sampling scheduler: the pipelines' default DDIM (eta 0), or DDPM (ancestral)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     for base in args.base:
         pipe = DefectInpaintPipeline.from_compact(Path(base))
         pipe.set_progress_bar_config(disable=True)
+        if args.scheduler == "ddpm":
+            from diffusers import DDPMScheduler
+
+            pipe.scheduler = DDPMScheduler.from_config(pipe.scheduler.config, timestep_spacing="trailing")
         x, m, kinds = held_out(args.n, pipe.resolution, args.seed)
         gens = [torch.Generator().manual_seed(args.seed * 100_003 + k) for k in range(args.n)]
         y = pipe(x, m, None, num_inference_steps=args.steps, generator=gens, crop_to_mask=False).images
@@ -67,7 +73,7 @@ def main() -> None:
             l1 = float(err[sel][mm].mean())
             grain = float(hy[sel][mm].mean() / hx[sel][mm].mean())
             rows.append(f"{kind}: l1_in={l1:.4f} grain={grain:.3f}")
-        print(f"{base} (n={args.n}, {args.steps} steps): " + "  ".join(rows))
+        print(f"{base} (n={args.n}, {args.steps} steps, {args.scheduler}): " + "  ".join(rows))
 
 
 if __name__ == "__main__":

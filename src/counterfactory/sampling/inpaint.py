@@ -9,6 +9,7 @@ pixel space).
 from __future__ import annotations
 
 import copy
+import inspect
 from collections.abc import Callable, Sequence
 
 import torch
@@ -127,6 +128,9 @@ def denoise(unet, scheduler, space, x01: torch.Tensor, mask: torch.Tensor, cond:
     mask_lat = space.mask_to_space(mask)
     known = space.encode(x, sample=False) if reinject else None
 
+    # stochastic schedulers (DDPM, DDIM with eta > 0, Euler ancestral) draw their step noise from the same
+    # generator(s), so they stay reproducible; DDIM at eta 0 draws nothing
+    step_kw = {"generator": generator} if "generator" in inspect.signature(scheduler.step).parameters else {}
     use_cfg = uncond is not None and guidance_scale != 1.0
     context = torch.cat([uncond, cond]) if use_cfg else cond
     scheduler.set_timesteps(num_inference_steps)
@@ -140,7 +144,7 @@ def denoise(unet, scheduler, space, x01: torch.Tensor, mask: torch.Tensor, cond:
         if use_cfg:
             pu, pc = pred.chunk(2)
             pred = guided(pu, pc, guidance_scale)
-        latents = scheduler.step(pred, t, latents, return_dict=False)[0]
+        latents = scheduler.step(pred, t, latents, return_dict=False, **step_kw)[0]
         if reinject:
             nxt = timesteps[k + 1] if k + 1 < len(timesteps) else None
             latents = reinject_known(latents, known, noise, mask_lat, scheduler, nxt)

@@ -18,16 +18,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from counterfactory.data.random_masks import MASK_KINDS, random_mask
 from counterfactory.data.surfaces import render_surface
+from counterfactory.io.images import high_pass
 from counterfactory.pipelines.defect_inpaint import DefectInpaintPipeline
 from counterfactory.sampling.inpaint import to_working_resolution
-
-
-def high_pass(x: torch.Tensor) -> torch.Tensor:
-    return x - F.avg_pool2d(F.pad(x, (2, 2, 2, 2), mode="replicate"), 5, stride=1)
 
 
 def held_out(n: int, res: int, seed: int) -> tuple[torch.Tensor, torch.Tensor, list[str]]:

@@ -239,3 +239,22 @@ def test_a_stochastic_scheduler_stays_reproducible(tiny_base):
     assert not torch.equal(a[1], c[1])
     keep = (mask == 0).expand_as(img)
     assert torch.equal(a[keep], img[keep])
+
+
+def test_grain_transfer_adds_the_inputs_grain_inside_the_mask_only(case):
+    from counterfactory.io.images import high_pass
+
+    pipe, t = case
+    img, mask = _image(9, batch=2), _mask(batch=2)
+    plain = pipe(img, mask, [t, "good"] if t else t, num_inference_steps=STEPS, generator=[_gen(4), _gen(5)]).images
+    grain = pipe(img, mask, [t, "good"] if t else t, num_inference_steps=STEPS, generator=[_gen(4), _gen(5)],
+                 grain_transfer=1.0).images
+    inside = (mask > 0.5).expand_as(img).clone()
+    expected = (plain + high_pass(img)).clamp(0, 1)
+    if t:  # image 1 is 'good': bypassed, untouched
+        assert torch.equal(grain[1], img[1])
+        inside[1] = False
+    assert torch.allclose(grain[inside], expected[inside], atol=1e-6)
+    assert torch.equal(grain[~inside], plain[~inside])
+    with pytest.raises(InputError, match="grain_transfer"):
+        pipe(img, mask, t, num_inference_steps=STEPS, grain_transfer=3.0)

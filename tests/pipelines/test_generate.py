@@ -229,3 +229,13 @@ def test_more_pairs_per_type_extends_a_finished_folder(setup, reference, tmp_pat
     ref = _digests(reference)
     assert {k: v for k, v in _digests(out).items() if k in ref and k != "manifest.jsonl"} == {
         k: v for k, v in ref.items() if k != "manifest.jsonl"}
+
+
+def test_grain_transfer_is_recorded_and_a_resume_with_another_value_is_refused(setup, tmp_path):
+    out = tmp_path / "grain"
+    _run(setup, out, grain_transfer=1.0)
+    assert {r["grain_transfer"] for r in _records(out)} == {1.0}
+    with pytest.raises(InputError, match="grain_transfer"):
+        _run(setup, out)
+    with pytest.raises(InputError, match="grain_transfer"):
+        GenerateConfig(out=str(tmp_path / "x"), grain_transfer=2.5)

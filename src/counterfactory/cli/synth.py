@@ -96,7 +96,7 @@ def cmd_generate(args) -> int:
     }
     cfg = GenerateConfig(out=args.out, n_per_type=args.n, types=tuple(types), num_inference_steps=args.num_inference_steps,
                          guidance_scale=args.guidance_scale, batch_size=args.batch_size, seed=args.seed,
-                         crop_margin=args.crop_margin)
+                         crop_margin=args.crop_margin, grain_transfer=args.grain_transfer)
     with torch.inference_mode():
         summary = generate(pipe, backgrounds, masks, cfg, provenance=provenance, progress=not args.quiet)
     print(json.dumps(summary))
@@ -170,7 +170,11 @@ def register(sub) -> None:
     p.add_argument("--num-inference-steps", type=positive_int("--num-inference-steps"), default=25)
     p.add_argument("--guidance-scale", type=nonneg_float("--guidance-scale"), default=2.0)
     p.add_argument("--crop-margin", type=nonneg_float("--crop-margin"), default=0.5)
-    p.add_argument("--batch-size", type=positive_int("--batch-size"), default=16)
+    p.add_argument("--batch-size", type=positive_int("--batch-size"), default=16,
+                   help="items denoised together (default 16); a resumed folder keeps the batch it was started with")
+    p.add_argument("--grain-transfer", type=nonneg_float("--grain-transfer"), default=0.0,
+                   help="add this much (0..2) of the background's own grain to each fill (default 0: the model's fill "
+                        "as is; 1 on Magnetic Tile: see docs/benchmarks.md)")
     p.add_argument("--seed", type=int, default=0)
     threads_arg(p)
     p.add_argument("--quiet", action="store_true")

@@ -16,8 +16,8 @@ import math
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
+from ..io.images import high_pass
 from ..io.masks import dilate
 
 APPEARANCE_KEYS = ("ring_contrast", "grain_ratio")
@@ -41,8 +41,7 @@ def grain_ratio(image: torch.Tensor, mask: torch.Tensor, width: int = 4, border:
     """High-pass energy in the mask's interior (``border`` px in from its edge) over that in a ring
     ``border``..``width`` px outside it. NaN when the interior has fewer than 4 pixels (a mask thinner than
     2·border: the edge of the fill would dominate) or the ring is empty."""
-    lum = _luminance(image)[None, None]
-    hp = (lum - F.avg_pool2d(F.pad(lum, (2, 2, 2, 2), mode="replicate"), 5, stride=1)).abs()[0, 0]
+    hp = high_pass(_luminance(image)[None]).abs()[0]
     m = mask[0] > 0.5
     interior = m & ~(dilate((~m).float()[None], border)[0] > 0.5)
     ring = (dilate(mask, width)[0] > 0.5) & ~(dilate(mask, border)[0] > 0.5)

@@ -187,6 +187,17 @@ def as_batch(images: ImageLike | list, mode: Mode = "RGB", name: str = "image") 
     return t
 
 
+def high_pass(images: torch.Tensor, kernel: int = 5) -> torch.Tensor:
+    """(B,C,H,W) or (C,H,W) images minus their ``kernel``×``kernel`` box blur (edges replicated): the grain."""
+    import torch.nn.functional as F
+
+    x = images if images.dim() == 4 else images[None]
+    p = kernel // 2
+    blur = F.avg_pool2d(F.pad(x, (p, p, p, p), mode="replicate"), kernel, stride=1)
+    out = x - blur
+    return out if images.dim() == 4 else out[0]
+
+
 def convert_output(images: torch.Tensor, output_type: str):
     """Pipeline results (B,3,H,W) in [0,1] → ``"pt"`` (unchanged), ``"np"`` (B,H,W,3) uint8 or ``"pil"`` (list)."""
     if output_type == "np":

@@ -42,12 +42,15 @@ class GenerateConfig:
     seed: int = 0
     crop_margin: float = 0.5
     foreground_overlap: float = 0.9  # fraction of mask pixels that must lie on the product when placing a mask
+    grain_transfer: float = 0.0  # add this much of the background's own grain to the fill (see the pipeline)
 
     def __post_init__(self):
         if self.n_per_type < 1:
             raise input_error("n_per_type", self.n_per_type, "an integer >= 1")
         if not 0 <= self.foreground_overlap <= 1:
             raise input_error("foreground_overlap", self.foreground_overlap, "a fraction in [0, 1]")
+        if not 0 <= self.grain_transfer <= 2:
+            raise input_error("grain_transfer", self.grain_transfer, "a number in [0, 2]")
 
 
 def foreground(image: torch.Tensor) -> torch.Tensor:
@@ -163,8 +166,8 @@ def _check_same_settings(records: list[dict], cfg: GenerateConfig, out: Path) ->
     """
     diff: set[str] = set()
     for r in records:
-        expected = {"steps": cfg.num_inference_steps, "guidance": cfg.guidance_scale}
-        diff |= {k for k, v in expected.items() if r.get(k) != v}
+        expected = {"steps": cfg.num_inference_steps, "guidance": cfg.guidance_scale, "grain_transfer": cfg.grain_transfer}
+        diff |= {k for k, v in expected.items() if r.get(k, 0.0 if k == "grain_transfer" else None) != v}
         if "type" in r and "index" in r and r.get("seed") != item_seed(cfg.seed, r["type"], r["index"]):
             diff.add("seed")
     if diff:
@@ -226,7 +229,7 @@ def generate(pipe: DefectInpaintPipeline, backgrounds: list[Sample], masks: dict
             res = pipe(torch.stack([imgs[k] for k in ks]), torch.stack([msks[k] for k in ks]),
                        [metas[k]["type"] for k in ks], num_inference_steps=cfg.num_inference_steps,
                        guidance_scale=cfg.guidance_scale, generator=[gens[k] for k in ks],
-                       crop_margin=cfg.crop_margin, batch_size=group)
+                       crop_margin=cfg.crop_margin, batch_size=group, grain_transfer=cfg.grain_transfer)
             for k, r in zip(ks, res.images):
                 results[k] = r
         for k, meta in enumerate(metas):
@@ -239,6 +242,7 @@ def generate(pipe: DefectInpaintPipeline, backgrounds: list[Sample], masks: dict
             save_image(msks[k], mask_path)
             manifest.append({**meta, "image": str(img_path.relative_to(out)), "mask": str(mask_path.relative_to(out)),
                              "steps": cfg.num_inference_steps, "guidance": cfg.guidance_scale, "batch": group,
+                             "grain_transfer": cfg.grain_transfer,
                              **(provenance or {})})
             bar.update(1)
     bar.close()

@@ -13,6 +13,7 @@ from torchmetrics.functional.classification import (
 )
 
 from counterfactory.cli.main import main
+from counterfactory.errors import InputError
 from counterfactory.evaluation.downstream import SmallUNet, binary_metrics
 
 
@@ -86,3 +87,27 @@ def test_adding_generated_later_reuses_the_other_settings(tiny_real, tiny_genera
     assert _run(["benchmark", "downstream", *common, "--settings", "real,ours", "--generated", str(tiny_generated)]) == 0
     err = capsys.readouterr().err
     assert "real/seed0: done earlier" in err and "ours/seed0: pixel AP" in err
+
+
+def test_mix_add_keeps_every_real_crop_and_puts_synthetic_on_top(tiny_real, tmp_path, capsys):
+    from counterfactory.evaluation.downstream import CropSampler, DownstreamConfig, load_downstream_data
+
+    cfg = DownstreamConfig(data=str(tiny_real), out=str(tmp_path / "o"), crop=32, batch_size=8, eval_good=2)
+    data = load_downstream_data(cfg, log=lambda m: None)
+    replace = CropSampler(data, "perlin", cfg, 0)
+    add = CropSampler(data, "perlin", DownstreamConfig(**{**cfg.__dict__, "mix": "add"}), 0)
+    real = CropSampler(data, "real", cfg, 0)
+    assert replace.slots == ["real"] * 2 + ["synthetic"] * 2 + ["good"] * 4
+    assert add.slots == ["real"] * 4 + ["synthetic"] * 2 + ["good"] * 4 and real.slots.count("real") == 4
+    x, y = add.batch()
+    assert x.shape[0] == y.shape[0] == 10 and y[:6].flatten(1).amax(1).min() > 0 and y[6:].max() == 0
+    with pytest.raises(InputError, match="--mix"):
+        DownstreamConfig(data=str(tiny_real), out=str(tmp_path / "o"), mix="blend")
+    # real runs are shared by both mixes; perlin runs are not
+    common = ["--data", str(tiny_real), "--out", str(tmp_path / "o"), "--steps", "2", "--seeds", "0", "--eval-good", "2",
+              "--crop", "32", "--batch-size", "4"]
+    assert _run(["benchmark", "downstream", *common, "--settings", "real,perlin"]) == 0
+    capsys.readouterr()
+    assert _run(["benchmark", "downstream", *common, "--settings", "real,perlin", "--mix", "add"]) == 0
+    err = capsys.readouterr().err
+    assert "real/seed0: done earlier" in err and "perlin/seed0: done earlier" not in err

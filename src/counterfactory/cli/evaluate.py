@@ -62,6 +62,9 @@ def register(sub) -> None:
     d.add_argument("--crop", type=int, default=None, help="training crop size in px (default 64)")
     d.add_argument("--batch-size", type=int, default=None, help="crops per step (default 16)")
     d.add_argument("--eval-good", type=int, default=None, help="held-out defect-free images evaluated (default 150)")
+    d.add_argument("--mix", default="replace", choices=["replace", "add"],
+                   help="replace (default): synthetic crops take half of the defect slots of a batch; add: they come on "
+                        "top of the real-only batch (larger batches, same steps)")
     d.add_argument("--threads", type=int, default=None, help="torch CPU threads (default 1)")
     d.set_defaults(func=_downstream)
 
@@ -113,7 +116,7 @@ def _downstream(args: argparse.Namespace) -> int:
     overrides = {k: v for k, v in {"steps": args.steps, "crop": args.crop, "batch_size": args.batch_size,
                                    "eval_good": args.eval_good}.items() if v is not None}
     cfg = DownstreamConfig(data=args.data, out=args.out, split=args.split, generated=args.generated,
-                           settings=settings, seeds=seeds, **overrides)
+                           settings=settings, seeds=seeds, mix=args.mix, **overrides)
     result = run_downstream(cfg, log=_log)
     from ..evaluation.downstream import METRICS
 

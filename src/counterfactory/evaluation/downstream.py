@@ -15,6 +15,11 @@ Settings (the defect half of every batch comes from):
 The other half of every batch is random crops of defect-free training images. Defect crops are windows of
 ``crop`` px that contain a random defect pixel; all crops get a random flip / 90° rotation.
 
+``mix="replace"`` (default, above): synthetic crops take half of the defect slots, so a setting beats ``real`` only
+if a synthetic crop teaches as much as a real one. ``mix="add"``: every batch keeps all of ``real``'s crops and the
+synthetic crops come on top (batch ``batch_size + round(batch_size * defect_fraction * synthetic_fraction)``,
+same steps): "real + X" in the literal sense, at the cost of larger batches.
+
 Evaluation, on whole images at native resolution: pixel AP, pixel F1-max and pixel AUROC over every pixel of
 the held-out defect images and of ``eval_good`` held-out defect-free images (evenly spaced by id); image
 AUROC with the image score = max of the ``image_pool``×``image_pool`` average-pooled anomaly map. Also per
@@ -63,6 +68,7 @@ class DownstreamConfig:
     crop: int = 64
     defect_fraction: float = 0.5  # crops per batch that hold a defect
     synthetic_fraction: float = 0.5  # of those, from the synthetic source (settings ours/perlin/copypaste)
+    mix: str = "replace"  # "replace": synthetic crops take defect slots; "add": they come on top of real's batch
     lr: float = 2e-3
     channels: tuple[int, ...] = (12, 24, 48)
     eval_good: int = 150  # held-out defect-free images evaluated (evenly spaced by id)
@@ -84,6 +90,8 @@ class DownstreamConfig:
                 raise input_error(name, v, f"an integer >= {lo}")
         if self.crop % 4:
             raise input_error("--crop", self.crop, "a multiple of 4")
+        if self.mix not in ("replace", "add"):
+            raise input_error("--mix", self.mix, "'replace' or 'add'")
         for name, v in (("defect_fraction", self.defect_fraction), ("synthetic_fraction", self.synthetic_fraction)):
             if not 0 <= v <= 1:
                 raise input_error(name, v, "a fraction in [0, 1]")
@@ -340,6 +348,9 @@ class CropSampler:
         self.gen_by_type = {t: v for t, v in self.gen_by_type.items() if v}
         self.n_def = int(round(cfg.batch_size * cfg.defect_fraction))
         self.n_syn = int(round(self.n_def * cfg.synthetic_fraction)) if setting != "real" else 0
+        # crop slots per batch, in order: real defects, synthetic defects, defect-free
+        n_real = self.n_def if cfg.mix == "add" else self.n_def - self.n_syn
+        self.slots = ["real"] * n_real + ["synthetic"] * self.n_syn + ["good"] * (cfg.batch_size - self.n_def)
 
     def _real(self, pool: dict[str, list[_Defect]]) -> _Defect:
         types = list(pool)
@@ -359,10 +370,10 @@ class CropSampler:
     def batch(self) -> tuple[torch.Tensor, torch.Tensor]:
         c, g = self.cfg.crop, self.g
         xs, ys = [], []
-        for i in range(self.cfg.batch_size):
-            if i < self.n_def - self.n_syn:
+        for slot in self.slots:
+            if slot == "real":
                 x, y = _defect_crop(self._real(self.by_type), c, g)
-            elif i < self.n_def:
+            elif slot == "synthetic":
                 x, y = self._synthetic()
             else:
                 x, y = _good_crop(self.d.train_good, c, g), torch.zeros(1, c, c)
@@ -451,6 +462,8 @@ def run_downstream(cfg: DownstreamConfig, log=print) -> dict:
         """What a run's result depends on: the generated folder only matters to 'ours' (so adding --generated
         later reuses the real / perlin / copypaste runs)."""
         skip = {"out", "settings", "seeds"} | (set() if setting == "ours" else {"generated", "max_generated_per_type"})
+        if setting == "real" or cfg.mix == "replace":  # real never mixes; "replace" runs predate the option
+            skip.add("mix")
         return json.dumps({k: v for k, v in asdict(cfg).items() if k not in skip}, sort_keys=True, default=str)
 
     done = {r["id"]: r for r in manifest.read() if r.get("config") == cfg_key(r.get("setting", ""))}

@@ -87,8 +87,9 @@ were used: the base learns to fill a region from its context; damage types come 
 ## What it is for, and not for
 - For: the demo and the tests' real-weights path; a starting point for `counterfactory train-adapter` on
   small grayscale/colour surface-inspection crops; fast CPU sampling (64 px windows via crop-to-mask).
-- Not for: photorealistic texture synthesis — at this training budget its fills are smoother than the
-  surrounding grain (a faint halo is visible on large box masks); it knows no real product; it has never seen a
+- Not for: photorealistic texture synthesis — at this training budget its fills carry less grain than the
+  surface around them (see the fill-quality numbers above when given; `grain_transfer` in the pipeline adds the
+  background's own grain back); it knows no real product; it has never seen a
   defect (adapters teach those from the few shots). For real products pre-train on your own defect-free images
   (`train-base --data DATASET`) or use SD-1.5-inpainting (`--base-kind sd`) on a GPU.
 """

@@ -16,7 +16,7 @@ def test_model_card_names_the_shipped_file_and_its_sha256():
     match = re.search(r"sha256: `([0-9a-f]{64})`", card)
     assert match, "MODEL_CARD.md must state the sha256 of the shipped weights"
     assert match.group(1) == sha256_file(DEFAULT_WEIGHTS_DIR / WEIGHTS_FILE)
-    for field in ("Command:", "Steps:", "seed", "Final loss", "Not for"):
+    for field in ("Command", "counterfactory train-base", "Steps:", "seed", "Final loss", "Not for"):
         assert field in card
     assert (DEFAULT_WEIGHTS_DIR / WEIGHTS_FILE).stat().st_size <= 20 * 1024 * 1024
 

@@ -45,5 +45,5 @@ def test_contrast_sign_and_undefined_cases():
 
 def test_summarize_skips_undefined_values():
     s = summarize([1.0, float("nan"), 3.0, 2.0])
-    assert s["n"] == 3 and s["median"] == 2.0 and s["p10"] < 2.0 < s["p90"]
+    assert s["n"] == 3 and s["median"] == 2.0 and s["mean"] == 2.0 and s["p10"] < 2.0 < s["p90"]
     assert summarize([float("nan")])["n"] == 0

@@ -6,30 +6,27 @@ import argparse
 import math
 
 
-def positive_int(name: str):
+def _checked(name: str, convert, ok, allowed: str):
+    """An argparse type: ``convert(text)`` that must satisfy ``ok``; else one line naming the flag and what is allowed."""
+
     def parse(text):
         try:
-            v = int(text)
+            v = convert(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"{name}={text!r}: an integer >= 1") from None
-        if v < 1:
-            raise argparse.ArgumentTypeError(f"{name}={text!r}: an integer >= 1")
+            raise argparse.ArgumentTypeError(f"{name}={text!r}: {allowed}") from None
+        if not ok(v):
+            raise argparse.ArgumentTypeError(f"{name}={text!r}: {allowed}")
         return v
 
     return parse
+
+
+def positive_int(name: str):
+    return _checked(name, int, lambda v: v >= 1, "an integer >= 1")
 
 
 def nonneg_float(name: str):
-    def parse(text):
-        try:
-            v = float(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{name}={text!r}: a finite number >= 0") from None
-        if not v >= 0 or math.isinf(v):
-            raise argparse.ArgumentTypeError(f"{name}={text!r}: a finite number >= 0")
-        return v
-
-    return parse
+    return _checked(name, float, lambda v: v >= 0 and not math.isinf(v), "a finite number >= 0")
 
 
 def loop_args(p: argparse.ArgumentParser, steps: int, lr: float, batch: int, ckpt: int) -> None:

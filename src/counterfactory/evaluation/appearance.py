@@ -55,9 +55,10 @@ def appearance(image: torch.Tensor, mask: torch.Tensor) -> dict[str, float]:
 
 
 def summarize(values: list[float]) -> dict[str, float]:
-    """Median and 10/90th percentiles over the images where the number is defined, and how many those were."""
+    """Mean, median and 10/90th percentiles over the images where the number is defined, and how many those
+    were (NaN statistics when none is)."""
     v = np.array([x for x in values if not math.isnan(x)], dtype=np.float64)
     if v.size == 0:
-        return {"median": float("nan"), "p10": float("nan"), "p90": float("nan"), "n": 0}
+        return {"mean": float("nan"), "median": float("nan"), "p10": float("nan"), "p90": float("nan"), "n": 0}
     p10, p50, p90 = np.percentile(v, [10, 50, 90])
-    return {"median": float(p50), "p10": float(p10), "p90": float(p90), "n": int(v.size)}
+    return {"mean": float(v.mean()), "median": float(p50), "p10": float(p10), "p90": float(p90), "n": int(v.size)}

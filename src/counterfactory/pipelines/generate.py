@@ -165,9 +165,10 @@ def _check_same_settings(records: list[dict], cfg: GenerateConfig, out: Path) ->
     can hash differently (safetensors writes its metadata map in no fixed order).
     """
     diff: set[str] = set()
+    expected = {"steps": cfg.num_inference_steps, "guidance": cfg.guidance_scale, "grain_transfer": cfg.grain_transfer}
+    absent = {"grain_transfer": 0.0}  # records written before the option existed had none
     for r in records:
-        expected = {"steps": cfg.num_inference_steps, "guidance": cfg.guidance_scale, "grain_transfer": cfg.grain_transfer}
-        diff |= {k for k, v in expected.items() if r.get(k, 0.0 if k == "grain_transfer" else None) != v}
+        diff |= {k for k, v in expected.items() if r.get(k, absent.get(k)) != v}
         if "type" in r and "index" in r and r.get("seed") != item_seed(cfg.seed, r["type"], r["index"]):
             diff.add("seed")
     if diff:

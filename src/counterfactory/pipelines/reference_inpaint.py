@@ -216,7 +216,7 @@ class ReferenceInpaintPipeline(MaskedInpaintPipeline):
             if c != image_channels_list[i]:
                 kind = {1: "gray", 3: "RGB"}
                 warnings.warn(f"reference_image[{i}] is {kind[c]} and its image is {kind[image_channels_list[i]]}: "
-                              f"the reference is converted to {kind[image_channels_list[i]]}", stacklevel=3)
+                              f"the reference is converted to {kind[image_channels_list[i]]}", stacklevel=4)
                 if c == 3:  # RGB reference for a gray image: its channel mean
                     ref = as_batch(ref, mode="RGB", name=f"reference_image[{i}]")[0].mean(0, keepdim=True)
             out.append(ref)

@@ -174,7 +174,8 @@ def denoise_latents(unet, scheduler, space, x01: torch.Tensor, mask: torch.Tenso
     cross-attention tokens and ``uncond`` (B,T,D) the null tokens (None: no classifier-free guidance).
     ``generator``: one generator (or None) for the batch, or a list with one per window (results then do
     not depend on batching); CPU or device generators. Every tensor of the loop lives on the U-Net's device in
-    its dtype; random draws come from the generators (a CPU generator draws on the CPU, then moves).
+    its dtype; random draws come from the generators (a CPU generator draws on the CPU, then moves). The initial
+    noise is drawn in float32 and cast, so a seed gives the same noise in every dtype.
     ``strength`` in (0, 1]: start from the input noised to that level (1 = from pure noise; at least one step
     must remain, see :func:`min_steps_for_strength`). ``callback_on_step_end(pipeline, step, t, kwargs)`` as in
     diffusers: ``kwargs`` holds the tensors named in ``callback_on_step_end_tensor_inputs`` (from
@@ -190,11 +191,11 @@ def denoise_latents(unet, scheduler, space, x01: torch.Tensor, mask: torch.Tenso
     f = space.scale_factor
     shape = (b, space.channels, hh // f, ww // f)
     if isinstance(generator, list):  # one generator per window: results independent of batching
-        noise = torch.cat([initial_noise((1, *shape[1:]), g, dtype=dtype, device=device) for g in generator])
+        noise = torch.cat([initial_noise((1, *shape[1:]), g, device=device) for g in generator]).to(dtype)
         masked_latents = torch.cat([space.encode(masked_image(x[k : k + 1], mask[k : k + 1]), generator=g)
                                     for k, g in enumerate(generator)])
     else:
-        noise = initial_noise(shape, generator, dtype=dtype, device=device)
+        noise = initial_noise(shape, generator, device=device).to(dtype)
         masked_latents = space.encode(masked_image(x, mask), generator=generator)
     mask_lat = space.mask_to_space(mask)
     known = space.encode(x, sample=False) if reinject or strength < 1 else None

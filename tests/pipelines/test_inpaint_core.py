@@ -231,6 +231,42 @@ def test_no_tensor_of_the_denoise_loop_is_made_on_the_cpu_when_the_model_is_else
         handle.remove()
 
 
+def test_no_tensor_of_the_latent_loop_is_made_on_the_cpu_sd(tiny_sd_meta):
+    """The same check on the SD layout (VAE latents, the VAE's own sampling draw from the CPU generators)."""
+    from counterfactory.sampling.inpaint import denoise_latents
+
+    pipe, calls = tiny_sd_meta
+    x = torch.rand(2, 3, 64, 64, generator=_gen(0))
+    m = torch.zeros(2, 1, 64, 64)
+    m[:, :, 10:30, 20:50] = 1
+    for gens in (_gen(0), [_gen(0), _gen(1)]):
+        cond, uncond = pipe.encode_conditioning(["a", "b"])
+        lat = denoise_latents(pipe.unet, pipe.scheduler, pipe.space, x, m, cond, uncond, 2, 2.0, gens,
+                              progress={"disable": True}, strength=0.5)
+        assert lat.device.type == "meta" and lat.shape == (2, 4, 32, 32)
+    assert len(calls) == 2
+
+
+@pytest.fixture
+def tiny_sd_meta():
+    from counterfactory.models.conditioning import DamageTypeEmbedding
+    from counterfactory.models.pretrained import tiny_sd_inpaint_components
+
+    parts = tiny_sd_inpaint_components(seed=0, sample_size=32, cross_attention_dim=32)
+    pipe = DefectInpaintPipeline(parts["unet"], _MetaStepDDIM.make(parts["scheduler"].config),
+                                 DamageTypeEmbedding(["a", "b"], dim=32), vae=parts["vae"]).to("meta")
+    calls = []
+
+    def check(module, args, kwargs):
+        tensors = [a for a in (*args, *kwargs.values()) if isinstance(a, torch.Tensor)]
+        assert all(t.device.type == "meta" for t in tensors), [t.device for t in tensors]
+        calls.append(1)
+
+    handle = pipe.unet.register_forward_pre_hook(check, with_kwargs=True)
+    yield pipe, calls
+    handle.remove()
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_cuda_matches_cpu_with_cpu_and_cuda_generators(tiny_base, tiny_adapter):
     pipe = DefectInpaintPipeline.from_pretrained(tiny_base, adapter=tiny_adapter)

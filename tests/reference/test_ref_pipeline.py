@@ -178,3 +178,20 @@ def test_reference_of_another_channel_count_is_converted_with_a_warning(pipe, im
         out = _run(pipe, image, ref).images
     converted = ref.expand(3, -1, -1) if ref_c == 1 else ref.mean(0, keepdim=True)
     assert torch.equal(out, _run(pipe, image, converted).images)
+
+
+def test_strength_is_the_shared_paste_and_refine(pipe):
+    """The reference pipeline's strength is the core's: 1 = default bits, 0 = the input, between: outside exact."""
+    from counterfactory.sampling.paste import paste_defect
+
+    image, ref = rand_image(0), rand_image(1, h=16, w=12)
+    default = _run(pipe, image, ref, num_inference_steps=4).images
+    assert torch.equal(_run(pipe, image, ref, num_inference_steps=4, strength=1.0).images, default)
+    pasted, placed = paste_defect(image, ref, torch.ones(1, 16, 12), top_left=(BOX[0] + 2, BOX[1] + 2))
+    assert torch.equal(_run(pipe, pasted, ref, num_inference_steps=4, strength=0.0).images[0], pasted)
+    half = _run(pipe, pasted, ref, num_inference_steps=4, strength=0.5).images[0]
+    m = torch.zeros(48, 64, dtype=torch.bool)
+    m[BOX[1] : BOX[3], BOX[0] : BOX[2]] = True
+    assert torch.equal(half[:, ~m], pasted[:, ~m]) and not torch.equal(half[:, m], pasted[:, m])
+    with pytest.raises(InputError, match="strength"):
+        _run(pipe, image, ref, strength=1.5)

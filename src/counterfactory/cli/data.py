@@ -100,7 +100,7 @@ def _synth(args: argparse.Namespace) -> int:
         DEFECT_TYPES if args.types is None else tuple(t.strip() for t in args.types.split(",") if t.strip())
     )
     if not types:
-        raise input_error("--types", args.types, f"a comma-separated list among {', '.join(DEFECT_TYPES)}")
+        raise input_error("--types", repr(args.types), f"a comma-separated list among {', '.join(DEFECT_TYPES)}")
     check_path_name(args.category, "--category")
     # a few float64 layers per pixel while one image is rendered (a low estimate)
     check_fits("--size", args.size, 8.0 * 8 * args.size**2, f"rendering one {args.size}x{args.size} image")

@@ -65,6 +65,10 @@ def cmd_generate(args) -> int:
     types = check_types_arg(args.types) or adapter_cfg.get("types")
     if not isinstance(types, list) or not types:
         raise input_error("--adapter", args.adapter, f"an adapter whose {ADAPTER_CONFIG} lists its defect types")
+    from ..io.names import check_path_name
+
+    for t in adapter_cfg.get("types") or []:  # names from a file become folder names under --out
+        check_path_name(t, f"{adapter / ADAPTER_CONFIG} type")
     check_adapter_types(adapter, types)
     ds = open_dataset(args.data, skip_broken=True, warn=_warn)
     split_file = Path(args.split) if args.split else adapter / "split.json"

@@ -58,7 +58,7 @@ def check_types_arg(types: list[str] | None, argument: str = "--types") -> list[
     if not types:
         from ..errors import input_error
 
-        raise input_error(argument, "", "one or more defect type names")
+        raise input_error(argument, "''", "one or more defect type names")
     return [check_path_name(t, argument) for t in types]
 
 

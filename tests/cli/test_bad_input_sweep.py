@@ -300,7 +300,7 @@ def test_generate_mask_folder_of_tiny_masks(capsys, tmp_path, tiny_data, tiny_ad
     err = capsys.readouterr().err
     lines = err.strip().splitlines()
     assert code == 2 and "Traceback" not in err
-    assert lines[0].startswith(f"warning: skipped {masks / 'm.png'}") and "1x1" in lines[0]
+    assert lines[0].startswith(f"warning: skipped mask={masks / 'm.png'}: ") and "1x1" in lines[0]
     assert lines[-1].startswith("counterfactory generate: error: --masks=") and "at least 16 px" in lines[-1]
     assert not (tmp_path / "g").exists()
 

@@ -320,7 +320,7 @@ def open_dataset(
 def report_skipped(ds: Dataset, warn: Callable[[str], None]) -> None:
     """Warn once per problem of ``ds`` and with a count; InputError if a type has files but no usable sample."""
     for p in ds.problems:
-        warn(f"warning: skipped {p.path}: {p.message}")
+        warn(f"warning: skipped [{p.kind}] {p.message}")  # the message names the file
     usable = {t: len(ds.of_type(t)) for t in ds.defect_types}
     empty = [t for t, n in usable.items() if n == 0]
     if ds.problems:

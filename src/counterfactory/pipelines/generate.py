@@ -180,9 +180,10 @@ def folder_masks(root: str | Path, types: list[str], warn=None) -> dict[str, lis
                     why = "a mask with defect pixels (this one is all background)"
                 elif mask_quality(m):
                     why = mask_quality(m)[1]
+                why = why and str(input_error("mask", str(p), why))
             if why:
                 if warn:
-                    warn(f"warning: skipped {p}: {why}")
+                    warn(f"warning: skipped {why}")
                 continue
             masks.append((str(p), torch.from_numpy(m)[None]))
         if not masks:

@@ -18,9 +18,9 @@ from ._args import (
     check_weights_folder,
     float_range,
     int_range,
-    lora_activation_bytes,
     loop_args,
     loop_config,
+    lora_activation_bytes,
     positive_int,
     seed_arg,
     set_threads,
@@ -72,11 +72,10 @@ def read_image_file(path: str, argument: str, reject_alpha: bool):
 
 def _check_single(args, image, img_c, reference, ref_c, max_box_side: int):
     """Every bad-input rule of the single-image mode, before anything is loaded or written."""
+    from ..data.dataset import MIN_IMAGE_SIDE
     from ..errors import input_error
     from ..io.masks import check_box
     from ..models.reference import MIN_REFERENCE_SIDE
-
-    from ..data.dataset import MIN_IMAGE_SIDE
 
     h, w = image.shape[-2:]
     if min(h, w) < MIN_IMAGE_SIDE:

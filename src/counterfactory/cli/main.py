@@ -22,6 +22,7 @@ COMMAND_MODULES = [
     "counterfactory.cli.cft",
     "counterfactory.cli.evaluate",
     "counterfactory.cli.insert",
+    "counterfactory.cli.masks",
 ]
 
 

@@ -141,11 +141,12 @@ def _commands(tmp_path, tiny_data, tiny_adapter, tiny_base):
         "cft evaluate --report": ["cft", "evaluate", "--data", str(tmp_path / "mm"), "--run", str(run),
                                   "--report", "OUT"],
         "demo": ["demo", "--out", "OUT", "--base", b],
+        "masks sample": ["masks", "sample", "--data", d, "--split", str(Path(a) / "split.json"), "--out", "OUT"],
     }
 
 
 COMMANDS = ["data synth", "data split", "train-base", "train-adapter", "generate", "evaluate", "insert",
-            "benchmark downstream", "train-reference", "cft train", "cft evaluate --report", "demo"]
+            "benchmark downstream", "train-reference", "cft train", "cft evaluate --report", "demo", "masks sample"]
 
 
 @pytest.mark.parametrize("command", COMMANDS)
@@ -159,7 +160,8 @@ def test_out_below_an_existing_file(capsys, tmp_path, tiny_data, tiny_adapter, t
 
 
 @pytest.mark.parametrize("command", ["data synth", "train-base", "train-adapter", "generate", "evaluate", "insert",
-                                     "benchmark downstream", "train-reference", "cft train", "demo"])
+                                     "benchmark downstream", "train-reference", "cft train", "demo",
+                                     "masks sample"])
 def test_out_that_is_an_existing_file(capsys, tmp_path, tiny_data, tiny_adapter, tiny_base, command):
     blocker = tmp_path / "a_file"
     blocker.write_text("in the way")

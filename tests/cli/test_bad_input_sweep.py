@@ -198,11 +198,9 @@ def test_out_never_lands_in_an_input(capsys, tmp_path, tiny_data, tiny_adapter, 
     target = {"--data": data, "DIR": data, "--generated": data, "--adapter": adapter, "--base": tmp_path / "b" / "base"}[flag]
     out = {"same": target, "inside": target / "ground_truth" / "new", "around": target.parent}[where]
     argv = _commands(tmp_path, data, adapter, tiny_base)[command]
-    if command == "train-base":
-        target.mkdir(parents=True)
-        argv = argv + ["--data", str(data)]
-        argv[argv.index("--steps"):argv.index("--steps")] = ["--split", str(target / "split.json")]
-        (target / "split.json").write_text("{}")
+    if command == "train-base":  # the dataset lies inside --out
+        shutil.copytree(data, target)
+        argv = argv + ["--data", str(target)]
     argv = [str(out) if v == "OUT" else v for v in argv]
     before = _tree(tmp_path)
     _fails(capsys, argv, "--out", "outside the input")

@@ -108,7 +108,7 @@ def check_out(path: str | os.PathLike, argument: str = "--out", *, kind: str = "
 
 
 def check_not_in_inputs(out: str | os.PathLike, argument: str, inputs: dict[str, str | os.PathLike | None]) -> None:
-    """Refuse an output that is, holds or lies inside one of the input folders (or input files)."""
+    """Refuse an output that is, holds or lies inside one of the input folders, or that is an input file."""
     from ..errors import input_error
 
     o = Path(out).resolve()
@@ -118,8 +118,9 @@ def check_not_in_inputs(out: str | os.PathLike, argument: str, inputs: dict[str,
         i = Path(inp)
         if not i.exists():
             continue
+        is_dir = i.is_dir()
         i = i.resolve()
-        if o == i or i in o.parents or o in i.parents:
+        if o == i or (is_dir and (i in o.parents or o in i.parents)):
             rel = "is" if o == i else ("lies inside" if i in o.parents else "holds")
             raise input_error(argument, str(out), f"a path outside the input {flag} {inp} (it {rel} it: outputs "
                                                   "never go into, onto or around their inputs)")

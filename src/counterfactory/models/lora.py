@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -37,39 +38,44 @@ def _adapters(unet: nn.Module) -> dict:
     return getattr(unet, "peft_config", None) or {}
 
 
+def _need(ok: bool, name: str, value: Any, allowed: str) -> None:
+    if not ok:
+        raise input_error(name, value, allowed, ConfigError)
+
+
 def _check_targets(unet: nn.Module, target_modules: Any) -> list[str]:
     """Every target must name (as peft matches: a full path or a ``.``-suffix) at least one LoRA-able layer."""
     from diffusers.loaders.peft import PeftAdapterMixin
     from peft.tuners.tuners_utils import BaseTunerLayer
 
-    if not isinstance(unet, PeftAdapterMixin):
-        raise input_error("unet", type(unet).__name__, "a diffusers model with adapter support", ConfigError)
+    _need(isinstance(unet, PeftAdapterMixin), "unet", type(unet).__name__, "a diffusers model with adapter support")
     targets = (target_modules,) if isinstance(target_modules, str) else target_modules
-    if not isinstance(targets, Sequence) or not targets or not all(isinstance(t, str) and t.strip() for t in targets):
-        raise input_error("target_modules", target_modules, "a non-empty sequence of names such as ('to_q', 'to_v')",
-                          ConfigError)
+    _need(isinstance(targets, Sequence) and bool(targets) and all(isinstance(t, str) and t.strip() for t in targets),
+          "target_modules", target_modules, "a non-empty sequence of names such as ('to_q', 'to_v')")
     layers = {n: m for n, m in unet.named_modules() if ".base_layer" not in n and ".lora_" not in n}
+    leaves = sorted({n.rsplit(".", 1)[-1] for n, m in layers.items() if isinstance(m, _LORA_ABLE)})
     for target in dict.fromkeys(targets):
         hits = [m for n, m in layers.items() if n == target or n.endswith("." + target)]
-        leaves = sorted({n.rsplit(".", 1)[-1] for n, m in layers.items() if isinstance(m, _LORA_ABLE)})
-        if not hits:
-            raise input_error("target_modules", target, f"names no module of this {type(unet).__name__}; LoRA-able "
-                              f"names include {_short(', '.join(leaves), 160)} (and dotted suffixes like 'to_out.0')",
-                              ConfigError)
+        _need(bool(hits), "target_modules", target, f"names no module of this {type(unet).__name__}; LoRA-able "
+              f"names include {_short(', '.join(leaves), 160)} (and dotted suffixes like 'to_out.0')")
         bad = next((m for m in hits if not isinstance(m, (*_LORA_ABLE, BaseTunerLayer))), None)
-        if bad is not None:
-            raise input_error("target_modules", target, f"names a {type(bad).__name__}; LoRA targets must be Linear "
-                              "or Conv1d/2d/3d layers", ConfigError)
+        _need(bad is None, "target_modules", target, f"names a {type(bad).__name__}; LoRA targets must be Linear "
+              "or Conv1d/2d/3d layers")
     return list(dict.fromkeys(targets))
 
 
 def _attach(unet: nn.Module, config, adapter_name: str, seed: int | None) -> list[nn.Parameter]:
     """diffusers' ``add_adapter`` on a frozen base, drawing LoRA A (B is zero) from ``seed`` on a forked RNG."""
     unet.requires_grad_(False)
-    with torch.random.fork_rng(devices=[]):
+    with torch.random.fork_rng(devices=[]), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*multiple adapters.*")  # a second adapter is intended
         if seed is not None:
             torch.manual_seed(seed)
         unet.add_adapter(config, adapter_name=adapter_name)
+    return _trainable(unet, adapter_name)
+
+
+def _trainable(unet: nn.Module, adapter_name: str) -> list[nn.Parameter]:
     tags = (f".lora_A.{adapter_name}.", f".lora_B.{adapter_name}.")
     return [p.requires_grad_(True) for n, p in unet.named_parameters() if any(t in n for t in tags)]
 
@@ -83,23 +89,21 @@ def add_lora(unet: nn.Module, rank: int = 4, alpha: float | None = None,
     ``attn2.to_q``); Linear and Conv layers work; one string is one name. The update is scaled by
     ``alpha / rank`` (None: alpha = rank). ``seed`` makes LoRA A a function of the seed alone; None draws it from
     the global RNG's current state without advancing it. LoRA B starts at zero, so outputs are unchanged.
-
-    Raises:
-        ConfigError: a bad rank / alpha / dropout / seed / name, an unknown or non-LoRA-able target.
+    Raises :class:`ConfigError` naming the bad argument; the model is then left as it was.
     """
     from peft import LoraConfig
 
+    def number(x) -> bool:
+        return isinstance(x, (int, float)) and not isinstance(x, bool)
+
     alpha = rank if alpha is None else alpha
-    if isinstance(rank, bool) or not isinstance(rank, int) or rank < 1:
-        raise input_error("rank", rank, "a positive integer (typical: 4-64)", ConfigError)
-    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0 < alpha < float("inf"):
-        raise input_error("alpha", alpha, "a positive finite number, or None for alpha = rank", ConfigError)
-    if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0.0 <= dropout < 1.0:
-        raise input_error("dropout", dropout, "a number in [0, 1)", ConfigError)
-    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or seed < 0):
-        raise input_error("seed", seed, "a non-negative integer, or None", ConfigError)
-    if not isinstance(adapter_name, str) or not adapter_name or "." in adapter_name or adapter_name in _adapters(unet):
-        raise input_error("adapter_name", adapter_name, "a new non-empty name without dots", ConfigError)
+    _need(number(rank) and isinstance(rank, int) and rank >= 1, "rank", rank, "a positive integer (typical: 4-64)")
+    _need(number(alpha) and 0 < alpha < float("inf"), "alpha", alpha, "a positive finite number, or None (= rank)")
+    _need(number(dropout) and 0.0 <= dropout < 1.0, "dropout", dropout, "a number in [0, 1)")
+    _need(seed is None or (number(seed) and isinstance(seed, int) and seed >= 0), "seed", seed,
+          "a non-negative integer, or None")
+    _need(isinstance(adapter_name, str) and bool(adapter_name) and "." not in adapter_name
+          and adapter_name not in _adapters(unet), "adapter_name", adapter_name, "a new non-empty name without dots")
     config = LoraConfig(r=rank, lora_alpha=alpha, target_modules=_check_targets(unet, target_modules),
                         lora_dropout=float(dropout))
     return _attach(unet, config, adapter_name, seed)
@@ -166,10 +170,9 @@ def load_lora(unet: nn.Module, dir_or_file: str | os.PathLike, *, adapter_name: 
 
     path, tensors, header = _read(dir_or_file)
     state = convert_unet_state_dict_to_peft({k[5:]: v for k, v in tensors.items() if k.startswith("unet.")})
-    odd = [k for k in state if ".lora_A." not in k and ".lora_B." not in k] or ([] if state else sorted(tensors))
-    if odd or not state:
-        raise CheckpointError(f"LoRA weights: {path} holds other keys than 'unet.' LoRA ones (found "
-                              f"{_short(', '.join(odd[:3]) or 'no tensors')}; DoRA and bias LoRA are not read)")
+    if not state:  # other odd keys (DoRA, bias LoRA) are refused below as keys that do not fit
+        raise CheckpointError(f"LoRA weights: {path} holds no 'unet.' LoRA keys (found: "
+                              f"{_short(', '.join(sorted(tensors)[:3]) or 'no tensors')})")
     created = adapter_name not in _adapters(unet)
     if created:
         kwargs = {k[5:]: v for k, v in _json(header, _CONFIG_KEY, path).items() if k.startswith("unet.")}
@@ -183,7 +186,7 @@ def load_lora(unet: nn.Module, dir_or_file: str | os.PathLike, *, adapter_name: 
     try:
         result = set_peft_model_state_dict(unet, state, adapter_name=adapter_name)
         tags = (f".lora_A.{adapter_name}.", f".lora_B.{adapter_name}.")
-        problems = [f"unexpected {k}" for k in result.unexpected_keys if ".lora_" in k]
+        problems = [f"unexpected {k}" for k in result.unexpected_keys if ".lora_" in k or ".lora." in k]
         problems += [f"missing {k}" for k in result.missing_keys if any(t in k for t in tags)]
     except RuntimeError as exc:  # size mismatch
         lines = str(exc).strip().splitlines() or [""]
@@ -193,7 +196,5 @@ def load_lora(unet: nn.Module, dir_or_file: str | os.PathLike, *, adapter_name: 
             unet.delete_adapters(adapter_name)
         raise CheckpointError(f"LoRA weights: {path} does not fit adapter '{adapter_name}' of this "
                               f"{type(unet).__name__} ({len(problems)} problem(s), e.g. {_short(problems[0], 200)})")
-    for n, p in unet.named_parameters():
-        if f".lora_A.{adapter_name}." in n or f".lora_B.{adapter_name}." in n:
-            p.requires_grad_(True)
+    _trainable(unet, adapter_name)
     return _json(header, METADATA_KEY, path)

@@ -9,12 +9,12 @@ import torch
 from PIL import Image
 
 from counterfactory.errors import CheckpointError, InputError
+from counterfactory.models.backbones import load_backbone
 from counterfactory.models.reference import (
     ENCODER_WEIGHTS,
     CompactReferenceEncoder,
     ReferenceEncoderConfig,
     build_reference_encoder,
-    load_backbone,
     load_reference_encoder,
     reference_batch,
     reference_crop,

@@ -61,6 +61,7 @@ class EvalConfig:
     split: str | None = None  # few-shot split file: held-out real = reference, train = IC clusters
     extractor: str = "compact"
     extractor_weights: str | None = None  # compact: trained into <out>/compact_extractor when absent
+    allow_torchscript: bool = False  # inception only: load its TorchScript (pickle-based) file; trusted files only
     kid_subsets: int = 100
     kid_subset_size: int = 32
     pr_k: int = 3
@@ -168,7 +169,7 @@ def _fingerprint(paths: list[Path], config: CompactExtractorConfig) -> str:
 def get_extractor(cfg: EvalConfig, train_items: list[Item], log=print) -> tuple[FeatureExtractor, dict]:
     """Load the extractor; for ``compact`` without weights, train one on ``train_items`` (cached in the out dir)."""
     if cfg.extractor != "compact" or cfg.extractor_weights is not None:
-        ext = load_extractor(cfg.extractor, cfg.extractor_weights)
+        ext = load_extractor(cfg.extractor, cfg.extractor_weights, allow_torchscript=cfg.allow_torchscript)
         return ext, {"kind": cfg.extractor, "weights": str(cfg.extractor_weights), "trained_here": False}
     ccfg = CompactExtractorConfig(steps=cfg.compact_steps, seed=cfg.seed)
     paths = [i.image_path for i in train_items]

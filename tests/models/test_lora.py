@@ -10,7 +10,7 @@ from safetensors.torch import save_file
 
 from counterfactory.errors import CheckpointError, ConfigError, InputError
 from counterfactory.models.lora import LORA_WEIGHT_NAME, add_lora, load_lora, save_lora
-from counterfactory.models.pretrained import save_tiny_sd_inpaint, tiny_sd_inpaint_components
+from counterfactory.testing import save_tiny_sd_inpaint, tiny_sd_inpaint_components
 
 ATTN = ("to_q", "to_k", "to_v", "to_out.0")
 

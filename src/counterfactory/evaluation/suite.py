@@ -34,7 +34,7 @@ from ..errors import input_error
 from ..io.images import load_image
 from ..io.manifest import atomic_write_json
 from ..io.masks import bbox, crop, read_mask, window_around
-from .appearance import APPEARANCE_KEYS, appearance, summarize
+from .appearance import APPEARANCE_KEYS, appearance
 from .distribution import distribution_metrics, kernel_distance
 from .diversity import intra_cluster_distance
 from .features import (
@@ -48,6 +48,7 @@ from .features import (
 )
 from .folders import FLAT_TYPE, ImageSet, Item, check_sizes, read_image_folder, type_key
 from .locality import LOCALITY_KEYS, locality_per_image, reduce_locality
+from .stats import summarize
 
 POOLED = "all types"
 

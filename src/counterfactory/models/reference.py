@@ -34,6 +34,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from ..errors import CheckpointError, ConfigError, _short, input_error
+from ..io.images import as_batch, to_model_space, to_rgb
 from ..io.manifest import atomic_path, atomic_write_json
 from .backbones import load_backbone
 
@@ -88,8 +89,6 @@ class ReferenceEncoderConfig:
 def reference_batch(references, size: int, name: str = "reference_image") -> torch.Tensor:
     """References (a (B,C,h,w) / (C,h,w) tensor in [0,1], a PIL image, or a list of them, sizes may differ) →
     (B,3,size,size): gray expanded to RGB, resized bilinearly with antialiasing (aspect not kept, as PbE)."""
-    from ..io.images import as_batch
-
     items = list(references) if isinstance(references, (list, tuple)) else [references]
     if isinstance(references, torch.Tensor) and references.ndim == 4:
         items = list(references.unbind(0))
@@ -103,7 +102,7 @@ def reference_batch(references, size: int, name: str = "reference_image") -> tor
         h, w = r.shape[-2:]
         if min(h, w) < MIN_REFERENCE_SIDE:
             raise input_error(f"{name}[{i}] size", (h, w), f"at least {MIN_REFERENCE_SIDE} px on each side")
-        r = r.expand(-1, 3, -1, -1) if r.shape[1] == 1 else r
+        r = to_rgb(r)
         if (h, w) != (size, size):
             r = F.interpolate(r, size=(size, size), mode="bilinear", antialias=True, align_corners=False).clamp(0, 1)
         out.append(r)
@@ -233,7 +232,7 @@ class CompactReferenceEncoder(ReferenceEncoder):
             self.null = nn.Parameter(torch.zeros(config.num_tokens, config.dim))
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
-        h = self.stages(self.stem(x * 2.0 - 1.0))
+        h = self.stages(self.stem(to_model_space(x)))
         h = F.adaptive_avg_pool2d(h, 2).flatten(1)
         return self.head(h).view(x.shape[0], self.config.num_tokens, self.config.dim)
 

@@ -36,9 +36,9 @@ from .insertion_cases import (
     InsertionCase,
     build_cases,
     defect_instances,
+    insertion_region,
     load_case,
     place_box,
-    product_region,
 )
 from .locality import LOCALITY_KEYS, locality_per_image, reduce_locality
 
@@ -58,7 +58,7 @@ __all__ = [
     "paired_box_metrics",
     "place_box",
     "poisson_blend",
-    "product_region",
+    "insertion_region",
     "real_defect_crops",
 ]
 

@@ -4,7 +4,7 @@
 - ``replacement``: a defect from *another* image whose box is within ±15 % in width and height of the target
   box (same defect type by default), painted into the target's defect box;
 - ``insertion``: a defect into a defect-free image at a random location where ≥ 90 % of the box lies on the
-  product (:func:`product_region`; at most 20 tries per image).
+  product (:func:`insertion_region`; at most 20 tries per image).
 """
 
 from __future__ import annotations
@@ -69,15 +69,17 @@ def defect_instances(samples, min_area: int = 4, largest_only: bool = True) -> l
     return out
 
 
-def product_region(image: torch.Tensor, erode_px: int = 4, window: int = 9, rel_threshold: float = 0.5) -> np.ndarray:
-    """Where a box may be placed on an inspection image (C,H,W) in [0,1]: (H,W) bool numpy, True on the product.
+def insertion_region(image: torch.Tensor, erode_px: int = 4, window: int = 9, rel_threshold: float = 0.5) -> np.ndarray:
+    """Where an insertion box may lie on an inspection image (C,H,W) in [0,1]: (H,W) bool numpy, True on product.
 
     The locally averaged gray level is above ``rel_threshold`` × the image's median (dark borders and background
     are out), holes are filled, and the region is eroded by ``erode_px`` so boxes keep off the product's edge
-    (AnydoorMed erodes its breast mask the same way). Use this for placing whole boxes; the per-pixel test of
-    :func:`counterfactory.pipelines.generate.foreground` (same brightness rule, unsmoothed) decides where a
-    generated mask may lie, and :func:`counterfactory.data.morphomnist.foreground` (≥ a fraction of the digit's
-    peak) finds Morpho-MNIST strokes."""
+    (AnydoorMed erodes its breast mask the same way). The benchmark's cases are defined with this rule. The
+    other foreground rules answer other questions: :func:`counterfactory.data.placement.product_region` (closed,
+    largest part, not eroded) measures distances to the product's edge for learned mask placement;
+    :func:`counterfactory.pipelines.generate.foreground` (the same brightness test per pixel, unsmoothed) is
+    where a generated mask may overlap; :func:`counterfactory.data.morphomnist.foreground` (≥ a fraction of
+    the digit's peak) finds Morpho-MNIST strokes."""
     gray = image.float().mean(0).numpy()
     smooth = ndimage.uniform_filter(gray, size=window, mode="nearest")
     fg = smooth > rel_threshold * float(np.median(gray))
@@ -161,7 +163,7 @@ def build_cases(dataset, split, task: str, n: int = 20, seed: int = 0, part: str
             for _ in range(len(order)):
                 g = order[gi % len(order)]
                 gi += 1
-                fg = product_region(load_image(g.image_path))
+                fg = insertion_region(load_image(g.image_path))
                 box = place_box(fg, (ref.box[2] - ref.box[0], ref.box[3] - ref.box[1]), rng, min_fraction, max_tries)
                 if box is not None:
                     cases.append(case(len(cases), g.source_id, str(g.image_path), box, ref))

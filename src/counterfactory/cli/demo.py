@@ -25,9 +25,10 @@ def cmd_demo(args) -> int:
     from ..data import open_dataset
     from ..data.splits import few_shot_split, load_split, save_split
     from ..data.surfaces import synth_dataset
-    from ..evaluation.appearance import appearance, summarize
+    from ..evaluation.appearance import appearance
     from ..evaluation.locality import locality_metrics
     from ..evaluation.report import HtmlReport
+    from ..evaluation.stats import summarize
     from ..io.images import load_image
     from ..io.manifest import Manifest, atomic_write_json, sha256_file
     from ..io.masks import read_mask

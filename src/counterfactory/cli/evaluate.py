@@ -38,7 +38,10 @@ def register(sub) -> None:
                    help="feature extractor (default compact: trained here on the real images when no weights are given)")
     p.add_argument("--extractor-weights", default=None, metavar="PATH",
                    help="compact: checkpoint folder; inception: TorchScript inception-2015-12-05.pt; clip/dinov2: local "
-                        "transformers folder. Never downloaded.")
+                        "transformers folder (safetensors). Never downloaded.")
+    p.add_argument("--allow-torchscript", action="store_true",
+                   help="inception only: load the TorchScript file, a pickle-based container that can run code; "
+                        "only for a file whose origin you trust")
     p.add_argument("--kid-subsets", type=positive_int("--kid-subsets", 10_000), default=100, help="KID subsets (default 100)")
     p.add_argument("--kid-subset-size", type=int_range("--kid-subset-size", 2, 100_000), default=32, help="images per KID subset (default 32)")
     p.add_argument("--pr-k", type=positive_int("--pr-k", 1000), default=3, help="k of k-NN precision/recall (default 3)")
@@ -104,7 +107,8 @@ def _evaluate(args: argparse.Namespace) -> int:
 
     cfg = EvalConfig(
         real=args.real, generated=args.generated, out=args.out, source=args.source, split=args.split,
-        extractor=args.extractor, extractor_weights=args.extractor_weights, kid_subsets=args.kid_subsets,
+        extractor=args.extractor, extractor_weights=args.extractor_weights, allow_torchscript=args.allow_torchscript,
+        kid_subsets=args.kid_subsets,
         kid_subset_size=args.kid_subset_size, pr_k=args.pr_k, change_threshold=args.change_threshold,
         max_per_type=args.max_per_type, compact_steps=args.compact_steps, seed=args.seed,
     )

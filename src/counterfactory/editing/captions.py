@@ -28,7 +28,6 @@ with :func:`finetune_llm_perturber`, LANCE-style) for the edited caption and rea
 from __future__ import annotations
 
 import json
-import os
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -37,7 +36,7 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
-from ..errors import CheckpointError, InputError, input_error
+from ..errors import input_error
 
 SCALE = 4  # Morpho-MNIST's measurement upscaling factor
 THRESHOLD_REL = 0.5  # binarise the upscaled digit at this fraction of its maximum

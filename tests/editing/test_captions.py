@@ -130,3 +130,26 @@ def test_measurement_agrees_with_the_csv():
     assert np.corrcoef(m["thickness"], d.thickness[:400])[0, 1] > 0.95
     assert np.abs(m["thickness"] - d.thickness[:400]).mean() < 0.2
     assert np.abs(m["intensity"] - d.intensity[:400]).mean() < 1.0
+
+
+def test_check_edit_margin_direction_and_drift():
+    from counterfactory.editing.captions import check_edit
+
+    thin, thick = _bar(2), _bar(5)
+    r = check_edit(thin, thick, "thickness", +1)
+    assert r["moved"] and r["passed"] and r["change"] > 2.0 and r["class_kept"] is None
+    assert check_edit(thin, thick, "thickness", -1)["passed"] is False
+    assert check_edit(thin, thick, "thickness", +1, margin=10.0)["moved"] is False
+    # thicker AND slanted: the slant drift breaks the tolerance
+    r = check_edit(thin, _bar(5, shear=0.5), "thickness", +1)
+    assert r["moved"] and not r["others_ok"] and abs(r["drift"]["slant"]) > 0.12
+    # batch + classifier: class must be kept
+    before, after = np.stack([thin, thin]), np.stack([thick, thick])
+    r = check_edit(before, after, "thickness", +1, classifier=lambda x: np.array([1, 7][: len(x)]), labels=[1, 1])
+    assert r["class_kept"].tolist() == [True, False] and r["passed"].tolist() == [True, False]
+    with pytest.raises(InputError, match=r"^direction="):
+        check_edit(thin, thick, "thickness", 2)
+    with pytest.raises(InputError, match=r"^changed_attribute="):
+        check_edit(thin, thick, "colour", 1)
+    with pytest.raises(InputError, match=r"^after_img="):
+        check_edit(thin, np.zeros((28, 30), np.uint8), "thickness", 1)

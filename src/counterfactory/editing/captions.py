@@ -371,3 +371,70 @@ class RulePerturber:
         text = texts[int(g.integers(len(texts)))] if self.vary_phrasing else texts[0]
         counterfactual = re.sub(rf"\b{old}\b", new, caption, count=1)
         return text, counterfactual, (old, new)
+
+
+# --------------------------------------------------------------------------------------------- edit check
+# how far the named attribute must move the asked way for an edit (or a real triplet) to count (≈ 0.6 train std)
+EDIT_MARGINS: dict[str, float] = {"thickness": 0.5, "slant": 0.15, "width": 1.5, "height": 1.0, "area": 20.0,
+                                  "intensity": 25.0}
+# how far every other checked attribute may drift
+EDIT_TOLERANCES: dict[str, float] = {"thickness": 0.4, "slant": 0.12, "width": 2.0, "height": 1.5, "area": 30.0,
+                                     "intensity": 25.0}
+CHECKED_ATTRIBUTES = ("thickness", "slant", "width", "height", "intensity")  # "the rest" an edit must keep
+
+
+def check_edit(before_img, after_img, changed_attribute: str, direction: int, *, margin: float | None = None,
+               tolerances: dict[str, float] | None = None, others: Sequence[str] | None = None,
+               classifier=None, labels=None) -> dict:
+    """Did an edit move ``changed_attribute`` the asked way by ``margin`` and keep everything else?
+
+    ``before_img`` / ``after_img``: one digit (28,28) or a batch (N,28,28), uint8 or float in [0,1] (see
+    :func:`measure`). ``direction``: +1 (higher, e.g. "thicker") or -1. ``others``: attributes that must stay
+    within ``tolerances`` (default: :data:`CHECKED_ATTRIBUTES` without the changed one). ``classifier``: an
+    optional callable images (N,28,28) float [0,1] → predicted digits (N,); with it and ``labels`` (the class of
+    each digit; default: the classifier's prediction on ``before_img``) the class must be kept.
+
+    Returns ``moved``, ``others_ok``, ``class_kept`` (None without a classifier), ``passed``, ``change`` (the
+    named attribute's after − before), ``drift`` {attribute: after − before} and the two measurement dicts;
+    booleans/floats for one digit, arrays for a batch.
+    """
+    if changed_attribute not in ATTRIBUTE_WORDS:
+        raise input_error("changed_attribute", changed_attribute, f"one of {', '.join(ATTRIBUTE_WORDS)}")
+    if direction not in (1, -1):
+        raise input_error("direction", direction, "+1 (more of the attribute) or -1 (less)")
+    single = np.asarray(before_img).ndim == 2
+    b, a = _as_digit_array(before_img), _as_digit_array(after_img)
+    if b.shape != a.shape:
+        raise input_error("after_img", f"shape {a.shape}", f"the shape of before_img {b.shape}")
+    margin = EDIT_MARGINS[changed_attribute] if margin is None else float(margin)
+    if not margin >= 0:
+        raise input_error("margin", margin, "a number >= 0")
+    tol = dict(EDIT_TOLERANCES)
+    tol.update(tolerances or {})
+    others = [o for o in (CHECKED_ATTRIBUTES if others is None else others) if o != changed_attribute]
+    for o in others:
+        if o not in tol:
+            raise input_error("others", o, f"attributes with a tolerance ({', '.join(tol)})")
+    mb, ma = measure(b), measure(a)
+    change = ma[changed_attribute] - mb[changed_attribute]
+    moved = direction * change >= margin
+    drift = {o: ma[o] - mb[o] for o in others}
+    others_ok = np.ones(len(b), dtype=bool)
+    for o in others:
+        others_ok &= np.abs(drift[o]) <= tol[o]
+    class_kept = None
+    if classifier is not None:
+        pred_after = np.asarray(classifier(a.astype(np.float32))).reshape(-1)
+        ref = np.asarray(classifier(b.astype(np.float32)) if labels is None else labels).reshape(-1)
+        if ref.shape != pred_after.shape:
+            raise input_error("labels", f"{ref.size} labels", f"one label per image ({pred_after.size})")
+        class_kept = pred_after == ref
+    passed = moved & others_ok & (class_kept if class_kept is not None else True)
+    out = {"moved": moved, "others_ok": others_ok, "class_kept": class_kept, "passed": passed, "change": change,
+           "drift": drift, "before": mb, "after": ma, "margin": margin}
+    if single:
+        def first(v):
+            return v if v is None or isinstance(v, float) else (
+                {k: first(x) for k, x in v.items()} if isinstance(v, dict) else v[0].item())
+        out = {k: first(v) for k, v in out.items()}
+    return out

@@ -73,7 +73,7 @@ class WordVocabulary:
 @dataclass(frozen=True)
 class DualEncoderConfig:
     embed_dim: int = 64  # shared embedding size
-    image_channels: tuple[int, ...] = (32, 64, 96)  # conv widths at 28, 14, 7 px
+    image_channels: tuple[int, ...] = (16, 32, 32)  # conv widths at 28, 14, 7 px
     text_width: int = 64  # token embedding / transformer width
     text_layers: int = 1
     text_heads: int = 4

@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 from ..errors import ConfigError, input_error
-from .cirr import TripletFolder, Triplet, read_triplet_folder, write_triplets
+from .cirr import Triplet, TripletFolder, read_triplet_folder, write_triplets
 from .metrics import cirr_recalls
 from .real import build_real_triplets, image_index
 
@@ -145,6 +145,7 @@ def evaluate_model(model, features: torch.Tensor, names: list[str], triplets: Se
 
 def run_study(data_root, out, config: StudyConfig | None = None, synthetic=None,
               log: Callable[[str], None] = print) -> dict:
+    from ..data.morphomnist import load_morphomnist
     from ..editing.captions import MODIFICATION_WORDS, VOCABULARY, AttributeCaptioner
     from ..evaluation.stats import paired_difference, summarize
     from ..io.manifest import atomic_write_json
@@ -152,6 +153,8 @@ def run_study(data_root, out, config: StudyConfig | None = None, synthetic=None,
     from .train import encode_images, train_combiner, train_dual_encoder
 
     config = config or StudyConfig()
+    load_morphomnist(data_root)  # bad data or a bad synthetic folder fail before anything is written
+    syn = load_synthetic(synthetic) if synthetic is not None else None
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     settings = {"config": asdict(config), "synthetic": None if synthetic is None else str(Path(synthetic).resolve())}
@@ -166,7 +169,6 @@ def run_study(data_root, out, config: StudyConfig | None = None, synthetic=None,
 
     prep = prepare(data_root, out, config.triplet_seed, log)
     log(f"real triplets: {len(prep.train)} train, {len(prep.test)} test")
-    syn = load_synthetic(synthetic) if synthetic is not None else None
 
     enc_dir = out / "encoder"
     if (enc_dir / "dual_encoder.safetensors").is_file():

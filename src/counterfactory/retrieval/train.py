@@ -134,7 +134,7 @@ def train_combiner(encoder: DualEncoder, reference_features: torch.Tensor, texts
 class DigitClassifier(nn.Module):
     """A small CNN digit classifier on 28-px gray digits; ``predict`` takes numpy or torch images in [0,1]."""
 
-    def __init__(self, width: int = 32):
+    def __init__(self, width: int = 16):
         super().__init__()
         self.width = width
         self.net = nn.Sequential(
@@ -183,8 +183,8 @@ class DigitClassifier(nn.Module):
         return model.eval()
 
 
-def train_digit_classifier(images: torch.Tensor, labels: torch.Tensor, steps: int = 600, batch_size: int = 128,
-                           lr: float = 2e-3, seed: int = 0, width: int = 32) -> DigitClassifier:
+def train_digit_classifier(images: torch.Tensor, labels: torch.Tensor, steps: int = 400, batch_size: int = 128,
+                           lr: float = 2e-3, seed: int = 0, width: int = 16) -> DigitClassifier:
     """Cross-entropy fit with small random shifts (±2 px) so edited digits off-centre stay recognised."""
     _check_steps(steps=steps, batch_size=batch_size)
     if images.ndim == 3:

@@ -36,7 +36,7 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
-from ..errors import input_error
+from ..errors import CheckpointError, input_error
 
 SCALE = 4  # Morpho-MNIST's measurement upscaling factor
 THRESHOLD_REL = 0.5  # binarise the upscaled digit at this fraction of its maximum
@@ -437,4 +437,187 @@ def check_edit(before_img, after_img, changed_attribute: str, direction: int, *,
             return v if v is None or isinstance(v, float) else (
                 {k: first(x) for k, x in v.items()} if isinstance(v, dict) else v[0].item())
         out = {k: first(v) for k, v in out.items()}
+    return out
+
+
+# --------------------------------------------------------------------------------------------- local-folder models
+def _check_folder(folder, argument: str, what: str) -> Path:
+    folder = Path(folder)
+    if not (folder / "config.json").is_file():
+        raise CheckpointError(f"{argument}={folder}: a local {what} folder (config.json + model.safetensors, "
+                              "as written by save_pretrained); nothing is downloaded")
+    return folder
+
+
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)  # the BLIP-2 / CLIP image normalisation
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+class Blip2Captioner:
+    """BLIP-2 captions from a local transformers folder (``Blip2ForConditionalGeneration`` + its tokenizer).
+
+    Images: (N,H,W) or (N,C,H,W) (C = 1 or 3) in [0,1] or uint8; they are made RGB, resized (bicubic) to the
+    vision tower's size and normalised with the CLIP statistics, as BLIP-2's image processor does. Greedy
+    decoding, so captions are deterministic. Labels are ignored (the model names what it sees).
+    """
+
+    def __init__(self, folder, device: str = "cpu", max_new_tokens: int = 20):
+        from transformers import AutoTokenizer, Blip2ForConditionalGeneration
+
+        folder = _check_folder(folder, "captioner", "BLIP-2")
+        self.model = Blip2ForConditionalGeneration.from_pretrained(folder, use_safetensors=True).to(device).eval()
+        self.tokenizer = AutoTokenizer.from_pretrained(folder)
+        self.device, self.max_new_tokens = device, int(max_new_tokens)
+
+    def pixel_values(self, images):
+        import torch
+        import torch.nn.functional as F
+
+        x = torch.as_tensor(np.asarray(images) if not isinstance(images, torch.Tensor) else images)
+        x = x.float() / 255.0 if x.dtype == torch.uint8 else x.float()
+        if x.ndim == 3:
+            x = x[:, None]
+        if x.ndim != 4 or x.shape[1] not in (1, 3) or x.shape[0] == 0:
+            raise input_error("images", tuple(x.shape), "(N,H,W) or (N,C,H,W) with C = 1 or 3")
+        if x.shape[1] == 1:
+            x = x.expand(-1, 3, -1, -1)
+        size = int(self.model.config.vision_config.image_size)
+        x = F.interpolate(x, size=(size, size), mode="bicubic", align_corners=False).clamp(0, 1)
+        mean = torch.tensor(CLIP_MEAN).view(1, 3, 1, 1)
+        std = torch.tensor(CLIP_STD).view(1, 3, 1, 1)
+        return ((x - mean) / std).to(self.device)
+
+    def caption(self, images, labels: Sequence[int] | None = None) -> list[str]:
+        import torch
+
+        with torch.no_grad():
+            ids = self.model.generate(pixel_values=self.pixel_values(images), max_new_tokens=self.max_new_tokens,
+                                      do_sample=False)
+        return [t.strip() for t in self.tokenizer.batch_decode(ids, skip_special_tokens=True)]
+
+
+# --------------------------------------------------------------------------------------------- LLM perturber
+PERTURB_PROMPT = ("### Instruction:\nChange exactly one attribute word of the caption to its opposite.\n"
+                  "### Input:\n{caption}\n### Edited:\n")
+
+
+def single_word_change(caption: str, edited: str) -> tuple[str, str] | None:
+    """``(old, new)`` when ``edited`` differs from ``caption`` in exactly one word (same word count), else None."""
+    a, b = caption_words(caption), caption_words(edited)
+    if len(a) != len(b):
+        return None
+    diff = [(x, y) for x, y in zip(a, b) if x != y]
+    return diff[0] if len(diff) == 1 else None
+
+
+def modification_text(old: str, new: str) -> str:
+    """Natural phrasing of a one-word change: the attribute's phrase when known, else ``"make it <new>"``."""
+    if new in WORD_ATTRIBUTE and old in WORD_ATTRIBUTE and WORD_ATTRIBUTE[new][0] == WORD_ATTRIBUTE[old][0]:
+        return MODIFICATIONS[WORD_ATTRIBUTE[new]][0]
+    return f"make it {new}"
+
+
+class LLMPerturber:
+    """A causal language model from a local folder (optionally with a LoRA adapter) edits the caption.
+
+    The model completes :data:`PERTURB_PROMPT`; the first line of its answer is the counterfactual caption.
+    An answer that does not change exactly one word falls back to :class:`RulePerturber` (``fallback=True``,
+    the default) or raises :class:`InputError`. Sampling uses a torch generator seeded from ``rng``.
+    """
+
+    def __init__(self, folder, adapter=None, device: str = "cpu", max_new_tokens: int = 16, fallback: bool = True,
+                 do_sample: bool = False):
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        folder = _check_folder(folder, "model", "causal language model")
+        model = AutoModelForCausalLM.from_pretrained(folder, use_safetensors=True)
+        if adapter is not None:
+            from peft import PeftModel
+
+            if not (Path(adapter) / "adapter_config.json").is_file():
+                raise CheckpointError(f"adapter={adapter}: a LoRA folder written by finetune_llm_perturber "
+                                      "(adapter_config.json + adapter_model.safetensors)")
+            model = PeftModel.from_pretrained(model, str(adapter))
+        self.model = model.to(device).eval()
+        self.tokenizer = AutoTokenizer.from_pretrained(folder)
+        self.device, self.max_new_tokens = device, int(max_new_tokens)
+        self.fallback, self.do_sample = fallback, do_sample
+        self.last_used_fallback = False
+
+    def edit(self, caption: str, rng=None) -> str:
+        import torch
+
+        g = _as_rng(rng)
+        ids = self.tokenizer(PERTURB_PROMPT.format(caption=caption), return_tensors="pt").to(self.device)
+        with torch.no_grad():
+            torch.manual_seed(int(g.integers(2**31)))  # sampling noise only; greedy decoding ignores it
+            out = self.model.generate(**ids, max_new_tokens=self.max_new_tokens, do_sample=self.do_sample,
+                                      pad_token_id=self.tokenizer.pad_token_id or self.tokenizer.eos_token_id)
+        text = self.tokenizer.decode(out[0, ids["input_ids"].shape[1]:], skip_special_tokens=True)
+        return re.sub(r"\s+([,.])", r"\1", text.strip().split("\n")[0].strip())  # word tokenizers decode "a ,"
+
+    def perturb(self, caption: str, rng=None) -> tuple[str, str, tuple[str, str]]:
+        if not isinstance(caption, str) or not caption_words(caption):
+            raise input_error("caption", caption, "a non-empty caption string")
+        g = _as_rng(rng)
+        edited = self.edit(caption, g)
+        change = single_word_change(caption, edited)
+        self.last_used_fallback = change is None
+        if change is None:
+            if not self.fallback:
+                raise input_error("caption", caption, f"a caption the model edits in exactly one word (got {edited!r})")
+            return RulePerturber().perturb(caption, g)
+        return modification_text(*change), edited, change
+
+
+def finetune_llm_perturber(folder, pairs: Sequence[tuple[str, str]], out, steps: int = 200, lr: float = 2e-4,
+                           batch_size: int = 8, rank: int = 8, alpha: int = 16, dropout: float = 0.05,
+                           seed: int = 0, target_modules: Sequence[str] | None = None) -> Path:
+    """LoRA (peft; LANCE's r = 8, alpha = 16, dropout 0.05) on (caption, edited caption) pairs; the loss is on
+    the edited caption's tokens only. Writes the adapter (safetensors) to ``out``."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    folder = _check_folder(folder, "model", "causal language model")
+    pairs = [(str(a), str(b)) for a, b in pairs]
+    if not pairs:
+        raise input_error("pairs", 0, "at least one (caption, edited caption) pair")
+    if steps < 1 or batch_size < 1:
+        raise input_error("steps", steps, "steps >= 1 and batch_size >= 1")
+    tok = AutoTokenizer.from_pretrained(folder)
+    eos = tok.eos_token or ""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = AutoModelForCausalLM.from_pretrained(folder, use_safetensors=True)
+        cfg = LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=dropout, task_type="CAUSAL_LM",
+                         target_modules=list(target_modules) if target_modules else None)
+        try:
+            model = get_peft_model(model, cfg)
+        except ValueError as exc:
+            raise input_error("target_modules", target_modules, f"module names of this model ({exc})") from None
+        examples = []
+        for cap, edited in pairs:
+            p = tok(PERTURB_PROMPT.format(caption=cap))["input_ids"]
+            t = tok(edited + "\n" + eos)["input_ids"]
+            examples.append((p + t, [-100] * len(p) + t))
+        opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr)
+        g = torch.Generator().manual_seed(seed + 1)
+        pad = tok.pad_token_id if tok.pad_token_id is not None else (tok.eos_token_id or 0)
+        model.train()
+        for _ in range(steps):
+            b = torch.randint(len(examples), (min(batch_size, len(examples)),), generator=g).tolist()
+            n = max(len(examples[i][0]) for i in b)
+            ids = torch.full((len(b), n), pad, dtype=torch.long)
+            labels = torch.full((len(b), n), -100, dtype=torch.long)
+            att = torch.zeros((len(b), n), dtype=torch.long)
+            for r, i in enumerate(b):
+                x, y = examples[i]
+                ids[r, : len(x)], labels[r, : len(y)], att[r, : len(x)] = torch.tensor(x), torch.tensor(y), 1
+            loss = model(input_ids=ids, attention_mask=att, labels=labels).loss
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+    out = Path(out)
+    model.save_pretrained(str(out), safe_serialization=True)
     return out

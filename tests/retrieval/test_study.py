@@ -76,3 +76,22 @@ def test_cli_bad_input_is_one_line_exit_2(tiny_morpho, tmp_path, capsys):
                  "--encoder-steps", "1", "--combiner-steps", "1", "--seeds", "0", "--fractions", "100"]) == 2
     assert "missing caption" in capsys.readouterr().err
     assert not (tmp_path / "o").exists() and not (tmp_path / "o2").exists()  # nothing half-written
+
+
+def test_digit_classifier_round_trip_and_edit_filter(tiny_morpho, tmp_path, capsys):
+    from counterfactory.data.morphomnist import load_morphomnist
+    from counterfactory.editing.captions import check_edit
+    from counterfactory.retrieval.train import DigitClassifier
+
+    torch.set_num_threads(1)
+    assert main(["cir", "classifier", "--data", str(tiny_morpho), "--out", str(tmp_path / "clf"), "--steps", "40"]) == 0
+    acc = json.loads((tmp_path / "clf" / "accuracy.json").read_text())["test_accuracy"]
+    assert acc >= 0.75  # two easy classes (bar vs bar with a foot)
+    model = DigitClassifier.load(tmp_path / "clf")
+    d = load_morphomnist(tiny_morpho)
+    x = d.images[:8].astype(np.float32) / 255
+    assert np.array_equal(model.predict(x), DigitClassifier.load(tmp_path / "clf").predict(x))
+    r = check_edit(d.images[:8], d.images[:8], "thickness", 1, classifier=model.predict, labels=d.labels[:8])
+    assert r["moved"].sum() == 0 and r["others_ok"].all() and r["class_kept"].dtype == bool
+    with pytest.raises(Exception, match=r"classifier="):
+        DigitClassifier.load(tmp_path / "nope")

@@ -4,6 +4,7 @@
     counterfactory cir study ... --synthetic TRIPLETS_DIR          # adds real + synthetic runs and the paired difference
     counterfactory cir triplets --data ../shared/data/morphomnist --split test --out runs/cir_real_test
     counterfactory cir classifier --data ../shared/data/morphomnist --out runs/digit_classifier
+    counterfactory cir finetune-perturber --model LLM_FOLDER --out runs/perturber_lora
 
 ``study`` resumes after a kill (finished runs are kept). ``triplets`` writes a CIRR-format folder (caption file,
 split file, PNG images) of real triplets. ``classifier`` trains the digit classifier that edit filters use.
@@ -35,8 +36,8 @@ def _int_list(name: str, lo: int, hi: int | None = None):
 
 
 def register(sub) -> None:
-    p = sub.add_parser("cir", help="composed image retrieval on Morpho-MNIST: study | triplets | classifier")
-    cmds = p.add_subparsers(dest="cir_command", metavar="<study|triplets|classifier>", parser_class=type(p))
+    p = sub.add_parser("cir", help="composed image retrieval on Morpho-MNIST: study | triplets | classifier | finetune-perturber")
+    cmds = p.add_subparsers(dest="cir_command", metavar="<study|triplets|classifier|finetune-perturber>", parser_class=type(p))
     cmds.required = True
 
     s = cmds.add_parser("study", help="data-scarce study: 10/30/100 %% real triplets, with and without synthetic ones")
@@ -65,6 +66,18 @@ def register(sub) -> None:
     c.add_argument("--seed", type=int, default=0)
     c.add_argument("--threads", type=positive_int("--threads"), default=1)
     c.set_defaults(func=run_classifier)
+
+    f = cmds.add_parser("finetune-perturber",
+                        help="LoRA-tune a local causal LM to edit one caption attribute (pairs from the rule perturber)")
+    f.add_argument("--model", required=True, help="local transformers causal-LM folder (safetensors)")
+    f.add_argument("--out", required=True, help="adapter folder (peft LoRA, safetensors)")
+    f.add_argument("--pairs", default=None, help="JSON list of [caption, edited caption]; default: made from --data")
+    f.add_argument("--data", default=DEFAULT_DATA, help="Morpho-MNIST folder: train-split captions and rule edits")
+    f.add_argument("--n-pairs", type=positive_int("--n-pairs"), default=500)
+    f.add_argument("--steps", type=positive_int("--steps"), default=200)
+    f.add_argument("--seed", type=int, default=0)
+    f.add_argument("--threads", type=positive_int("--threads"), default=1)
+    f.set_defaults(func=run_finetune_perturber)
 
 
 def _log(text: str) -> None:
@@ -135,4 +148,32 @@ def run_classifier(args) -> int:
     atomic_write_json(Path(args.out) / "accuracy.json", {"test_accuracy": acc, "steps": args.steps, "seed": args.seed,
                                                          "test_images": len(te)})
     print(f"test accuracy {100 * acc:.2f} % on {len(te)} digits -> {args.out}")
+    return 0
+
+
+def run_finetune_perturber(args) -> int:
+    import json
+
+    import numpy as np
+    import torch
+
+    from ..editing.captions import AttributeCaptioner, RulePerturber, finetune_llm_perturber
+    from ..errors import input_error
+
+    torch.set_num_threads(args.threads)
+    if args.pairs is not None:
+        try:
+            pairs = [(str(a), str(b)) for a, b in json.loads(Path(args.pairs).read_text())]
+        except (OSError, ValueError, TypeError) as exc:
+            raise input_error("--pairs", args.pairs, f"a JSON list of [caption, edited caption] ({exc})") from None
+    else:
+        from ..data.morphomnist import load_morphomnist, split_indices
+
+        data = load_morphomnist(args.data)
+        idx = split_indices(len(data), "train")[: args.n_pairs]
+        captions = AttributeCaptioner().caption(data.images[idx], data.labels[idx].tolist())
+        rng = np.random.default_rng(args.seed)
+        pairs = [(c, RulePerturber().perturb(c, rng)[1]) for c in captions]
+    out = finetune_llm_perturber(args.model, pairs, args.out, steps=args.steps, seed=args.seed)
+    print(f"LoRA adapter on {len(pairs)} pairs -> {out}")
     return 0

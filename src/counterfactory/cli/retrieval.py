@@ -16,7 +16,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from ._args import positive_int
+from ._args import check_out, positive_int, seed_arg
 
 DEFAULT_DATA = "../shared/data/morphomnist"
 
@@ -55,7 +55,7 @@ def register(sub) -> None:
     t = cmds.add_parser("triplets", help="write real Morpho-MNIST triplets of one split as a CIRR-format folder")
     t.add_argument("--data", default=DEFAULT_DATA)
     t.add_argument("--split", default="test", choices=("train", "val", "test"))
-    t.add_argument("--seed", type=int, default=0, help="seeds each reference's modification (default 0)")
+    t.add_argument("--seed", type=seed_arg(), default=0, help="seeds each reference's modification (default 0)")
     t.add_argument("--out", required=True)
     t.set_defaults(func=run_triplets)
 
@@ -63,7 +63,7 @@ def register(sub) -> None:
     c.add_argument("--data", default=DEFAULT_DATA)
     c.add_argument("--out", required=True)
     c.add_argument("--steps", type=positive_int("--steps"), default=400)
-    c.add_argument("--seed", type=int, default=0)
+    c.add_argument("--seed", type=seed_arg(), default=0)
     c.add_argument("--threads", type=positive_int("--threads"), default=1)
     c.set_defaults(func=run_classifier)
 
@@ -75,7 +75,7 @@ def register(sub) -> None:
     f.add_argument("--data", default=DEFAULT_DATA, help="Morpho-MNIST folder: train-split captions and rule edits")
     f.add_argument("--n-pairs", type=positive_int("--n-pairs"), default=500)
     f.add_argument("--steps", type=positive_int("--steps"), default=200)
-    f.add_argument("--seed", type=int, default=0)
+    f.add_argument("--seed", type=seed_arg(), default=0)
     f.add_argument("--threads", type=positive_int("--threads"), default=1)
     f.set_defaults(func=run_finetune_perturber)
 
@@ -85,6 +85,7 @@ def _log(text: str) -> None:
 
 
 def run_study(args) -> int:
+    check_out(args.out, inputs={"--data": args.data, "--synthetic": args.synthetic})
     import torch
 
     from ..retrieval.study import StudyConfig, format_table
@@ -100,6 +101,7 @@ def run_study(args) -> int:
 
 
 def run_triplets(args) -> int:
+    check_out(args.out, inputs={"--data": args.data})
     import numpy as np
     from PIL import Image
 
@@ -131,6 +133,7 @@ def run_triplets(args) -> int:
 
 
 def run_classifier(args) -> int:
+    check_out(args.out, inputs={"--data": args.data})
     import numpy as np
     import torch
 
@@ -152,6 +155,7 @@ def run_classifier(args) -> int:
 
 
 def run_finetune_perturber(args) -> int:
+    check_out(args.out, inputs={"--model": args.model, "--data": getattr(args, "data", None)})
     import json
 
     import numpy as np

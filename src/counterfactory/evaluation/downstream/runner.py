@@ -166,16 +166,17 @@ def learning_curve(cfg: DownstreamConfig, every: int, max_steps: int, setting: s
             if max_minutes is not None and time.perf_counter() - t0 > max_minutes * 60:
                 log(f"time limit of {max_minutes} min reached before step {step}")
                 return sorted(rows, key=lambda r: (r["step"], r["seed"]))
-            t1 = time.perf_counter()
+            t1, c1 = time.perf_counter(), time.process_time()
             model, _ = train_segmenter(data, setting, seed, replace(cfg, steps=step),
                                        out / "runs" / cfg.run_folder_name(setting, seed), steps=step,
                                        checkpoint_every=every)
-            t2 = time.perf_counter()
+            t2, c2 = time.perf_counter(), time.process_time()
             res = evaluate_maps(predict(model, data.eval_images), data.eval_masks, data.eval_types,
                                 data.types if per_type else [], cfg.image_pool)
             rec = {"id": f"{setting}/seed{seed}/step{step}", "setting": setting, "seed": seed, "step": step,
                    "metrics": res, "config": key, "eval_good": cfg.eval_good, "per_type": per_type,
-                   "train_seconds": round(t2 - t1, 1), "eval_seconds": round(time.perf_counter() - t2, 1)}
+                   "train_seconds": round(t2 - t1, 1), "eval_seconds": round(time.perf_counter() - t2, 1),
+                   "train_cpu_seconds": round(c2 - c1, 1), "eval_cpu_seconds": round(time.process_time() - c2, 1)}
             manifests[seed].append(rec)
             rows.append(rec)
             log(f"{setting}/seed{seed} step {step}: pixel AP {res['all']['pixel_AP']:.4f} "

@@ -61,7 +61,7 @@ def register(sub) -> None:
                    help="comma-separated subset of real,ours,perlin,copypaste (default: all that apply)")
     d.add_argument("--seeds", default="0,1,2,3,4", help="comma-separated seeds, paired across settings (default 0,1,2,3,4)")
     d.add_argument("--steps", type=int, default=None,
-                   help="optimisation steps per run (default: the budget chosen from the learning curve, see docs/downstream.md)")
+                   help="optimisation steps per run (default 300; the learning curve is in docs/downstream.md)")
     d.add_argument("--crop", type=int, default=None, help="training crop size in px (default 64)")
     d.add_argument("--batch-size", type=int, default=None, help="crops per step (default 16)")
     d.add_argument("--eval-good", type=int, default=None, help="held-out defect-free images evaluated (default 150)")

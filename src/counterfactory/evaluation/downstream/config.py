@@ -16,7 +16,8 @@ SETTING_TITLES = {
     "copypaste": "(iv) real + copy-paste",
 }
 METRICS = ("pixel_AP", "pixel_F1max", "pixel_AUROC", "image_AUROC")
-# the step budget chosen from the real-only learning curve on Magnetic Tile (docs/downstream.md)
+# steps per run; docs/downstream.md records the real-only learning curve on Magnetic Tile measured so far
+# and the command that extends it
 DEFAULT_STEPS = 300
 
 

@@ -162,7 +162,7 @@ class P2PController:
                         continue
                     L = min(len(idx), src.shape[-1] - 1)
                     a = alpha[:L].to(src.dtype).to(src.device)
-                    mapped = src[i][..., 1:L + 1][..., idx[:L].to(src.device)]
+                    mapped = src[i][..., 1 + idx[:L].to(src.device)]  # aligned source token of each target word
                     cur = tgt[i].clone()
                     cur[..., 1:L + 1] = mapped * a + cur[..., 1:L + 1] * (1 - a)
                     new.append(cur)

@@ -96,7 +96,7 @@ class WordTokenizer:
         encs = self.tok.encode_batch(list(texts))
         for text, enc in zip(texts, encs):
             words = self._raw.encode(text, add_special_tokens=False)
-            bad = [w for w, i in zip(words.tokens, words.ids) if i == self.unk_id]
+            bad = [text[a:b] for (a, b), i in zip(words.offsets, words.ids) if i == self.unk_id]
             if bad:
                 raise input_error(argument, text, f"words the tokenizer knows; unknown: {', '.join(bad)} "
                                   f"(known: {' '.join(self.words)})")

@@ -63,8 +63,6 @@ def p2p_sample(unet, scheduler, inv: Inversion, cond_src: torch.Tensor, cond_tgt
     try:
         for i, t in enumerate(ts):
             controller.begin_step(i)
-            if inv.method == "direct":
-                x = torch.cat([inv.latents[steps - i], x[n:]])  # source branch back on the inversion path
             if inv.method == "negative-prompt":
                 unc = cond_src
             elif inv.method == "null-text":
@@ -77,14 +75,12 @@ def p2p_sample(unet, scheduler, inv: Inversion, cond_src: torch.Tensor, cond_tgt
             eu, ec = e.chunk(2)
             eps = eu + guidance_scale * (ec - eu)
             x = sample_step(scheduler, x, eps, t, stride)
-            controller.begin_step(i + 1)
-            controller.step = i
+            if inv.method == "direct":  # the per-step offset: the source branch stays on the inversion path
+                x = torch.cat([inv.latents[steps - 1 - i], x[n:]])
             x = controller.blend(x, x.shape[-1])
     finally:
         uninstall(unet, previous)
     src, tgt = x[:n], x[n:]
-    if inv.method == "direct":
-        src = inv.latents[0]
     return src, tgt, rows / n
 
 

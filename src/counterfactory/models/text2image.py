@@ -68,6 +68,15 @@ def build_unet(cfg: Text2ImageConfig, seed: int = 0) -> UNet2DConditionModel:
         ).eval()
 
 
+def _quiet_hub():
+    """No download/progress bars from transformers and diffusers when reading or writing local folders."""
+    import diffusers.utils.logging as dl
+    import transformers.utils.logging as tl
+
+    tl.disable_progress_bar()
+    dl.disable_progress_bar()
+
+
 def make_scheduler(cfg: Text2ImageConfig) -> DDIMScheduler:
     return DDIMScheduler(num_train_timesteps=cfg.num_train_timesteps, beta_schedule=cfg.beta_schedule,
                          prediction_type="epsilon", clip_sample=False, set_alpha_to_one=True, timestep_spacing="leading")
@@ -106,6 +115,7 @@ class Text2ImageModel(torch.nn.Module):
 
     # ------------------------------------------------------------------ save / load
     def save(self, folder: str | os.PathLike, extra: dict | None = None) -> Path:
+        _quiet_hub()
         folder = Path(folder)
         tmp = folder.parent / f".{folder.name}.tmp"
         shutil.rmtree(tmp, ignore_errors=True)
@@ -127,6 +137,7 @@ class Text2ImageModel(torch.nn.Module):
     def load(cls, folder: str | os.PathLike | None = None, device: str | torch.device = "cpu") -> Text2ImageModel:
         from transformers import CLIPTextModel
 
+        _quiet_hub()
         folder = Path(folder) if folder is not None else DEFAULT_TEXT2IMAGE_DIR
         if not (folder / CONFIG_FILE).is_file():
             raise CheckpointError(

@@ -77,6 +77,7 @@ def _settings(cfg: TripletConfig) -> dict:
 
 def _write_digit(path: Path, img: np.ndarray) -> None:
     if not path.is_file():
+        path.parent.mkdir(parents=True, exist_ok=True)
         save_image(torch.from_numpy(img)[None].float() / 255.0 if img.dtype == np.uint8 else torch.from_numpy(img)[None],
                    path)
 
@@ -162,6 +163,7 @@ class TripletWriter:
                 "moved": bool(chk["moved"]), "others_ok": bool(chk["others_ok"]),
                 "outside_change": round(float(outside_change[i]), 5), "local_ok": local_ok, "kept": kept,
                 "edit_type": out.edit_types[i], "set_members": others, "_edited": edited[i],
+                "_attention": (out.attention_maps[i, 0].numpy() * 255.0).round().astype(np.uint8),
             })
         return records
 
@@ -190,10 +192,11 @@ class TripletWriter:
             for r in batch:  # images first, then the manifest line: a killed run never lists a missing image
                 if r["kept"]:
                     _write_digit(img_dir / f"cf-{r['pairid']:08d}.png", r["_edited"])
+                    _write_digit(self.out / "attention" / f"cf-{r['pairid']:08d}.png", r["_attention"])
                     for j in [r["reference_index"], *r["set_members"]]:
                         _write_digit(img_dir / f"mm-{j:05d}.png", self.data.images[j])
             for r in batch:
-                r = {k2: v for k2, v in r.items() if k2 != "_edited"}
+                r = {k2: v for k2, v in r.items() if not k2.startswith("_")}
                 if r["id"] not in by_id:
                     manifest.append(r)
                 records.append(r)
@@ -238,7 +241,53 @@ class TripletWriter:
                    if kept else None,
                    "per_edit": per_attr}
         atomic_write_json(self.out / "summary.json", summary)
+        atomic_write_text(self.out / "report.html", report_html(kept, summary))
         return summary
+
+
+def _caption_diff(source: str, target: str) -> str:
+    import difflib
+    import html
+
+    a, b = source.split(), target.split()
+    parts = []
+    for op, a0, a1, b0, b1 in difflib.SequenceMatcher(a=a, b=b, autojunk=False).get_opcodes():
+        if op == "equal":
+            parts.append(html.escape(" ".join(a[a0:a1])))
+        else:
+            if a1 > a0:
+                parts.append(f"<del>{html.escape(' '.join(a[a0:a1]))}</del>")
+            if b1 > b0:
+                parts.append(f"<ins>{html.escape(' '.join(b[b0:b1]))}</ins>")
+    return " ".join(parts)
+
+
+def report_html(kept: list[dict], summary: dict, per_type: int = 6) -> str:
+    """reference | edited | caption diff | attention map of the changed word, per edit type; then the counts."""
+    import html
+
+    groups: dict[str, list[dict]] = {}
+    for r in kept:
+        groups.setdefault(f"{r['attribute']} {'+' if r['direction'] > 0 else '-'}", []).append(r)
+    rows = ["<!doctype html><meta charset='utf-8'><title>Text counterfactual triplets</title>",
+            "<style>body{font-family:sans-serif} img{width:84px;image-rendering:pixelated} td{padding:4px}"
+            " del{color:#b00} ins{color:#070}</style>",
+            "<h1>Text counterfactual triplets</h1>",
+            f"<p>{summary['kept']} kept of {summary['candidates']} candidates (pass rate {summary['pass_rate']}).</p>"]
+    for name in sorted(groups):
+        rows.append(f"<h2>{html.escape(name)}</h2><table><tr><th>reference</th><th>edited</th><th>caption diff</th>"
+                    "<th>modification</th><th>attention of the changed word</th><th>measured change</th></tr>")
+        for r in groups[name][:per_type]:
+            cf = f"cf-{r['pairid']:08d}.png"
+            rows.append(f"<tr><td><img src='images/mm-{r['reference_index']:05d}.png'></td><td><img src='images/{cf}'></td>"
+                        f"<td>{_caption_diff(r['caption'], r['target_caption'])}</td><td>{html.escape(r['modification'])}</td>"
+                        f"<td><img src='attention/{cf}'></td><td>{r['attribute']} {r['change']:+.3g}</td></tr>")
+        rows.append("</table>")
+    rows.append("<h2>Counts per edit</h2><table><tr><th>edit</th><th>candidates</th><th>kept</th></tr>")
+    for k, v in sorted(summary["per_edit"].items()):
+        rows.append(f"<tr><td>{html.escape(k)}</td><td>{v['candidates']}</td><td>{v['kept']}</td></tr>")
+    rows.append("</table>")
+    return "\n".join(rows) + "\n"
 
 
 def write_triplets(cfg: TripletConfig, pipe: TextEditPipeline | None = None, progress: bool = True) -> dict:

@@ -87,3 +87,18 @@ def test_cli_edit_writes_outputs_and_rejects_bad_input(tmp_path):
         lines = r.stderr.strip().splitlines()
         assert len(lines) == 1 and needle in lines[0] and "Traceback" not in r.stderr
         assert not (tmp_path / "bad").exists()
+
+
+def test_shipped_text2image_weights_load_and_edit():
+    from counterfactory.models.text2image import DEFAULT_TEXT2IMAGE_DIR
+
+    if not (DEFAULT_TEXT2IMAGE_DIR / "text2image.json").is_file():
+        pytest.skip("weights/text2image not present")
+    card = (DEFAULT_TEXT2IMAGE_DIR / "MODEL_CARD.md").read_text()
+    assert "Command" in card and "Steps" in card and (DEFAULT_TEXT2IMAGE_DIR / "sample_grid.png").is_file()
+    pipe = TextEditPipeline.from_pretrained()
+    assert all(p.suffix != ".bin" for p in DEFAULT_TEXT2IMAGE_DIR.rglob("*"))
+    img = _digits(1)
+    out = pipe(img, SRC, TGT, num_inference_steps=2)
+    assert out.images.shape == img.shape and torch.equal(out.source_images, img)
+    assert out.changed_words[0] == (["thin"], ["thick"])

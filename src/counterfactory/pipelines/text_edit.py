@@ -84,6 +84,22 @@ def p2p_sample(unet, scheduler, inv: Inversion, cond_src: torch.Tensor, cond_tgt
     return src, tgt, rows / n
 
 
+@torch.no_grad()
+def generate(model: Text2ImageModel, prompts: Sequence[str], num_inference_steps: int = 20,
+             guidance_scale: float = 3.0, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Text-to-image sampling (DDIM from seeded noise, classifier-free guidance): (B,C,H,W) in [0,1]."""
+    cond = model.encode(list(prompts), "prompts")
+    null = model.encode([""] * len(prompts))
+    c, s = model.cfg.in_channels, model.cfg.sample_size
+    x = torch.randn((len(prompts), c, s, s), generator=generator).to(model.device)
+    ts, stride = sampling_schedule(model.scheduler, num_inference_steps)
+    for t in ts:
+        e = model.unet(torch.cat([x, x]), t, encoder_hidden_states=torch.cat([null, cond])).sample
+        eu, ec = e.chunk(2)
+        x = sample_step(model.scheduler, x, eu + guidance_scale * (ec - eu), t, stride)
+    return from_model_space(x).clamp(0, 1).cpu()
+
+
 class TextEditPipeline:
     """Edit real digits with the compact text-to-image model (or any model of the same interface)."""
 
@@ -168,4 +184,4 @@ class TextEditPipeline:
                               edit_types=list(controller.edit_types), unet_calls=inv.unet_calls + calls)
 
 
-__all__ = ["TextEditPipeline", "TextEditOutput", "p2p_sample", "changed_words"]
+__all__ = ["TextEditPipeline", "TextEditOutput", "p2p_sample", "changed_words", "generate"]

@@ -94,7 +94,7 @@ class WordTokenizer:
         if not isinstance(texts, (list, tuple)) or not all(isinstance(t, str) for t in texts):
             raise input_error(argument, texts, "a string or a list of strings")
         encs = self.tok.encode_batch(list(texts))
-        for text, enc in zip(texts, encs):
+        for text in texts:
             words = self._raw.encode(text, add_special_tokens=False)
             bad = [text[a:b] for (a, b), i in zip(words.offsets, words.ids) if i == self.unk_id]
             if bad:

@@ -24,6 +24,7 @@ COMMAND_MODULES = [
     "counterfactory.cli.insert",
     "counterfactory.cli.masks",
     "counterfactory.cli.retrieval",
+    "counterfactory.cli.text",
 ]
 
 

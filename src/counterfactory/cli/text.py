@@ -5,13 +5,24 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from ._args import loop_args, loop_config, nonneg_float, positive_int, set_threads, threads_arg
+from ._args import (
+    bound_loop_flags,
+    check_out,
+    loop_args,
+    loop_config,
+    nonneg_float,
+    positive_int,
+    seed_arg,
+    set_threads,
+    threads_arg,
+)
 
 
 def cmd_train_text2image(args) -> int:
     from ..models.text2image import Text2ImageConfig
     from ..training.text2image import Text2ImageTrainConfig, check_data, train_text2image
 
+    check_out(args.out, inputs={"--data": args.data})
     set_threads(args)
     check_data(args.data)
     model = Text2ImageConfig(block_out_channels=tuple(args.channels))
@@ -60,9 +71,7 @@ def cmd_edit(args) -> int:
     _fraction("--self-replace-steps", args.self_replace_steps)
     if args.guidance_scale < 1:
         raise input_error("--guidance-scale", args.guidance_scale, "a number >= 1")
-    out = Path(args.out)
-    if out.exists() and not out.is_dir():
-        raise input_error("--out", str(out), "a folder (it holds the edited image and the attention map)")
+    out = check_out(args.out, inputs={"--image": args.image, "--model": args.model})
     pipe = TextEditPipeline.from_pretrained(args.model)
     from PIL import Image, UnidentifiedImageError
 
@@ -110,6 +119,7 @@ def cmd_triplets(args) -> int:
     set_threads(args)
     if not Path(args.data).is_dir():
         raise input_error("--data", args.data, "a Morpho-MNIST folder (e.g. ../shared/data/morphomnist)")
+    check_out(args.out, inputs={"--data": args.data, "--model": getattr(args, "model", None)})
     _fraction("--cross-replace-steps", args.cross_replace_steps)
     _fraction("--self-replace-steps", args.self_replace_steps)
     cfg = TripletConfig(out=args.out, data=args.data, n=args.n, split=args.split, seed=args.seed,
@@ -137,6 +147,7 @@ def register(sub) -> None:
                    help="fraction of empty captions, for classifier-free guidance (default 0.1)")
     p.add_argument("--limit", type=positive_int("--limit"), default=None, help="only the first N train images")
     loop_args(p, steps=4000, lr=1e-3, batch=32, ckpt=100)
+    bound_loop_flags(p)
     p.set_defaults(func=cmd_train_text2image)
 
     p = sub.add_parser("edit", help="edit one digit from a source caption to a target caption (inversion + prompt-to-prompt)",
@@ -166,7 +177,7 @@ def register(sub) -> None:
     p.add_argument("--n", type=positive_int("--n"), default=1000, help="kept triplets wanted (default 1000)")
     p.add_argument("--split", default="train", choices=["train", "val", "test"],
                    help="the fixed split supplying reference digits (default train)")
-    p.add_argument("--seed", type=int, default=0, help="seed (default 0); same seed, same files")
+    p.add_argument("--seed", type=seed_arg(), default=0, help="seed (default 0); same seed, same files")
     p.add_argument("--batch-size", type=positive_int("--batch-size"), default=32, help="edits per batch (default 32)")
     p.add_argument("--max-candidates", type=positive_int("--max-candidates"), default=None,
                    help="stop after this many candidates (default 10 x --n)")

@@ -8,10 +8,12 @@ the server serves nothing but what it made: no extra ``allowed_paths``, never ``
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import os
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -223,6 +225,34 @@ def _theme():
     return gr.themes.Default(font=sans, font_mono=mono)
 
 
+@contextlib.contextmanager
+def _patient_start_check(seconds: float = 60.0):
+    """gradio checks that its own page answers within one 3 s request, else refuses to start without
+    ``share``; on a busy machine the first answer can take longer, so the check waits up to ``seconds``."""
+    from gradio import networking
+
+    original = networking.url_ok
+
+    def url_ok(url: str) -> bool:
+        import httpx
+
+        t0 = time.time()
+        while time.time() - t0 < seconds:
+            try:
+                if httpx.head(url, timeout=10).status_code < 400:
+                    return True
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.5)
+        return False
+
+    networking.url_ok = url_ok
+    try:
+        yield
+    finally:
+        networking.url_ok = original
+
+
 def launch(out: str | Path = "ui_out", host: str = "127.0.0.1", port: int = 7860, base: str | None = None,
            adapter: str | None = None, reference_adapter: str | None = None, open_browser: bool = False,
            block: bool = True, quiet: bool = False):
@@ -240,9 +270,10 @@ def launch(out: str | Path = "ui_out", host: str = "127.0.0.1", port: int = 7860
     app = build_app(out, base=base, adapter=adapter, reference_adapter=reference_adapter)
     app.queue(default_concurrency_limit=1)
     try:
-        app.launch(server_name=host, server_port=port, share=False, allowed_paths=[], inbrowser=open_browser,
-                   prevent_thread_lock=not block, quiet=quiet, show_error=False, theme=_theme(),
-                   footer_links=[], ssr_mode=False, mcp_server=False, pwa=False)
+        with _patient_start_check():
+            app.launch(server_name=host, server_port=port, share=False, allowed_paths=[], inbrowser=open_browser,
+                       prevent_thread_lock=not block, quiet=quiet, show_error=False, theme=_theme(),
+                       footer_links=[], ssr_mode=False, mcp_server=False, pwa=False)
     except OSError as exc:
         raise input_error("port", port, f"a free port on {host} ({exc})") from None
     return app

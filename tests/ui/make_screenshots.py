@@ -54,7 +54,9 @@ def main():
     try:
         open_page(d, f"http://127.0.0.1:{port}/")
         # ---- train a small adapter from the app
-        d.find_element(By.XPATH, "//*[contains(text(), 'train a small adapter')]").click()
+        header = [e for e in d.find_elements(By.XPATH, "//*[@id='train-accordion']//*[contains(text(), 'train a small adapter')]")
+                  if e.is_displayed()]
+        d.execute_script("arguments[0].click()", header[0])
         time.sleep(1)
         steps = d.find_element(By.ID, "train-accordion").find_elements(By.CSS_SELECTOR, "input[type=number]")[0]
         steps.send_keys(Keys.CONTROL, "a")

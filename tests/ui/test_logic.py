@@ -144,3 +144,20 @@ def test_train_small_adapter_on_procedural_surfaces(tmp_path, tiny_base):
     assert logic.damage_types(logic.Models(tiny_base), str(path)) == cfg["types"]
     with pytest.raises(InputError, match=r"^training data=.*missing"):
         logic.train_small_adapter(tmp_path, str(tmp_path / "missing"), steps=2, base=str(tiny_base))
+
+
+def test_step_progress_uses_callback_on_step_end_when_the_pipeline_has_it():
+    class WithCallback:
+        def __call__(self, image, callback_on_step_end=None):
+            return None
+
+    class Without:
+        def __call__(self, image):
+            return None
+
+    seen = []
+    kw = logic._step_hook(WithCallback(), lambda f, t: seen.append((f, t)), 0.5, 0.5, "seed 1", 4)
+    for k in range(4):
+        assert kw["callback_on_step_end"](None, k, 999 - k, {"latents": k}) == {"latents": k}
+    assert seen[0] == (0.625, "seed 1: step 1/4") and seen[-1] == (1.0, "seed 1: step 4/4")
+    assert logic._step_hook(Without(), lambda f, t: None, 0, 1, "x", 4) == {}  # progress then comes from tqdm

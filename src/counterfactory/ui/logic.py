@@ -219,7 +219,7 @@ class RunResult:
     seconds: float = 0.0
 
 
-def _step_hook(pipe, progress: Progress, done: float, share: float, label: str) -> dict:
+def _step_hook(pipe, progress: Progress, done: float, share: float, label: str, steps: int) -> dict:
     """Per-step progress: the pipeline's ``callback_on_step_end`` when it has one (diffusers' convention);
     otherwise the caller tracks the pipeline's own progress bar (gradio's ``track_tqdm``)."""
     import inspect
@@ -228,8 +228,8 @@ def _step_hook(pipe, progress: Progress, done: float, share: float, label: str) 
         return {}
 
     def callback(_pipe, step, _timestep, kwargs):
-        total = max(int(getattr(_pipe, "num_timesteps", 0) or 0), step + 1)
-        progress(done + share * (step + 1) / total, f"{label}: step {step + 1}/{total}")
+        k = min(step + 1, steps)
+        progress(done + share * k / steps, f"{label}: step {k}/{steps}")
         return kwargs
 
     return {"callback_on_step_end": callback}
@@ -299,7 +299,7 @@ def run_defect(models: Models, out_root: str | Path, image: np.ndarray, mask: np
             progress(i / n, label)
             out = pipe(x, m, defect_type=dtype, num_inference_steps=steps, guidance_scale=float(guidance_scale),
                        generator=torch.Generator().manual_seed(s), output_type="np",
-                       **_step_hook(pipe, progress, i / n, 1 / n, label))
+                       **_step_hook(pipe, progress, i / n, 1 / n, label, steps))
             results.append(out.images[0])
     progress(1.0, "writing files")
     inp = to_u8(image)
@@ -337,7 +337,7 @@ def run_reference(models: Models, out_root: str | Path, image: np.ndarray, refer
             progress(i / n, label)
             out = pipe(x, ref, box=box, num_inference_steps=steps, guidance_scale=float(guidance_scale),
                        generator=torch.Generator().manual_seed(s), output_type="np",
-                       **_step_hook(pipe, progress, i / n, 1 / n, label))
+                       **_step_hook(pipe, progress, i / n, 1 / n, label, steps))
             results.append(out.images[0])
     progress(1.0, "writing files")
     mask = box_mask(box, image.shape[:2])[0].numpy().astype(np.float32)

@@ -42,15 +42,25 @@ pytestmark = pytest.mark.skipif(
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory, tiny_base, tiny_adapter, ui_ref_adapter):
+    import tqdm
+    import tqdm.auto
+
     from counterfactory.ui.app import launch
 
     before = os.environ.get("GRADIO_TEMP_DIR")
+    auto_tqdm = tqdm.auto.tqdm
     out = tmp_path_factory.mktemp("ui_out")
     port = free_port()
     app = launch(out=out, port=port, base=str(tiny_base), adapter=str(tiny_adapter),
                  reference_adapter=str(ui_ref_adapter), block=False, quiet=True)
     yield f"http://127.0.0.1:{port}/", out
     app.close()
+    # gradio's progress tracking patches tqdm process-wide; the other tests get tqdm back as it was
+    for name in ("__init__", "update", "close", "__exit__", "__iter__"):
+        orig = f"__{name.strip('_')}__orig__"
+        if hasattr(tqdm.tqdm, orig):
+            setattr(tqdm.tqdm, name, getattr(tqdm.tqdm, orig))
+    tqdm.auto.tqdm = auto_tqdm
     if before is None:
         os.environ.pop("GRADIO_TEMP_DIR", None)
     else:

@@ -25,6 +25,7 @@ COMMAND_MODULES = [
     "counterfactory.cli.masks",
     "counterfactory.cli.retrieval",
     "counterfactory.cli.text",
+    "counterfactory.cli.ui",
 ]
 
 

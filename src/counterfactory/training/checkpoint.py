@@ -172,6 +172,9 @@ def describe_data_change(saved: Any, mine: Any) -> str | None:
     if saved == mine:
         return None
     if not (isinstance(saved, dict) and isinstance(mine, dict) and "files" in saved and "files" in mine):
+        if isinstance(saved, dict) and isinstance(mine, dict):
+            parts = sorted(k for k in set(saved) | set(mine) if saved.get(k) != mine.get(k))
+            return f"data changed since the run started ({', '.join(parts)} differ)"
         return "data changed since the run started"
     if saved.get("path") != mine.get("path"):
         return f"the run was started on data {saved.get('path')}, not {mine.get('path')}"

@@ -81,11 +81,11 @@ class LoopConfig:
             raise ConfigError(f"gradient_accumulation_steps={self.gradient_accumulation_steps!r}: an integer >= 1")
 
 
-def _accelerator(cfg: LoopConfig, out: Path) -> Accelerator:
-    cpu = not torch.cuda.is_available()
+def _accelerator(cfg: LoopConfig, out: Path, cpu: bool = False) -> Accelerator:
+    cpu = cpu or not torch.cuda.is_available()
     state = AcceleratorState._shared_state
-    if state and (state.get("_mixed_precision") != cfg.mixed_precision or (cpu and state.get("device") is not None
-                                                                            and state["device"].type != "cpu")):
+    if state and (state.get("_mixed_precision") != cfg.mixed_precision
+                  or (state.get("device") is not None and (state["device"].type == "cpu") != cpu)):
         # a process may train several runs with different precision one after the other (tests, notebooks);
         # only the per-run part of accelerate's state is reset, never the distributed one
         AcceleratorState._reset_state(reset_partial_state=False)
@@ -108,17 +108,17 @@ class Trainer:
 
     By default one AdamW over the trainable parameters with a linear warm-up; a task with other needs passes
     ``optimizers`` (name -> optimizer over parameters of ``module``) and ``lr_lambdas`` (name -> factor of
-    the step; default: the warm-up).
+    the step; default: the warm-up). ``cpu=True`` trains on the CPU even where a GPU exists.
     """
 
     def __init__(self, module: nn.Module, loss_fn: LossFn, config: LoopConfig, out: str | Path, identity: dict,
                  progress: bool = True, *, optimizers: Mapping[str, torch.optim.Optimizer] | None = None,
-                 lr_lambdas: Mapping[str, Callable[[int], float]] | None = None):
+                 lr_lambdas: Mapping[str, Callable[[int], float]] | None = None, cpu: bool = False):
         self.config = config
         self.out = Path(out)
         self.identity = json.loads(json.dumps(identity, default=str))
         self.loss_fn = loss_fn
-        self.accelerator = _accelerator(config, self.out)
+        self.accelerator = _accelerator(config, self.out, cpu)
         self.names = [n for n, p in module.named_parameters() if p.requires_grad]
         if not self.names:
             raise ConfigError("module has no trainable parameters")

@@ -179,12 +179,29 @@ class Trainer:
             return write_checkpoint(self.ckpt_root, self.step, parts, state, keep=self.config.keep_checkpoints)
         return self.ckpt_root / f"step-{self.step:07d}"
 
-    def load_checkpoint(self, d: Path) -> None:
-        state, parts = read_checkpoint(d)
+    def _check_identity(self, state: dict) -> None:
         why = identity_mismatch(_comparable(state.get("identity", {})), _comparable(self.identity))
         if why is not None:
             raise CheckpointError(f"out={self.out} holds a run with other settings ({why}): "
                                   "use a new output folder, or the same settings and data to resume")
+
+    def check_resumable(self) -> Path | None:
+        """The checkpoint a :meth:`run` would resume from (None: a fresh run); refuses one of another run.
+
+        Tasks call it before writing anything of their own into ``out`` (e.g. the recorded split).
+        """
+        latest = self.latest_checkpoint()
+        if latest is not None:
+            try:
+                state = json.loads((latest / "state.json").read_text())
+            except (OSError, json.JSONDecodeError) as exc:
+                raise CheckpointError(f"checkpoint={latest}: unreadable state.json ({exc}); use a new output folder") from None
+            self._check_identity(state)
+        return latest
+
+    def load_checkpoint(self, d: Path) -> None:
+        state, parts = read_checkpoint(d)
+        self._check_identity(state)
         if "optimizers" not in state:
             raise CheckpointError(f"checkpoint={d}: written by an older version of the training loop; "
                                   "start the run again in a new output folder")

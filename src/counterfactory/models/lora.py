@@ -277,7 +277,7 @@ def save_lora(
     ``metadata`` (JSON-serialisable mapping) is stored in the file's safetensors metadata and comes back from
     :func:`load_lora` / :func:`read_lora_metadata`. The file loads with stock ``pipe.load_lora_weights(directory)``.
     """
-    from safetensors.torch import save
+    from ..io.tensors import safetensors_bytes  # metadata in sorted order: byte-reproducible files
 
     if metadata is not None and not isinstance(metadata, Mapping):
         raise input_error("metadata", metadata, "a JSON-serialisable dict, or None")
@@ -295,7 +295,7 @@ def save_lora(
         _DIFFUSERS_CONFIG_KEY: json.dumps(_config_metadata(unet.peft_config[adapter_name]), sort_keys=True),
         METADATA_KEY: user_json,
     }
-    return atomic_write_bytes(directory / LORA_WEIGHT_NAME, save(tensors, metadata=header))
+    return atomic_write_bytes(directory / LORA_WEIGHT_NAME, safetensors_bytes(tensors, header))
 
 
 def _weights_file(dir_or_file: str | os.PathLike) -> Path:

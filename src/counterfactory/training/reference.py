@@ -60,7 +60,15 @@ from ..models.reference import (
 )
 from ..sampling.inpaint import to_working_resolution
 from .checkpoint import data_identity, run_identity, step_generator
-from .inpaint import ATTENTION_TARGETS, CONV_TARGETS, _move_space, inpaint_loss, load_base, record_split, split_digest
+from .inpaint import (
+    ATTENTION_TARGETS,
+    CONV_TARGETS,
+    _move_space,
+    inpaint_loss,
+    load_base,
+    record_split,
+    split_digest,
+)
 from .trainer import LoopConfig, Trainer
 
 

@@ -29,7 +29,7 @@ from diffusers.optimization import get_constant_schedule_with_warmup
 from torch import nn
 from tqdm.auto import tqdm
 
-from ..errors import ConfigError, CheckpointError, TrainingError
+from ..errors import CheckpointError, ConfigError, TrainingError
 from ..io.manifest import atomic_path, atomic_write_json
 from .checkpoint import (
     identity_mismatch,

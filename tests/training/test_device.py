@@ -160,3 +160,15 @@ def test_toy_trainer_runs_on_the_gpu(tmp_path):
     t, _ = _toy(tmp_path)
     t.run()
     assert t.accelerator.device.type == "cuda" and all(p.device.type == "cuda" for p in t._params.values())
+
+
+def test_losses_reach_tensorboard_through_accelerate(tmp_path):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    t, _ = _toy(tmp_path)
+    t.run()
+    events = EventAccumulator(str(tmp_path / "tensorboard"))
+    events.Reload()
+    assert [e.step for e in events.Scalars("loss")] == [1, 2, 3]
+    assert [round(e.value, 5) for e in events.Scalars("loss")] == [round(v, 5) for _, v in t.history]

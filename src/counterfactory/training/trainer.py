@@ -175,6 +175,8 @@ class Trainer:
         state = {"identity": self.identity, "optimizers": opt_rest, "ema": ema_rest,
                  "schedulers": {k: s.state_dict() for k, s in self.schedulers.items()},
                  "history": self.history[-2000:]}
+        if self.accelerator.scaler is not None:  # fp16 loss scale: plain numbers
+            state["grad_scaler"] = self.accelerator.scaler.state_dict()
         if self.accelerator.is_main_process:
             return write_checkpoint(self.ckpt_root, self.step, parts, state, keep=self.config.keep_checkpoints)
         return self.ckpt_root / f"step-{self.step:07d}"
@@ -211,9 +213,10 @@ class Trainer:
                 p.copy_(parts["trainable"][n])
         if self.ema is not None and "ema" in parts:
             self.ema.load_state_dict({**state["ema"], "shadow_params": [parts["ema"][n].to(device) for n in self.names]})
-        for name, opt in self.optimizers.items():
-            tensors = {k: v.to(device) for k, v in parts.get("optimizer", {}).items()}
-            restore_optimizer(name, opt, tensors, state["optimizers"][name])
+        for name, opt in self.optimizers.items():  # load_state_dict puts each state tensor where torch wants it
+            restore_optimizer(name, opt, parts.get("optimizer", {}), state["optimizers"][name])
+        if self.accelerator.scaler is not None and state.get("grad_scaler"):
+            self.accelerator.scaler.load_state_dict(state["grad_scaler"])
         for k, s in self.schedulers.items():
             s.load_state_dict(state["schedulers"][k])
         self.step = int(state["step"])

@@ -15,6 +15,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import numbers
 import time
 import warnings
 from collections.abc import Callable, Mapping
@@ -23,7 +24,7 @@ from pathlib import Path
 
 import torch
 from accelerate import Accelerator
-from accelerate.state import AcceleratorState
+from accelerate.state import AcceleratorState, PartialState
 from accelerate.utils import ProjectConfiguration
 from diffusers.optimization import get_constant_schedule_with_warmup
 from torch import nn
@@ -63,7 +64,7 @@ class LoopConfig:
     gradient_accumulation_steps: int = 1  # micro-batches per optimisation step (each of the task's batch size)
 
     def __post_init__(self):
-        if isinstance(self.steps, bool) or not isinstance(self.steps, int) or self.steps < 1:
+        if isinstance(self.steps, bool) or not isinstance(self.steps, numbers.Integral) or self.steps < 1:
             raise ConfigError(f"steps={self.steps!r}: an integer >= 1")
         if not (self.lr > 0 and math.isfinite(self.lr)):
             raise ConfigError(f"lr={self.lr}: a positive number")
@@ -76,18 +77,21 @@ class LoopConfig:
         if self.mixed_precision == "fp16" and not torch.cuda.is_available():
             raise ConfigError("mixed_precision='fp16': needs a CUDA GPU and none is available; "
                               "allowed on CPU: 'no' or 'bf16'")
-        if (isinstance(self.gradient_accumulation_steps, bool) or not isinstance(self.gradient_accumulation_steps, int)
+        if (isinstance(self.gradient_accumulation_steps, bool)
+                or not isinstance(self.gradient_accumulation_steps, numbers.Integral)
                 or self.gradient_accumulation_steps < 1):
             raise ConfigError(f"gradient_accumulation_steps={self.gradient_accumulation_steps!r}: an integer >= 1")
 
 
 def _accelerator(cfg: LoopConfig, out: Path, cpu: bool = False) -> Accelerator:
     cpu = cpu or not torch.cuda.is_available()
-    state = AcceleratorState._shared_state
-    if state and (state.get("_mixed_precision") != cfg.mixed_precision
-                  or (state.get("device") is not None and (state["device"].type == "cpu") != cpu)):
-        # a process may train several runs with different precision one after the other (tests, notebooks);
-        # only the per-run part of accelerate's state is reset, never the distributed one
+    # a process may train several runs one after the other (tests, notebooks, the causal stages on the CPU then an
+    # adapter on the GPU): accelerate keeps its device and precision process-wide, so they are reset when they
+    # differ; never in a multi-process launch
+    device = PartialState._shared_state.get("device")
+    if device is not None and (device.type == "cpu") != cpu and PartialState._shared_state.get("num_processes", 1) == 1:
+        AcceleratorState._reset_state(reset_partial_state=True)
+    elif AcceleratorState._shared_state.get("_mixed_precision", cfg.mixed_precision) != cfg.mixed_precision:
         AcceleratorState._reset_state(reset_partial_state=False)
     project = ProjectConfiguration(project_dir=str(out), logging_dir=str(out))
     with warnings.catch_warnings():

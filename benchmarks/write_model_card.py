@@ -18,7 +18,7 @@ def main() -> None:
     ap.add_argument("--run", required=True, help="train-base output folder")
     ap.add_argument("--weights", default="weights", help="folder holding the shipped compact_inpaint.* files")
     ap.add_argument("--command", required=True, action="append",
-                    help="the exact command that trained it; repeat once per session when the run was resumed")
+                    help="the exact command that trained it; repeat once per resumed run")
     ap.add_argument("--machine", default="2 CPU cores (shared with other jobs while it ran), no GPU")
     ap.add_argument("--quality", default=None,
                     help="a file with the output of benchmarks/base_quality.py to quote in the card")
@@ -29,7 +29,7 @@ def main() -> None:
     rows = list(csv.DictReader((run / "log.csv").open()))
     marks = [rows[i] for i in sorted({0, len(rows) // 4, len(rows) // 2, 3 * len(rows) // 4, len(rows) - 1})]
     curve = "\n".join(f"| {r['step']} | {float(r['loss']):.4f} | {r['seconds']} |" for r in marks)
-    # the seconds column restarts at every resumed session: wall time is the sum over sessions
+    # the seconds column restarts at every resume: wall time is the sum over the runs
     sessions, wall, last = 1, 0.0, 0.0
     for r in rows:
         t = float(r["seconds"])
@@ -71,11 +71,11 @@ Masks: random strokes (thin and thick), blobs and boxes, 0.5–50 % of the crop.
 were used: the base learns to fill a region from its context; damage types come from an adapter.
 
 ## Training
-- Command{"s (one per session; each resumed the run from its checkpoints)" if len(args.command) > 1 else ""}:
+- Command{"s (each after the first resumed the run from its checkpoints)" if len(args.command) > 1 else ""}:
 {commands}
 - Steps: {summary["steps"]} (batch 16, AdamW lr 1e-3, 50 warm-up steps, grad-clip 1.0, EMA 0.995 — the shipped
   weights are the EMA); seed {cfg.get("extra", {}).get("seed", 0)}; loss weighted 1 inside the mask, 0.1 outside.
-- {stop}, after {wall / 60:.0f} min of wall time in {sessions} session(s) on {args.machine}.
+- {stop}, after {wall / 60:.0f} min of wall time in {sessions} run(s) on {args.machine}.
   The same command with a larger `--steps` and the same `--out` resumes the run from its checkpoints.
 - Final loss (mean of the last 50 steps): {summary["final_loss"]:.4f}. Trend: the mean logged loss of the last
   fifth of the run is {trend:.3f}× that of the fifth before it{" (still falling)" if trend < 0.97 else " (flat)"}.

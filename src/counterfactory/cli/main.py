@@ -21,6 +21,7 @@ COMMAND_MODULES = [
     "counterfactory.cli.cft",
     "counterfactory.cli.evaluate",
     "counterfactory.cli.insert",
+    "counterfactory.cli.masks",
 ]
 
 

@@ -19,7 +19,7 @@ def cmd_train_base(args) -> int:
     model = CompactConfig(sample_size=args.resolution, block_out_channels=tuple(args.channels),
                           prediction_type=args.prediction_type)
     cfg = BaseTrainConfig(out=args.out, data=args.data, split=args.split, batch_size=args.batch_size,
-                          pool_size=args.pool_size, max_crop=args.max_crop, model=model,
+                          pool_size=args.pool_size, max_crop=args.max_crop, model=model, init=args.init,
                           loop=loop_config(args, warmup=50))
     summary = train_base(cfg, progress=not args.quiet)
     print(json.dumps(summary))
@@ -118,6 +118,9 @@ def register(sub) -> None:
     p.add_argument("--data", default="procedural",
                    help="'procedural' (embedded surfaces, default) or a dataset folder (its training good images)")
     p.add_argument("--split", default=None, help="split file from `counterfactory data split` (dataset folders only)")
+    p.add_argument("--init", default=None, metavar="BASE",
+                   help="start from this compact base's weights (e.g. weights/ to fine-tune the shipped base on your "
+                        "defect-free images); default: random initialisation")
     p.add_argument("--pool-size", type=positive_int("--pool-size"), default=1500,
                    help="procedural surfaces rendered once and cropped at random (default 1500)")
     p.add_argument("--max-crop", type=positive_int("--max-crop"), default=None,

@@ -24,7 +24,9 @@ from ..io.manifest import atomic_path, atomic_write_json
 
 WEIGHTS_FILE = "compact_inpaint.safetensors"
 CONFIG_FILE = "compact_inpaint.json"
-DEFAULT_WEIGHTS_DIR = Path(__file__).resolve().parents[3] / "weights"
+# The shipped weights are package data (counterfactory/weights, which links to the repository's weights/ in a
+# source checkout); COUNTERFACTORY_WEIGHTS points elsewhere, e.g. at a copy on shared storage.
+DEFAULT_WEIGHTS_DIR = Path(os.environ.get("COUNTERFACTORY_WEIGHTS") or Path(__file__).resolve().parent.parent / "weights")
 PREDICTION_TYPES = ("sample", "epsilon", "v_prediction")
 
 

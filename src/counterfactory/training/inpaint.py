@@ -72,6 +72,7 @@ class BaseTrainConfig:
     pool_image_size: int = 128
     max_crop: int | None = None  # largest random crop side (pixels) before resizing; None = the image's shorter side
     outside_weight: float = 0.1
+    init: str | None = None  # a compact base folder whose weights start the run (fine-tuning); None: random init
     model: CompactConfig = field(default_factory=CompactConfig)
     loop: LoopConfig = field(default_factory=LoopConfig)
 
@@ -145,6 +146,18 @@ def train_base(cfg: BaseTrainConfig, progress: bool = True) -> dict:
     """Train the compact base; writes checkpoints and, at the end, ``compact_inpaint.safetensors`` in ``cfg.out``."""
     out = Path(cfg.out)
     model = build_compact(cfg.model, seed=cfg.loop.seed)
+    init_sha = None
+    if cfg.init is not None:
+        from ..io.manifest import sha256_file
+        from ..models.compact import WEIGHTS_FILE, load_compact
+
+        start = load_compact(cfg.init)
+        if start.config.to_dict() | {"extra": None} != model.config.to_dict() | {"extra": None}:
+            raise input_error("init", cfg.init, "a compact base with the same architecture as the model being trained "
+                                                "(resolution, channels, prediction type)")
+        model.load_state_dict(start.state_dict())
+        model.train().requires_grad_(True)
+        init_sha = sha256_file(Path(cfg.init) / WEIGHTS_FILE)
     train_sched = DDPMScheduler(num_train_timesteps=cfg.model.num_train_timesteps, beta_schedule=cfg.model.beta_schedule,
                                 prediction_type=cfg.model.prediction_type, clip_sample=False)
     if cfg.data == "procedural":
@@ -166,6 +179,9 @@ def train_base(cfg: BaseTrainConfig, progress: bool = True) -> dict:
     identity = run_identity("train-base", cfg, data=data_id, split=split_id)
     if cfg.max_crop is None:  # runs started before the option existed stay resumable
         identity.pop("max_crop")
+    identity.pop("init")
+    if init_sha is not None:  # the starting weights are identified by content, not by their folder's name
+        identity["init_sha256"] = init_sha
     trainer = Trainer(model, loss_fn, cfg.loop, out, identity, progress=progress)
     summary = trainer.run()
     with torch.no_grad():
@@ -173,7 +189,9 @@ def train_base(cfg: BaseTrainConfig, progress: bool = True) -> dict:
         export = copy.deepcopy(model)
         for n, p in export.named_parameters():
             p.copy_(ema[n])
-    cfg_extra = {"data": cfg.data if cfg.data == "procedural" else data_id["path"], "steps": summary["steps"], "seed": cfg.loop.seed, "final_loss": summary["final_loss"]}
+    cfg_extra = {"data": cfg.data if cfg.data == "procedural" else data_id["path"], "steps": summary["steps"],
+                 "seed": cfg.loop.seed, "final_loss": summary["final_loss"],
+                 **({"init_sha256": init_sha} if init_sha else {})}
     export.config = CompactConfig.from_dict({**cfg.model.to_dict(), "extra": cfg_extra})
     save_compact(export, out)
     atomic_write_json(out / "train_summary.json", {**summary, "config": identity})

@@ -17,8 +17,8 @@ from counterfactory.data.surfaces import synth_dataset
 from counterfactory.models.compact import CompactConfig, build_compact, save_compact
 from counterfactory.models.conditioning import EMBEDDING_FILE, DamageTypeEmbedding
 from counterfactory.models.lora import LORA_WEIGHT_NAME
-from counterfactory.models.pretrained import save_tiny_sd_inpaint
 from counterfactory.pipelines.defect_inpaint import DefectInpaintPipeline
+from counterfactory.testing import save_tiny_sd_inpaint
 from counterfactory.training.inpaint import ADAPTER_CONFIG, AdapterTrainConfig, train_adapter
 from counterfactory.training.trainer import LoopConfig
 
@@ -227,3 +227,32 @@ def test_cli_train_adapter_and_generate_sd(work, tmp_path, capsys):
     err = capsys.readouterr().err
     assert rc == 2 and "'sd' base" in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "gen2" / "manifest.jsonl").exists()
+
+
+def test_sd_strength_paste_and_refine(ours):
+    """strength on the SD path: 1 is the default generation bit for bit, 0 returns the input, in between the
+    outside stays exact and the result is seeded."""
+    image, mask = _inputs(2)
+    kwargs = dict(num_inference_steps=4, guidance_scale=2.0)
+
+    def run(seed=0, **kw):
+        return ours(image, mask, ["chip", "crack"], generator=torch.Generator().manual_seed(seed), **kwargs, **kw).images
+
+    default = run()
+    assert torch.equal(run(strength=1.0), default)
+    assert torch.equal(run(strength=0.0), image)
+    half = run(strength=0.5)
+    inside = mask.expand_as(image) > 0.5
+    assert torch.equal(half[~inside], image[~inside])
+    assert torch.equal(run(strength=0.5), half) and not torch.equal(run(seed=1, strength=0.5), half)
+    assert (half - image).abs()[inside].max() > 1e-3 and not torch.equal(half, default)
+
+
+def test_sd_pipeline_save_and_load_round_trip(ours, tmp_path):
+    image, mask = _inputs(1)
+    kwargs = dict(num_inference_steps=2, guidance_scale=2.0, generator=torch.Generator().manual_seed(0))
+    ref = ours(image, mask, "chip", **kwargs).images
+    again = DefectInpaintPipeline.from_pretrained(ours.save_pretrained(tmp_path / "pipe"))
+    again.set_progress_bar_config(disable=True)
+    assert again.vae is not None and again.info["base_kind"] == "sd"
+    assert torch.equal(again(image, mask, "chip", **{**kwargs, "generator": torch.Generator().manual_seed(0)}).images, ref)

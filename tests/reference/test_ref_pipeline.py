@@ -93,8 +93,6 @@ def test_bad_region_and_arguments(pipe, kwargs, match):
 
 def test_bad_references(pipe):
     image = rand_image(0)
-    with pytest.raises(InputError, match="channels.*like its target"):
-        pipe(image, rand_image(1, c=1, h=16, w=16), box=BOX)
     with pytest.raises(InputError, match="at least 8 px"):
         pipe(image, rand_image(1, h=7, w=30), box=BOX)
     with pytest.raises(InputError, match="alpha"):
@@ -169,3 +167,31 @@ def test_gray_target_gives_gray_result(pipe):
     m = torch.zeros(48, 64, dtype=torch.bool)
     m[10:30, 20:36] = True
     assert torch.equal(res[0][~m], image[0][~m]) and not torch.equal(res[0][m], image[0][m])
+
+
+@pytest.mark.parametrize("image_c, ref_c", [(3, 1), (1, 3)], ids=["gray-reference-rgb-image", "rgb-reference-gray-image"])
+def test_reference_of_another_channel_count_is_converted_with_a_warning(pipe, image_c, ref_c):
+    """Gray reference for an RGB image: the channel repeated; RGB reference for a gray image: the channel mean.
+    Either way the call works, warns once naming the reference, and equals the call with the converted reference."""
+    image, ref = rand_image(0, c=image_c), rand_image(1, c=ref_c, h=16, w=16)
+    with pytest.warns(UserWarning, match=r"reference_image\[0\] is .* converted"):
+        out = _run(pipe, image, ref).images
+    converted = ref.expand(3, -1, -1) if ref_c == 1 else ref.mean(0, keepdim=True)
+    assert torch.equal(out, _run(pipe, image, converted).images)
+
+
+def test_strength_is_the_shared_paste_and_refine(pipe):
+    """The reference pipeline's strength is the core's: 1 = default bits, 0 = the input, between: outside exact."""
+    from counterfactory.sampling.paste import paste_defect
+
+    image, ref = rand_image(0), rand_image(1, h=16, w=12)
+    default = _run(pipe, image, ref, num_inference_steps=4).images
+    assert torch.equal(_run(pipe, image, ref, num_inference_steps=4, strength=1.0).images, default)
+    pasted, placed = paste_defect(image, ref, torch.ones(1, 16, 12), top_left=(BOX[0] + 2, BOX[1] + 2))
+    assert torch.equal(_run(pipe, pasted, ref, num_inference_steps=4, strength=0.0).images[0], pasted)
+    half = _run(pipe, pasted, ref, num_inference_steps=4, strength=0.5).images[0]
+    m = torch.zeros(48, 64, dtype=torch.bool)
+    m[BOX[1] : BOX[3], BOX[0] : BOX[2]] = True
+    assert torch.equal(half[:, ~m], pasted[:, ~m]) and not torch.equal(half[:, m], pasted[:, m])
+    with pytest.raises(InputError, match="strength"):
+        _run(pipe, image, ref, strength=1.5)

@@ -12,11 +12,18 @@ the manifest lists and redoes the rest; every item has its own seed, so a rerun 
 Mask sources: ``"held-out"`` (the real masks of the split's held-out defects of that type, after mask-aware
 augmentation, placed on the product/foreground of a defect-free image), or a folder of the user's masks
 (``<dir>/<type>/*.png``, or ``<dir>/*.png`` for every type).
+
+A folder holds one run: every record carries the run's provenance (base and adapter hashes, dataset, split, mask
+source) and sampling settings, and a rerun into a folder made with anything else is refused with the
+difference named, so two runs are never mixed. Type names come from the adapter's files and become folder
+names: each is checked (:func:`~counterfactory.io.names.check_path_name`) before anything is written.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,8 +33,9 @@ from tqdm.auto import tqdm
 from ..data.sample import GOOD, Sample
 from ..errors import input_error
 from ..io.images import IMAGE_EXTENSIONS, load_image, save_image
-from ..io.manifest import Manifest
+from ..io.manifest import Manifest, sha256_file
 from ..io.masks import bbox, read_mask
+from ..io.names import check_path_name
 from .defect_inpaint import DefectInpaintPipeline
 
 
@@ -142,38 +150,110 @@ def held_out_masks(dataset, split, types: list[str]) -> dict[str, list[tuple[str
     return split_masks(dataset, split, types, "held_out")
 
 
-def folder_masks(root: str | Path, types: list[str]) -> dict[str, list[tuple[str, torch.Tensor]]]:
+MIN_MASK_SIDE = 16  # a mask smaller than this cannot describe a defect's shape
+
+
+def folder_masks(root: str | Path, types: list[str], warn=None) -> dict[str, list[tuple[str, torch.Tensor]]]:
+    """The user's masks per type: ``<root>/<type>/*.png`` or, without such a folder, ``<root>/*.png`` for every
+    type. Empty, unreadable, all-defect, noise or tiny masks are skipped with a line to ``warn`` each."""
+    from ..data.dataset import mask_quality
+    from ..errors import InputError
+
     root = Path(root)
     if not root.is_dir():
         raise input_error("--masks", str(root), "'held-out' or an existing folder of mask images")
     out = {}
     for t in types:
-        d = root / t if (root / t).is_dir() else root
-        files = sorted(p for p in d.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS)
-        masks = [(str(p), torch.from_numpy(read_mask(p))[None]) for p in files]
-        masks = [(n, m) for n, m in masks if m.sum() > 0]
+        d = root / check_path_name(t, "types") if (root / t).is_dir() else root
+        files = sorted(p for p in d.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith("."))
+        masks = []
+        for p in files:
+            try:
+                m = read_mask(p)
+            except InputError as exc:
+                why = str(exc)
+            else:
+                why = None
+                if min(m.shape) < MIN_MASK_SIDE:
+                    why = f"a mask at least {MIN_MASK_SIDE} px on each side (this one is {m.shape[1]}x{m.shape[0]})"
+                elif not m.any():
+                    why = "a mask with defect pixels (this one is all background)"
+                elif mask_quality(m):
+                    why = mask_quality(m)[1]
+                why = why and str(input_error("mask", str(p), why))
+            if why:
+                if warn:
+                    warn(f"warning: skipped {why}")
+                continue
+            masks.append((str(p), torch.from_numpy(m)[None]))
         if not masks:
-            raise input_error("--masks", str(d), f"a folder with non-empty mask images for type {t!r}")
+            raise input_error("--masks", str(d), f"a folder with usable mask images for type {t!r} (non-empty, at "
+                                                 f"least {MIN_MASK_SIDE} px, not all defect)")
         out[t] = masks
     return out
 
 
-def _check_same_settings(records: list[dict], cfg: GenerateConfig, out: Path) -> None:
-    """A rerun resumes only a folder made with the same settings: anything else would mix two runs silently.
+def _digest(obj) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()
 
-    Provenance (file hashes) is not compared: an identical adapter re-exported by a resumed ``train-adapter``
-    can hash differently (safetensors writes its metadata map in no fixed order).
+
+def run_provenance(*, adapter: str | os.PathLike, base: str | os.PathLike | None, base_kind: str,
+                   data_root: str | os.PathLike, split, split_file: str | os.PathLike | None, masks: str,
+                   backgrounds: str) -> dict:
+    """What a generated folder is made from, recorded with every pair and compared on resume.
+
+    Weights by content (sha256 of each weights file), the dataset by resolved path, the split by a hash of its
+    members (so the same split resumes however its file is spelled), the mask source by name or resolved folder.
     """
-    diff: set[str] = set()
-    expected = {"steps": cfg.num_inference_steps, "guidance": cfg.guidance_scale, "grain_transfer": cfg.grain_transfer}
-    absent = {"grain_transfer": 0.0}  # records written before the option existed had none
+    from ..models.compact import DEFAULT_WEIGHTS_DIR, WEIGHTS_FILE
+
+    adapter = Path(adapter)
+    weights = sorted(adapter.glob("*.safetensors"))
+    adapter_cfg = json.loads((adapter / "adapter_config.json").read_text()) if (adapter / "adapter_config.json").is_file() else {}
+    base_file = Path(base or DEFAULT_WEIGHTS_DIR) / WEIGHTS_FILE if base_kind == "compact" else None
+    return {
+        "base_kind": base_kind,
+        "base_sha256": sha256_file(base_file) if base_file and base_file.is_file() else adapter_cfg.get("base_sha256"),
+        "adapter_sha256": sha256_file(adapter / "pytorch_lora_weights.safetensors")
+        if (adapter / "pytorch_lora_weights.safetensors").is_file() else None,
+        "adapter_files_sha256": _digest({f.name: sha256_file(f) for f in weights}),
+        "data": str(Path(data_root).resolve()),
+        "split_sha256": _digest({"train": split.train, "held_out": split.held_out}),
+        "masks": masks if masks in ("held-out", "train") else str(Path(masks).resolve()),
+        "backgrounds": backgrounds,
+    }
+
+
+def _settings(cfg: GenerateConfig) -> dict:
+    """The sampling settings every record carries (compared on resume)."""
+    return {"steps": cfg.num_inference_steps, "guidance": cfg.guidance_scale, "grain_transfer": cfg.grain_transfer,
+            "crop_margin": cfg.crop_margin, "foreground_overlap": cfg.foreground_overlap}
+
+
+def _check_same_run(records: list[dict], cfg: GenerateConfig, provenance: dict, out: Path) -> None:
+    """A rerun resumes only a folder made from the same inputs with the same settings: anything else would mix
+    two runs silently. Every differing field is named with the folder's value and the new one."""
+    expected = {**_settings(cfg), **provenance}
+    # fields that records written before they were recorded lack: the value they were made with
+    absent = {"grain_transfer": 0.0, "crop_margin": 0.5, "foreground_overlap": 0.9}
+    diff: dict[str, tuple] = {}
     for r in records:
-        diff |= {k for k, v in expected.items() if r.get(k, absent.get(k)) != v}
-        if "type" in r and "index" in r and r.get("seed") != item_seed(cfg.seed, r["type"], r["index"]):
-            diff.add("seed")
+        for k, v in expected.items():
+            have = r.get(k, absent.get(k, v))
+            if have != v and k not in diff:
+                diff[k] = (have, v)
+        if "type" in r and "index" in r and r.get("seed") != item_seed(cfg.seed, r["type"], r["index"]) \
+                and "seed" not in diff:
+            diff["seed"] = ("another seed", cfg.seed)
     if diff:
-        raise input_error("out", str(out), f"a new folder, or the settings its pairs were made with "
-                                           f"({', '.join(sorted(diff))} differ) to resume it")
+        named = "; ".join(f"{k}: {_short(a)} there, {_short(b)} now" for k, (a, b) in sorted(diff.items()))
+        raise input_error("out", str(out), f"a new folder, or the inputs and settings its pairs were made with to "
+                                           f"resume it ({named})")
+
+
+def _short(v) -> str:
+    t = str(v)
+    return t[:12] + "..." if len(t) > 16 and all(c in "0123456789abcdef" for c in t) else t
 
 
 def generate(pipe: DefectInpaintPipeline, backgrounds: list[Sample], masks: dict[str, list[tuple[str, torch.Tensor]]],
@@ -182,6 +262,7 @@ def generate(pipe: DefectInpaintPipeline, backgrounds: list[Sample], masks: dict
     out = Path(cfg.out)
     types = list(cfg.types or pipe.defect_types)
     for t in types:
+        check_path_name(t, "types")  # names from the adapter's files become folder names
         if t == GOOD or t not in pipe.defect_types:
             raise input_error("types", t, f"types of this adapter: {list(pipe.defect_types)}")
         if t not in masks:
@@ -190,7 +271,7 @@ def generate(pipe: DefectInpaintPipeline, backgrounds: list[Sample], masks: dict
         raise input_error("backgrounds", 0, "at least one defect-free image")
     manifest = Manifest(out / "manifest.jsonl")
     records = manifest.read()
-    _check_same_settings(records, cfg, out)
+    _check_same_run(records, cfg, dict(provenance or {}), out)
     done = {str(r["id"]) for r in records if "id" in r}
     # Items are denoised in fixed groups of ``group`` consecutive items: kernels round differently at different
     # batch compositions, so a resumed run redoes a partly finished group whole (writing only its missing items)
@@ -242,9 +323,7 @@ def generate(pipe: DefectInpaintPipeline, backgrounds: list[Sample], masks: dict
             save_image(results[k], img_path)
             save_image(msks[k], mask_path)
             manifest.append({**meta, "image": str(img_path.relative_to(out)), "mask": str(mask_path.relative_to(out)),
-                             "steps": cfg.num_inference_steps, "guidance": cfg.guidance_scale, "batch": group,
-                             "grain_transfer": cfg.grain_transfer,
-                             **(provenance or {})})
+                             **_settings(cfg), "batch": group, **(provenance or {})})
             bar.update(1)
     bar.close()
     return {"generated": len(todo), "skipped": len(items) - len(todo), "out": str(out), "batch_size": group}

@@ -2,7 +2,8 @@
 of a target image so that it looks native there, and leave every pixel outside the region bit-identical.
 
 The Paint-by-Example / AnyDoor task (diffusers' ``PaintByExamplePipeline`` is deprecated, so we own it), on the
-same mechanics as :class:`~counterfactory.pipelines.defect_inpaint.DefectInpaintPipeline`: crop-to-mask
+same core as :class:`~counterfactory.pipelines.defect_inpaint.DefectInpaintPipeline`
+(:class:`~counterfactory.pipelines.base.MaskedInpaintPipeline`): crop-to-mask
 windows at working resolution, known-region re-injection, classifier-free guidance and paste-back inside the
 region only (:func:`~counterfactory.sampling.inpaint.inpaint_windows` / :func:`~counterfactory.sampling.inpaint.denoise`).
 The one difference is where the cross-attention tokens come from: a reference encoder
@@ -18,17 +19,20 @@ from __future__ import annotations
 
 import copy
 import json
+import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
 import numpy as np
 import torch
+from diffusers.utils import BaseOutput
 from PIL import Image
 
 from ..errors import CheckpointError, input_error
 from ..io.images import as_batch, convert_output
-from ..io.masks import bbox, binarize, box_mask, check_box, group_windows
+from ..io.masks import bbox, box_mask, check_box, group_windows
 from ..models.reference import (
     MIN_REFERENCE_SIDE,
     REFERENCE_ADAPTER_CONFIG,
@@ -36,14 +40,14 @@ from ..models.reference import (
     ReferenceEncoder,
     load_reference_encoder,
 )
-from ..sampling.inpaint import PixelSpace, VaeSpace, denoise, inpaint_windows
+from .base import MaskedInpaintPipeline, check_base_hash, check_int
 
 OutputType = Literal["pt", "np", "pil"]
 MAX_BOX_FACTOR = 4  # default largest box side: 4 × the working resolution
 
 
 @dataclass
-class ReferenceInpaintOutput:
+class ReferenceInpaintOutput(BaseOutput):
     """``images``: the results (input sizes); ``masks``: (B,1,H,W) the regions that were repainted (the box,
     or the given mask); ``windows[i]``: crop windows inpainted for image i (source pixel boxes)."""
 
@@ -73,7 +77,7 @@ def image_channels(image, name: str) -> int:
     return int(c)
 
 
-class ReferenceInpaintPipeline:
+class ReferenceInpaintPipeline(MaskedInpaintPipeline):
     """Paint a reference image into a box (or mask) of each target image.
 
     Args:
@@ -85,6 +89,8 @@ class ReferenceInpaintPipeline:
         resolution: working resolution in pixels (windows around the box are resized to it).
     """
 
+    _conditioning_modules = ("reference_encoder",)
+
     def __init__(self, unet, scheduler, reference_encoder: ReferenceEncoder, vae=None, resolution: int | None = None,
                  info: dict | None = None):
         if not isinstance(reference_encoder, ReferenceEncoder):
@@ -92,35 +98,24 @@ class ReferenceInpaintPipeline:
         if reference_encoder.dim != unet.config.cross_attention_dim:
             raise input_error("reference_encoder", f"token width {reference_encoder.dim}",
                               f"the U-Net's cross_attention_dim {unet.config.cross_attention_dim}")
-        self.unet = unet.eval()
-        self.scheduler = scheduler
+        super().__init__(unet, scheduler, vae=vae, resolution=resolution, info=info)
         self.reference_encoder = reference_encoder.eval()
-        self.vae = vae.eval() if vae is not None else None
-        self.space = VaeSpace(vae) if vae is not None else PixelSpace()
-        self.resolution = int(resolution or unet.config.sample_size * self.space.scale_factor)
-        self.info = dict(info or {})
-        self._progress = {"disable": False}
 
     # ------------------------------------------------------------------ construction
     @classmethod
     def from_compact(cls, adapter: str | Path, base: str | Path | None = None, scheduler=None,
-                     encoder_weights: str | Path | None = None) -> ReferenceInpaintPipeline:
+                     encoder_weights: str | Path | None = None, resolution: int | None = None) -> ReferenceInpaintPipeline:
         """The compact base from ``base`` (default: the shipped ``weights/``) + a reference adapter folder."""
-        from ..io.manifest import sha256_file
-        from ..models.compact import DEFAULT_WEIGHTS_DIR, WEIGHTS_FILE, load_compact, make_schedulers
+        from ..models.compact import DEFAULT_WEIGHTS_DIR, load_compact, make_schedulers
 
         cfg = read_reference_adapter_config(adapter, "compact")  # a wrong adapter fails before any weights load
         model = load_compact(base)
-        if cfg.get("base_sha256"):
-            base_sha = sha256_file(Path(base or DEFAULT_WEIGHTS_DIR) / WEIGHTS_FILE)
-            if cfg["base_sha256"] != base_sha:
-                raise CheckpointError(
-                    f"reference adapter {adapter} was trained on another base (sha256 {cfg['base_sha256'][:12]}..., "
-                    f"this base {base_sha[:12]}...): pass the base it was trained on with --base")
+        check_base_hash(cfg, base, adapter, what="reference adapter")
         unet, encoder, cfg = load_reference_adapter(model.unet, adapter, "compact", encoder_weights)
-        info = {"base_kind": "compact", "base": str(base or "weights/"), "adapter": str(adapter), "adapter_config": cfg}
-        return cls(unet, scheduler or make_schedulers(model.config)[1], encoder, resolution=model.config.sample_size,
-                   info=info)
+        info = {"base_kind": "compact", "base": str(base or "weights/"), "base_dir": str(base or DEFAULT_WEIGHTS_DIR),
+                "adapter": str(adapter), "adapter_config": cfg}
+        return cls(unet, scheduler or make_schedulers(model.config)[1], encoder,
+                   resolution=resolution or model.config.sample_size, info=info)
 
     @classmethod
     def from_sd(cls, base: str | Path, adapter: str | Path, scheduler=None, allow_download: bool = False,
@@ -132,52 +127,50 @@ class ReferenceInpaintPipeline:
         parts = load_sd_inpaint(base, allow_download=allow_download)
         unet, encoder, cfg = load_reference_adapter(parts["unet"], adapter, "sd", encoder_weights)
         return cls(unet, scheduler or parts["scheduler"], encoder, vae=parts["vae"], resolution=resolution,
-                   info={"base_kind": "sd", "base": str(base), "adapter": str(adapter), "adapter_config": cfg})
+                   info={"base_kind": "sd", "base": str(base), "base_dir": str(base), "adapter": str(adapter),
+                         "adapter_config": cfg})
 
-    def set_progress_bar_config(self, **kwargs):
-        self._progress.update(kwargs)
+    @classmethod
+    def _load(cls, kind, base, adapter, *, scheduler, allow_download, resolution, encoder_weights=None, **kwargs):
+        if kwargs:
+            raise input_error("from_pretrained", sorted(kwargs), "encoder_weights as the only further keyword argument")
+        if adapter is None:
+            raise input_error("adapter", None, "a reference adapter folder (train one with `counterfactory train-reference`)")
+        if kind == "compact":
+            return cls.from_compact(adapter, base=base, scheduler=scheduler, encoder_weights=encoder_weights,
+                                    resolution=resolution)
+        return cls.from_sd(base, adapter, scheduler=scheduler, allow_download=allow_download, resolution=resolution,
+                           encoder_weights=encoder_weights)
 
     @property
     def max_box_side(self) -> int:
         return MAX_BOX_FACTOR * self.resolution
 
     # ------------------------------------------------------------------ inputs
-    def check_inputs(self, image, reference_image, box, mask_image, num_inference_steps, guidance_scale, output_type,
-                     crop_margin, mask_threshold, max_box_side):
-        """Validate and normalise; returns (images (B,3,H,W), masks (B,1,H,W) in {0,1}, references (B,3,S,S))."""
-        if isinstance(num_inference_steps, bool) or not isinstance(num_inference_steps, int) or num_inference_steps < 1:
-            raise input_error("num_inference_steps", num_inference_steps, "an integer >= 1")
-        if (isinstance(guidance_scale, bool) or not isinstance(guidance_scale, (int, float)) or guidance_scale < 0
-                or not np.isfinite(guidance_scale)):
-            raise input_error("guidance_scale", guidance_scale, "a finite number >= 0 (1 = no guidance)")
-        if output_type not in ("pt", "np", "pil"):
-            raise input_error("output_type", output_type, "one of 'pt', 'np', 'pil'")
-        if not isinstance(crop_margin, (int, float)) or not 0 <= crop_margin <= 4:
-            raise input_error("crop_margin", crop_margin, "a number in [0, 4] (context as a fraction of the box side)")
+    def check_inputs(self, image, reference_image, box=None, mask_image=None, num_inference_steps=25,
+                     guidance_scale=3.0, output_type="pt", crop_margin=0.5, mask_threshold=0.5, max_box_side=None,
+                     batch_size=16, generator=None, strength=1.0, callback_on_step_end=None,
+                     callback_on_step_end_tensor_inputs=None) -> None:
+        """Validate every argument of :meth:`__call__`; raises :class:`~counterfactory.errors.InputError` naming the
+        first bad one. Converts nothing and keeps no state."""
+        self.check_common(num_inference_steps, guidance_scale, output_type, crop_margin, mask_threshold, batch_size,
+                          strength, callback_on_step_end, callback_on_step_end_tensor_inputs)
+        if max_box_side is not None:
+            check_int("max_box_side", max_box_side, 1)
         if (box is None) == (mask_image is None):
             raise input_error("box/mask_image", "both" if box is not None else "neither",
                               "exactly one of box (x0,y0,x1,y1) or mask_image")
-
-        image_items = _items(image)
-        chans = [image_channels(im, f"image[{i}]") for i, im in enumerate(image_items)]
-        images = as_batch(image, mode="RGB", name="image")
-        if images.shape[1] == 1:
-            images = images.expand(-1, 3, -1, -1)
-        b, (h, w) = images.shape[0], images.shape[-2:]
-        if len(chans) == 1 and b > 1:
-            chans = chans * b
-
-        refs = _items(reference_image)
-        if len(refs) == 1 and b > 1:
-            refs = refs * b
-        if len(refs) != b:
+        for i, im in enumerate(_items(image)):
+            image_channels(im, f"image[{i}]")  # no alpha channel
+        images = self.prepare_images(image)
+        self.check_image_size(images)
+        b = images.shape[0]
+        self.check_generator(generator, b)
+        refs = _items(reference_image, "reference_image")
+        if len(refs) != 1 and len(refs) != b:
             raise input_error("reference_image", f"{len(refs)} references", f"one reference or one per image ({b})")
         for i, ref in enumerate(refs):
-            c = image_channels(ref, f"reference_image[{i}]")
-            if c != chans[i]:
-                raise input_error(f"reference_image[{i}] channels", c,
-                                  f"{chans[i]} like its target image ({'gray' if chans[i] == 1 else 'RGB'}); "
-                                  "convert one of them first")
+            image_channels(ref, f"reference_image[{i}]")
             if isinstance(ref, Image.Image):
                 rh, rw = ref.height, ref.width
             else:
@@ -185,42 +178,49 @@ class ReferenceInpaintPipeline:
             if min(rh, rw) < MIN_REFERENCE_SIDE:
                 raise input_error(f"reference_image[{i}] size", f"{rw}x{rh}",
                                   f"at least {MIN_REFERENCE_SIDE} px on each side (W x H)")
-
+        masks = self._regions(images, box, mask_image, mask_threshold)
         limit = self.max_box_side if max_box_side is None else max_box_side
-        if box is not None:
-            boxes = [box] if _is_one_box(box) else list(box)
-            if len(boxes) == 1 and b > 1:
-                boxes = boxes * b
-            if len(boxes) != b:
-                raise input_error("box", f"{len(boxes)} boxes", f"one box or one per image ({b})")
-            boxes = [check_box(bx, (h, w), name="box" if b == 1 else f"box[{i}]") for i, bx in enumerate(boxes)]
-            masks = torch.stack([box_mask(bx, (h, w)) for bx in boxes])
-        else:
-            masks = as_batch(mask_image, mode="L", name="mask_image")
-            if masks.shape[1] != 1:
-                masks = masks.mean(dim=1, keepdim=True)
-            if masks.shape[0] == 1 and b > 1:
-                masks = masks.expand(b, -1, -1, -1)
-            if masks.shape[0] != b:
-                raise input_error("mask_image batch", masks.shape[0], f"1 or the image batch size {b}")
-            if masks.shape[-2:] != images.shape[-2:]:
-                raise input_error("mask_image size", tuple(masks.shape[-2:]), f"the image size {(h, w)} (H, W)")
-            masks = binarize(masks, mask_threshold)
         for i in range(b):
-            area = float(masks[i].mean())
-            if area == 0:
-                raise input_error(f"mask_image[{i}]", "empty", "a non-empty region to paint the reference into")
-            if area == 1:
-                raise input_error(f"region[{i}]", "covers the whole image", "a region that leaves context around it")
+            self.check_region(masks[i], f"mask_image[{i}]" if box is None else f"region[{i}]",
+                              "a non-empty region to paint the reference into")
             x0, y0, x1, y1 = bbox(masks[i, 0])
-            side = max(x1 - x0, y1 - y0)
-            if side > limit:
+            if max(x1 - x0, y1 - y0) > limit:
                 raise input_error(f"box[{i}]" if b > 1 else "box", f"{x1 - x0}x{y1 - y0} px",
                                   f"a region at most {limit} px on its longer side (max_box_side; default "
                                   f"{MAX_BOX_FACTOR} x the working resolution {self.resolution}): downscale the image first")
-        references = self.reference_encoder.preprocess(refs)
-        self._gray = [c == 1 for c in chans]
-        return images, masks, references
+
+    def _regions(self, images: torch.Tensor, box, mask_image, mask_threshold) -> torch.Tensor:
+        """(B,1,H,W) in {0,1}: the boxes drawn as masks, or the given masks binarized."""
+        b, (h, w) = images.shape[0], images.shape[-2:]
+        if box is None:
+            return self.prepare_masks(mask_image, b, (h, w), mask_threshold)
+        boxes = [box] if _is_one_box(box) else list(box)
+        if len(boxes) == 1 and b > 1:
+            boxes = boxes * b
+        if len(boxes) != b:
+            raise input_error("box", f"{len(boxes)} boxes", f"one box or one per image ({b})")
+        boxes = [check_box(bx, (h, w), name="box" if b == 1 else f"box[{i}]") for i, bx in enumerate(boxes)]
+        return torch.stack([box_mask(bx, (h, w)) for bx in boxes])
+
+    def prepare_references(self, reference_image, image_channels_list: list[int]) -> torch.Tensor:
+        """The encoder's input batch (B,3,S,S), one reference per image. A reference with another channel count
+        than its image is converted with a warning: gray → RGB by repeating the channel, RGB → gray by the
+        channel mean (the rule the gray result uses)."""
+        refs = _items(reference_image, "reference_image")
+        b = len(image_channels_list)
+        if len(refs) == 1 and b > 1:
+            refs = refs * b
+        out = []
+        for i, ref in enumerate(refs):
+            c = image_channels(ref, f"reference_image[{i}]")
+            if c != image_channels_list[i]:
+                kind = {1: "gray", 3: "RGB"}
+                warnings.warn(f"reference_image[{i}] is {kind[c]} and its image is {kind[image_channels_list[i]]}: "
+                              f"the reference is converted to {kind[image_channels_list[i]]}", stacklevel=4)
+                if c == 3:  # RGB reference for a gray image: its channel mean
+                    ref = as_batch(ref, mode="RGB", name=f"reference_image[{i}]")[0].mean(0, keepdim=True)
+            out.append(ref)
+        return self.reference_encoder.preprocess(out)
 
     # ------------------------------------------------------------------ call
     @torch.no_grad()
@@ -239,71 +239,94 @@ class ReferenceInpaintPipeline:
         reinject_known_region: bool = True,
         batch_size: int = 16,
         max_box_side: int | None = None,
+        strength: float = 1.0,
+        callback_on_step_end: Callable | None = None,
+        callback_on_step_end_tensor_inputs: list[str] | None = None,
+        return_dict: bool = True,
     ) -> ReferenceInpaintOutput:
         """Paint ``reference_image`` into ``box`` (or ``mask_image``) of each image.
 
         Args:
             image: (B,C,H,W) / (C,H,W) float in [0,1], a PIL image or a list of them (C = 1 or 3).
             reference_image: the reference crop (same kinds; sizes may differ from the image and between
-                references), one for all images or one per image. Same channel count as its image, at least
-                8 px on each side, no alpha channel.
+                references), one for all images or one per image. At least 8 px on each side, no alpha channel.
+                A gray reference for an RGB image (or the reverse) is converted, with a warning.
             box: ``(x0, y0, x1, y1)`` integer pixels, end exclusive (one, or one per image); or
             mask_image: (B,1,H,W) / PIL, 1 (white) = region to repaint, binarized at ``mask_threshold``.
                 Exactly one of ``box`` and ``mask_image``.
-            num_inference_steps: denoising steps of ``self.scheduler``.
+            num_inference_steps: denoising steps of ``self.scheduler`` (at most its ``num_train_timesteps``).
             guidance_scale: classifier-free guidance weight towards the reference (against the learned null
-                reference); 1 disables it.
-            generator: a ``torch.Generator`` (or one per image) for reproducible noise: same seed → bit-identical
-                output on CPU; with one per image, each image's noise comes from its own generator, so its result is
-                the same in any batch up to kernel rounding (~1e-7), exactly with ``batch_size=1``.
+                reference), in [0, 100]; 1 disables it.
+            generator: a ``torch.Generator`` (or one per image; CPU or on the pipeline's device) for reproducible
+                noise: same seed → bit-identical output on CPU; with one per image, each image's noise comes from
+                its own generator, so its result is the same in any batch up to kernel rounding (~1e-7), exactly
+                with ``batch_size=1``.
             output_type: ``"pt"`` (B,3,H,W) float in [0,1], ``"np"`` (B,H,W,3) uint8, ``"pil"`` list of images.
             crop_margin: context on each side of the region's box, as a fraction of its larger side.
             reinject_known_region: re-inject the known region (noised to the current level) after every step.
             batch_size: windows denoised together (one U-Net batch).
             max_box_side: largest allowed region side in pixels (default 4 × the working resolution): a larger
                 box would be inpainted at a small fraction of its size and come out blurred.
+            strength: paste-and-refine (the same implementation as the defect pipeline's): with the reference
+                already placed in the region (:func:`counterfactory.sampling.paste.paste_defect`), denoising starts
+                from ``image`` noised to level ``strength`` in [0, 1]; 1 (default) generates from noise, 0 returns
+                ``image`` unchanged.
+            callback_on_step_end: ``fn(pipeline, step, timestep, callback_kwargs) -> dict`` after every denoising
+                step of every chunk of windows, as in diffusers.
+            callback_on_step_end_tensor_inputs: the tensors passed in ``callback_kwargs`` (default ``["latents"]``).
+            return_dict: False returns the tuple ``(images, masks, windows)``.
 
         Returns:
             :class:`ReferenceInpaintOutput`, always 3 channels; for a 1-channel (gray) image the region gets the
             channel mean, so the result stays gray. Every pixel outside the region equals the input pixel exactly.
         """
-        images, masks, references = self.check_inputs(image, reference_image, box, mask_image, num_inference_steps,
-                                                      guidance_scale, output_type, crop_margin, mask_threshold,
-                                                      max_box_side)
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-            raise input_error("batch_size", batch_size, "an integer >= 1")
-        if isinstance(generator, (list, tuple)) and len(generator) != images.shape[0]:
-            raise input_error("generator", f"list of {len(generator)}", f"one generator or a list of {images.shape[0]}")
+        self.check_inputs(image, reference_image, box, mask_image, num_inference_steps, guidance_scale, output_type,
+                          crop_margin, mask_threshold, max_box_side, batch_size, generator, strength,
+                          callback_on_step_end, callback_on_step_end_tensor_inputs)
+        images = self.prepare_images(image)
+        chans = [image_channels(im, f"image[{i}]") for i, im in enumerate(_items(image))]
+        if len(chans) == 1 and images.shape[0] > 1:
+            chans = chans * images.shape[0]
+        masks = self._regions(images, box, mask_image, mask_threshold)
+        references = self.prepare_references(reference_image, chans)
         h, w = images.shape[-2:]
         jobs = []
         windows: list[list[tuple[int, int, int, int]]] = []
         for i in range(images.shape[0]):
             wins = group_windows(masks[i, 0].numpy(), (h, w), crop_margin, min_size=min(self.resolution, max(h, w)))
-            jobs += [(i, win, i) for win in wins]
+            jobs += [(i, win, references[i : i + 1]) for win in wins]
             windows.append([win.box for win in wins])
 
-        def denoise_fn(x, m, ref_idx, gens):
-            cond = self.reference_encoder(references[ref_idx])
-            uncond = self.reference_encoder.null_tokens(len(ref_idx))
-            return denoise(self.unet, self.scheduler, self.space, x, m, cond, uncond, num_inference_steps,
-                           guidance_scale, gens, reinject_known_region, self._progress)
-
-        out = inpaint_windows(images, masks, jobs, denoise_fn, self.resolution, True, generator, batch_size)
-        for i, gray in enumerate(self._gray):  # a gray target gets a gray result (the model may tint the region)
-            if gray:
+        out = self.run_windows(images, masks, jobs, crop_to_mask=True, generator=generator, batch_size=batch_size,
+                               num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
+                               reinject_known_region=reinject_known_region, strength=strength,
+                               callback_on_step_end=callback_on_step_end,
+                               callback_on_step_end_tensor_inputs=callback_on_step_end_tensor_inputs)
+        for i, c in enumerate(chans):  # a gray target gets a gray result (the model may tint the region)
+            if c == 1:
                 out[i] = torch.where(masks[i] > 0.5, out[i].mean(0, keepdim=True), out[i])
-        return ReferenceInpaintOutput(images=convert_output(out, output_type), masks=masks, windows=windows)
+        result = convert_output(out, output_type)
+        if not return_dict:
+            return result, masks, windows
+        return ReferenceInpaintOutput(images=result, masks=masks, windows=windows)
+
+    def encode_conditioning(self, payloads: list) -> tuple[torch.Tensor, torch.Tensor]:
+        """Reference tokens (the payloads are prepared references (1,3,S,S)) and the learned null reference."""
+        p = next(iter(self.reference_encoder.parameters()), None)
+        refs = torch.cat(payloads)
+        if p is not None:
+            refs = refs.to(device=p.device, dtype=p.dtype)
+        return self.reference_encoder(refs), self.reference_encoder.null_tokens(len(payloads))
 
 
-def _items(x) -> list:
+def _items(x, name: str = "image") -> list:
     if isinstance(x, (list, tuple)):
         if not x:
-            raise input_error("image", x, "a non-empty list of images")
+            raise input_error(name, x, "a non-empty list of images")
         return list(x)
     if isinstance(x, torch.Tensor) and x.ndim == 4:
         return list(x.unbind(0))
     return [x]
-
 
 def _is_one_box(box) -> bool:
     if isinstance(box, torch.Tensor):

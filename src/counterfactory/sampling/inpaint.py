@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from diffusers.utils.torch_utils import randn_tensor
 from tqdm.auto import tqdm
 
+from ..errors import InputError
 from ..io.images import from_model_space, to_model_space
 from ..io.masks import CropWindow, paste_back
 
@@ -78,12 +79,44 @@ def reinject_known(latents, known, noise, mask, scheduler, next_timestep) -> tor
     if next_timestep is None:
         proper = known
     else:
-        proper = scheduler.add_noise(known, noise, torch.as_tensor([int(next_timestep)]))
+        t = torch.as_tensor(next_timestep, device=latents.device).reshape(1).long()
+        proper = scheduler.add_noise(known, noise, t)
     return (1 - mask) * proper + mask * latents
 
 
-def initial_noise(shape, generator, dtype=torch.float32) -> torch.Tensor:
-    return randn_tensor(shape, generator=generator, dtype=dtype)
+def initial_noise(shape, generator, dtype=torch.float32, device=None) -> torch.Tensor:
+    """Gaussian noise drawn from ``generator`` (a CPU or a device generator, as diffusers' ``randn_tensor``:
+    a CPU generator draws on the CPU and the result moves to ``device``)."""
+    return randn_tensor(shape, generator=generator, dtype=dtype, device=device)
+
+
+def module_device_dtype(module) -> tuple[torch.device, torch.dtype]:
+    """Where a model's weights live and their floating dtype (CPU float32 for a model without parameters)."""
+    for p in module.parameters():
+        if p.is_floating_point():
+            return p.device, p.dtype
+    return torch.device("cpu"), torch.float32
+
+
+def strength_timesteps(scheduler, num_inference_steps: int, strength: float) -> tuple[torch.Tensor, int]:
+    """The timesteps left to run when denoising starts from noise level ``strength`` (as diffusers' img2img and
+    inpainting pipelines): the last ``int(num_inference_steps * strength)`` steps of the schedule. Call after
+    ``scheduler.set_timesteps``; sets the scheduler's begin index where it has one. Returns (timesteps, count)."""
+    init = min(int(num_inference_steps * strength), num_inference_steps)
+    t_start = max(num_inference_steps - init, 0)
+    order = getattr(scheduler, "order", 1)
+    timesteps = scheduler.timesteps[t_start * order :]
+    if t_start and hasattr(scheduler, "set_begin_index"):
+        scheduler.set_begin_index(t_start * order)
+    return timesteps, num_inference_steps - t_start
+
+
+def min_steps_for_strength(strength: float) -> int:
+    """Smallest ``num_inference_steps`` for which ``strength`` > 0 runs at least one denoising step."""
+    n = 1
+    while int(n * strength) < 1:
+        n += 1
+    return n
 
 
 def to_working_resolution(x: torch.Tensor, mask: torch.Tensor, size: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -102,44 +135,93 @@ def to_working_resolution(x: torch.Tensor, mask: torch.Tensor, size: int) -> tup
     return x, mask
 
 
+class NonFiniteResultError(InputError):
+    """The denoised result holds NaN or inf (for example from an extreme guidance scale or a float16 overflow)."""
+
+
+CALLBACK_TENSOR_INPUTS = ("latents", "prompt_embeds", "negative_prompt_embeds", "mask", "masked_image_latents")
+
+
 def denoise(unet, scheduler, space, x01: torch.Tensor, mask: torch.Tensor, cond: torch.Tensor,
             uncond: torch.Tensor | None, num_inference_steps: int, guidance_scale: float, generator,
-            reinject: bool = True, progress: dict | None = None) -> torch.Tensor:
-    """The masked denoising loop shared by the inpainting pipelines; returns (B,3,h,w) in [0,1].
+            reinject: bool = True, progress: dict | None = None, strength: float = 1.0,
+            callback_on_step_end: Callable | None = None, callback_on_step_end_tensor_inputs: Sequence[str] = ("latents",),
+            pipeline=None) -> torch.Tensor:
+    """:func:`denoise_latents`, then decoded: (B,3,h,w) in [0,1] on the CPU, float32.
+
+    Raises :class:`NonFiniteResultError` rather than return non-finite pixels.
+    """
+    latents = denoise_latents(unet, scheduler, space, x01, mask, cond, uncond, num_inference_steps, guidance_scale,
+                              generator, reinject, progress, strength, callback_on_step_end,
+                              callback_on_step_end_tensor_inputs, pipeline)
+    decoded = space.decode(latents).to(device="cpu", dtype=torch.float32) if torch.isfinite(latents).all() else None
+    if decoded is None or not torch.isfinite(decoded).all():
+        raise NonFiniteResultError(
+            f"guidance_scale={guidance_scale}: the denoised values are not finite (NaN or inf) in "
+            f"{str(latents.dtype).replace('torch.', '')}; allowed: a smaller guidance_scale (or float32); "
+            "nothing was returned")
+    return from_model_space(decoded)
+
+
+def denoise_latents(unet, scheduler, space, x01: torch.Tensor, mask: torch.Tensor, cond: torch.Tensor,
+                    uncond: torch.Tensor | None, num_inference_steps: int, guidance_scale: float, generator,
+                    reinject: bool = True, progress: dict | None = None, strength: float = 1.0,
+                    callback_on_step_end: Callable | None = None,
+                    callback_on_step_end_tensor_inputs: Sequence[str] = ("latents",), pipeline=None) -> torch.Tensor:
+    """The masked denoising loop shared by the inpainting pipelines; returns the final latents on the U-Net's device.
 
     ``x01`` (B,3,h,w) windows in [0,1] at working resolution, ``mask`` (B,1,h,w) in {0,1}; ``cond`` (B,T,D)
     cross-attention tokens and ``uncond`` (B,T,D) the null tokens (None: no classifier-free guidance).
     ``generator``: one generator (or None) for the batch, or a list with one per window (results then do
-    not depend on batching). ``scheduler`` is copied, never mutated.
+    not depend on batching); CPU or device generators. Every tensor of the loop lives on the U-Net's device in
+    its dtype; random draws come from the generators (a CPU generator draws on the CPU, then moves). The initial
+    noise is drawn in float32 and cast, so a seed gives the same noise in every dtype.
+    ``strength`` in (0, 1]: start from the input noised to that level (1 = from pure noise; at least one step
+    must remain, see :func:`min_steps_for_strength`). ``callback_on_step_end(pipeline, step, t, kwargs)`` as in
+    diffusers: ``kwargs`` holds the tensors named in ``callback_on_step_end_tensor_inputs`` (from
+    :data:`CALLBACK_TENSOR_INPUTS`); a returned dict may replace them. ``scheduler`` is copied, never mutated.
     """
     scheduler = copy.deepcopy(scheduler)
-    x = to_model_space(x01)
+    device, dtype = module_device_dtype(unet)
+    x = to_model_space(x01).to(device=device, dtype=dtype)
+    mask = mask.to(device=device, dtype=dtype)
+    cond = cond.to(device=device, dtype=dtype)
+    uncond = uncond.to(device=device, dtype=dtype) if uncond is not None else None
     b, _, hh, ww = x.shape
     f = space.scale_factor
     shape = (b, space.channels, hh // f, ww // f)
     if isinstance(generator, list):  # one generator per window: results independent of batching
-        noise = torch.cat([initial_noise((1, *shape[1:]), g, dtype=x.dtype) for g in generator])
+        noise = torch.cat([initial_noise((1, *shape[1:]), g, device=device) for g in generator]).to(dtype)
         masked_latents = torch.cat([space.encode(masked_image(x[k : k + 1], mask[k : k + 1]), generator=g)
                                     for k, g in enumerate(generator)])
     else:
-        noise = initial_noise(shape, generator, dtype=x.dtype)
+        noise = initial_noise(shape, generator, device=device).to(dtype)
         masked_latents = space.encode(masked_image(x, mask), generator=generator)
-    latents = noise * scheduler.init_noise_sigma
     mask_lat = space.mask_to_space(mask)
-    known = space.encode(x, sample=False) if reinject else None
+    known = space.encode(x, sample=False) if reinject or strength < 1 else None
 
     # stochastic schedulers (DDPM, DDIM with eta > 0, Euler ancestral) draw their step noise from the same
     # generator(s), so they stay reproducible; DDIM at eta 0 draws nothing
     step_kw = {"generator": generator} if "generator" in inspect.signature(scheduler.step).parameters else {}
     use_cfg = uncond is not None and guidance_scale != 1.0
-    context = torch.cat([uncond, cond]) if use_cfg else cond
-    scheduler.set_timesteps(num_inference_steps)
-    timesteps = scheduler.timesteps
+    if "device" in inspect.signature(scheduler.set_timesteps).parameters:
+        scheduler.set_timesteps(num_inference_steps, device=device)
+    else:  # pragma: no cover - every diffusers sampling scheduler takes a device
+        scheduler.set_timesteps(num_inference_steps)
+    if strength >= 1:
+        timesteps = scheduler.timesteps
+        latents = noise * scheduler.init_noise_sigma
+    else:  # paste-and-refine: the input itself, noised to the first remaining timestep
+        timesteps, _ = strength_timesteps(scheduler, num_inference_steps, strength)
+        latents = scheduler.add_noise(known, noise, timesteps[:1])
+    tensors = {"mask": mask_lat, "masked_image_latents": masked_latents, "prompt_embeds": cond,
+               "negative_prompt_embeds": uncond}
     for k, t in enumerate(tqdm(timesteps, desc="denoising", leave=False, **(progress or {}))):
+        context = torch.cat([tensors["negative_prompt_embeds"], tensors["prompt_embeds"]]) if use_cfg else tensors["prompt_embeds"]
         model_in = torch.cat([latents] * 2) if use_cfg else latents
         model_in = scheduler.scale_model_input(model_in, t)
-        mi = torch.cat([mask_lat] * 2) if use_cfg else mask_lat
-        ml = torch.cat([masked_latents] * 2) if use_cfg else masked_latents
+        mi = torch.cat([tensors["mask"]] * 2) if use_cfg else tensors["mask"]
+        ml = torch.cat([tensors["masked_image_latents"]] * 2) if use_cfg else tensors["masked_image_latents"]
         pred = unet(unet_input(model_in, mi, ml), t, encoder_hidden_states=context, return_dict=False)[0]
         if use_cfg:
             pu, pc = pred.chunk(2)
@@ -148,7 +230,13 @@ def denoise(unet, scheduler, space, x01: torch.Tensor, mask: torch.Tensor, cond:
         if reinject:
             nxt = timesteps[k + 1] if k + 1 < len(timesteps) else None
             latents = reinject_known(latents, known, noise, mask_lat, scheduler, nxt)
-    return from_model_space(space.decode(latents))
+        if callback_on_step_end is not None:
+            local = {"latents": latents, **tensors}
+            outputs = callback_on_step_end(pipeline, k, t, {n: local[n] for n in callback_on_step_end_tensor_inputs}) or {}
+            latents = outputs.pop("latents", latents)
+            for n in list(tensors):
+                tensors[n] = outputs.pop(n, tensors[n])
+    return latents
 
 
 def inpaint_windows(images: torch.Tensor, masks: torch.Tensor, jobs: Sequence[tuple[int, CropWindow, object]],

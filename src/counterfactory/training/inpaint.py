@@ -267,7 +267,7 @@ def _few_shot_items(cfg: AdapterTrainConfig):
     from ..data import open_dataset
     from ..data.splits import few_shot_split, load_split
 
-    ds = open_dataset(cfg.data)
+    ds = open_dataset(cfg.data, skip_broken=True)  # broken samples: a warning each and a count
     split = load_split(cfg.split) if cfg.split else few_shot_split(ds, shots=cfg.shots)
     types = [t for t in (cfg.types or sorted(t for t in split.train if t != GOOD))]
     for t in types:

@@ -11,6 +11,7 @@ from ._args import (
     check_out,
     check_weights_folder,
     float_range,
+    int_range,
     positive_int,
     seed_arg,
     set_threads,
@@ -77,7 +78,7 @@ def cmd_generate(args) -> int:
         split.held_out.get("good", []) + split.train.get("good", []))
     backgrounds = [s for s in ds.good() if s.source_id in good_ids]
     if args.masks in ("held-out", "train"):
-        masks = split_masks(ds, split, types, args.masks.replace("-", "_"))
+        masks = split_masks(ds, split, types, args.masks.replace("-", "_"), with_images=True)
     else:
         masks = folder_masks(args.masks, types, warn=_warn)
         sizes = {tuple(m.shape[-2:]) for pool in masks.values() for _, m in pool}
@@ -94,7 +95,9 @@ def cmd_generate(args) -> int:
     )
     cfg = GenerateConfig(out=args.out, n_per_type=args.n, types=tuple(types), num_inference_steps=args.num_inference_steps,
                          guidance_scale=args.guidance_scale, batch_size=args.batch_size, seed=args.seed,
-                         crop_margin=args.crop_margin, grain_transfer=args.grain_transfer)
+                         crop_margin=args.crop_margin, grain_transfer=args.grain_transfer, placement=args.placement,
+                         deform=not args.no_deform, strength=args.strength, paste=args.paste,
+                         refine_dilate=args.refine_dilate)
     with torch.inference_mode():
         summary = generate(pipe, backgrounds, masks, cfg, provenance=provenance, progress=not args.quiet)
     print(json.dumps(summary))
@@ -112,9 +115,22 @@ def register(sub) -> None:
     p.add_argument("--out", required=True, help="output folder (outside the adapter, data and mask folders)")
     base_args(p)
     p.add_argument("--split", default=None, help="split file (default: the adapter's split.json)")
-    p.add_argument("--masks", default="held-out", help="'held-out' (default: the split's held-out real masks, augmented), 'train' (the few-shot masks: "
-                        "use it when the pairs train a model evaluated on the held-out defects) or a folder of masks "
+    p.add_argument("--masks", default="train",
+                   help="'train' (default: the split's few-shot masks, so a model trained on the pairs never sees the "
+                        "held-out evaluation masks), 'held-out' (the split's held-out masks) or a folder of masks "
                         "(<dir>/<type>/*.png)")
+    p.add_argument("--placement", default="learned", choices=["learned", "uniform"],
+                   help="learned (default): each mask keeps its shot's distance and orientation to the product edge "
+                        "(edge chips stay on the edge); uniform: anywhere on the product")
+    p.add_argument("--no-deform", action="store_true",
+                   help="use the shots' mask shapes as they are (default: new shapes by elastic + affine deformation)")
+    p.add_argument("--strength", type=float_range("--strength", 0.0, 1.0), default=1.0,
+                   help="1 (default): paint the defect from noise; below 1: paste the shot's own defect pixels at the "
+                        "placement and refine them from this noise level (0: the paste as is); needs the split's masks")
+    p.add_argument("--paste", default="plain", choices=["plain", "poisson"],
+                   help="how --strength < 1 pastes the shot's pixels (default plain)")
+    p.add_argument("--refine-dilate", type=int_range("--refine-dilate", 0, 64), default=3,
+                   help="px the refined region reaches beyond the pasted defect, 0..64 (default 3)")
     p.add_argument("--backgrounds", default="train", choices=["train", "all"],
                    help="defect-free images to paint on: the split's train part (default) or all")
     p.add_argument("--n", type=positive_int("--n", 1_000_000), default=100, help="pairs per type (default 100)")

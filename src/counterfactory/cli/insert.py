@@ -160,7 +160,7 @@ def cmd_insert(args) -> int:
         raise input_error(missing[0], None, "--image, --box, --reference and --out for one image (or --data for the benchmark)")
     import torch
 
-    from ..io.images import save_image
+    from ..io.images import save_image, to_gray, to_rgb
 
     out = _out_file(args)
     _check_model_folders(args)
@@ -177,14 +177,13 @@ def cmd_insert(args) -> int:
     else:
         from ..evaluation.insertion import baseline_method
 
-        rgb = image.expand(3, -1, -1) if img_c == 1 else image
-        ref = reference.expand(3, -1, -1) if ref_c == 1 else reference
+        rgb, ref = to_rgb(image), to_rgb(reference)
         result = baseline_method(args.method)(rgb, box, ref)
     if img_c == 1:  # back to gray: the region gets the channel mean, every other pixel its own value
         from ..io.masks import box_mask
 
         m = box_mask(box, tuple(image.shape[-2:])) > 0.5
-        result = torch.where(m, result.mean(0, keepdim=True), image)
+        result = torch.where(m, to_gray(result), image)
     save_image(result, out)
     print(json.dumps({"out": str(out), "box": list(box), "method": args.method, "seed": args.seed}))
     return 0

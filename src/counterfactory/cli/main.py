@@ -23,6 +23,7 @@ COMMAND_MODULES = [
     "counterfactory.cli.evaluate",
     "counterfactory.cli.insert",
     "counterfactory.cli.masks",
+    "counterfactory.cli.retrieval",
 ]
 
 

@@ -18,6 +18,7 @@ from safetensors.torch import load_file, safe_open
 from torch import nn
 
 from ..errors import CheckpointError, input_error
+from ..io.names import check_path_name
 from ..io.tensors import save_safetensors
 
 EMBEDDING_FILE = "damage_type_embeddings.safetensors"
@@ -28,7 +29,9 @@ class DamageTypeEmbedding(nn.Module):
 
     def __init__(self, type_names: Sequence[str], num_tokens: int = 4, dim: int = 64, init_std: float = 0.02):
         super().__init__()
-        names = [str(t) for t in type_names]
+        names = list(type_names)
+        for t in names:  # type names become folder and file names of generated data: never path parts
+            check_path_name(t, "type_names")
         if not names:
             raise input_error("type_names", list(type_names), "at least one damage type name")
         if len(set(names)) != len(names):

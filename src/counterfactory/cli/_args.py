@@ -232,6 +232,10 @@ def loop_args(p: argparse.ArgumentParser, steps: int, lr: float, batch: int, ckp
                    help=f"steps between checkpoints (default {ckpt}); a rerun with the same --out resumes")
     g.add_argument("--ema-decay", type=float, default=0.995, help="EMA decay of the exported weights (default 0.995)")
     g.add_argument("--max-minutes", type=float, default=None, help="stop after this wall time (checkpoint kept; rerun resumes)")
+    g.add_argument("--mixed-precision", choices=("no", "fp16", "bf16"), default="no",
+                   help="autocast of the forward passes: no (default), fp16 (CUDA GPUs only) or bf16")
+    g.add_argument("--gradient-accumulation-steps", type=positive_int("--gradient-accumulation-steps"), default=1,
+                   help="micro-batches of --batch-size per optimisation step (default 1)")
     threads_arg(g)
     g.add_argument("--quiet", action="store_true", help="no progress bar")
 
@@ -258,8 +262,16 @@ def threads_arg(p) -> None:
 def loop_config(args, warmup: int):
     from ..training.trainer import LoopConfig
 
+    if args.mixed_precision == "fp16":
+        import torch
+
+        if not torch.cuda.is_available():
+            from ..errors import ConfigError
+
+            raise ConfigError("--mixed-precision fp16: needs a CUDA GPU and none is available; allowed on CPU: no, bf16")
     return LoopConfig(steps=args.steps, lr=args.lr, warmup_steps=warmup, ema_decay=args.ema_decay,
-                      checkpoint_every=args.checkpoint_every, seed=args.seed, max_minutes=args.max_minutes)
+                      checkpoint_every=args.checkpoint_every, seed=args.seed, max_minutes=args.max_minutes,
+                      mixed_precision=args.mixed_precision, gradient_accumulation_steps=args.gradient_accumulation_steps)
 
 
 def set_threads(args) -> None:

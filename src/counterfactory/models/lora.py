@@ -113,7 +113,8 @@ def save_lora(unet: nn.Module, directory: str | os.PathLike, metadata: Mapping[s
               adapter_name: str = "default") -> Path:
     """Write ``directory/pytorch_lora_weights.safetensors`` atomically; ``metadata``: a JSON-serialisable dict."""
     from peft import get_peft_model_state_dict
-    from safetensors.torch import save
+
+    from ..io.tensors import safetensors_bytes  # metadata in sorted order: byte-reproducible files
 
     if adapter_name not in _adapters(unet):
         raise input_error("adapter_name", adapter_name, f"an adapter of this model (it has {sorted(_adapters(unet))})")
@@ -130,7 +131,7 @@ def save_lora(unet: nn.Module, directory: str | os.PathLike, metadata: Mapping[s
     config = {f"unet.{k}": sorted(v) if isinstance(v, set) else v
               for k, v in unet.peft_config[adapter_name].to_dict().items()}
     header = {"format": "pt", _CONFIG_KEY: json.dumps(config, sort_keys=True), METADATA_KEY: user}
-    return atomic_write_bytes(Path(directory) / LORA_WEIGHT_NAME, save(tensors, metadata=header))
+    return atomic_write_bytes(Path(directory) / LORA_WEIGHT_NAME, safetensors_bytes(tensors, header))
 
 
 def _read(dir_or_file: str | os.PathLike) -> tuple[Path, dict[str, torch.Tensor], dict[str, str]]:

@@ -9,21 +9,9 @@ import pytest
 
 from counterfactory.cli.main import main
 
+from .helpers import fails_one_line
 
-def _fails(capsys, argv: list[str], *words: str) -> str:
-    """Run ``argv``; expect exit 2 with one line on stderr (no traceback) that contains ``words``."""
-    try:
-        code = main(argv)
-    except SystemExit as exc:  # argparse errors exit from parse_args
-        code = exc.code
-    err = capsys.readouterr().err
-    assert code == 2, err
-    lines = [line for line in err.splitlines() if line.strip()]
-    assert len(lines) == 1, err
-    assert "Traceback" not in err
-    for w in words:
-        assert w in lines[0], lines[0]
-    return lines[0]
+_fails = fails_one_line
 
 
 @pytest.mark.parametrize("command", ["train-base", "train-adapter", "generate", "demo"])

@@ -235,6 +235,19 @@ def _step_hook(pipe, progress: Progress, done: float, share: float, label: str, 
     return {"callback_on_step_end": callback}
 
 
+def _per_seed(models: Models, pipe, seeds: list[int], steps: int, progress: Progress, call) -> list[np.ndarray]:
+    """``call(generator=..., **step_hook)`` once per seed under the model lock, with progress per seed and step."""
+    n, results = len(seeds), []
+    with models.lock, torch.inference_mode():
+        for i, s in enumerate(seeds):
+            label = f"seed {s} ({i + 1}/{n})"
+            progress(i / n, label)
+            out = call(generator=torch.Generator().manual_seed(s), **_step_hook(pipe, progress, i / n, 1 / n, label, steps))
+            results.append(out.images[0])
+    progress(1.0, "writing files")
+    return results
+
+
 def _new_run_folder(out_root: Path, kind: str) -> tuple[Path, Path]:
     """(temporary folder to write into, final name): the final folder appears only once complete."""
     runs = out_root / "runs"
@@ -292,16 +305,9 @@ def run_defect(models: Models, out_root: str | Path, image: np.ndarray, mask: np
     x = torch.from_numpy(image).permute(2, 0, 1)[None].float()
     m = torch.from_numpy(mask)[None, None].float()
     seeds = list(range(seed, seed + n))
-    results = []
-    with models.lock, torch.inference_mode():
-        for i, s in enumerate(seeds):
-            label = f"seed {s} ({i + 1}/{n})"
-            progress(i / n, label)
-            out = pipe(x, m, defect_type=dtype, num_inference_steps=steps, guidance_scale=float(guidance_scale),
-                       generator=torch.Generator().manual_seed(s), output_type="np",
-                       **_step_hook(pipe, progress, i / n, 1 / n, label, steps))
-            results.append(out.images[0])
-    progress(1.0, "writing files")
+    results = _per_seed(models, pipe, seeds, steps, progress,
+                        lambda **kw: pipe(x, m, defect_type=dtype, num_inference_steps=steps,
+                                          guidance_scale=float(guidance_scale), output_type="np", **kw))
     inp = to_u8(image)
     settings = {
         "task": "defect", "counterfactory": __version__, "base": pipe.info.get("base"),
@@ -330,16 +336,9 @@ def run_reference(models: Models, out_root: str | Path, image: np.ndarray, refer
     x = torch.from_numpy(image).permute(2, 0, 1).float()
     ref = torch.from_numpy(reference).permute(2, 0, 1).float()
     seeds = list(range(seed, seed + n))
-    results = []
-    with models.lock, torch.inference_mode():
-        for i, s in enumerate(seeds):
-            label = f"seed {s} ({i + 1}/{n})"
-            progress(i / n, label)
-            out = pipe(x, ref, box=box, num_inference_steps=steps, guidance_scale=float(guidance_scale),
-                       generator=torch.Generator().manual_seed(s), output_type="np",
-                       **_step_hook(pipe, progress, i / n, 1 / n, label, steps))
-            results.append(out.images[0])
-    progress(1.0, "writing files")
+    results = _per_seed(models, pipe, seeds, steps, progress,
+                        lambda **kw: pipe(x, ref, box=box, num_inference_steps=steps,
+                                          guidance_scale=float(guidance_scale), output_type="np", **kw))
     mask = box_mask(box, image.shape[:2])[0].numpy().astype(np.float32)
     settings = {
         "task": "reference", "counterfactory": __version__, "base": pipe.info.get("base"),

@@ -8,7 +8,11 @@ import torch
 from counterfactory.errors import CheckpointError, InputError
 from counterfactory.io.masks import dilate
 from counterfactory.models.conditioning import DamageTypeEmbedding
-from counterfactory.models.controlnet import build_controlnet, save_controlnet_folder
+from counterfactory.models.controlnet import (
+    build_controlnet,
+    save_controlnet_folder,
+    tiny_sd_text2img_components,
+)
 from counterfactory.pipelines.defect_controlnet import DefectControlNetPipeline
 
 TYPES = ("crack", "spot")
@@ -34,19 +38,8 @@ def _embedding(dim: int, num_tokens: int = 4, seed: int = 0) -> DamageTypeEmbedd
 
 
 def tiny_sd_text2img(seed: int = 0):
-    """A tiny SD-1.5 text-to-image stack (4-channel U-Net, 2x VAE, SD's DDIM schedule): 32 px images."""
-    from diffusers import UNet2DConditionModel
-
-    from counterfactory.models.pretrained import tiny_sd_inpaint_components
-
-    parts = tiny_sd_inpaint_components(seed, sample_size=16, cross_attention_dim=32)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed + 7)
-        unet = UNet2DConditionModel(sample_size=16, in_channels=4, out_channels=4, block_out_channels=(32, 64),
-                                    layers_per_block=1, down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-                                    up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), cross_attention_dim=32,
-                                    attention_head_dim=8, norm_num_groups=32).eval()
-    return unet, parts["vae"], parts["scheduler"]
+    parts = tiny_sd_text2img_components(seed)
+    return parts["unet"], parts["vae"], parts["scheduler"]
 
 
 def _mask(size: int = 32, box=(8, 10, 20, 18), batch: int = 1) -> torch.Tensor:

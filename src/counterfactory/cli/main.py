@@ -17,6 +17,7 @@ from ..errors import CounterfactoryError
 COMMAND_MODULES = [
     "counterfactory.cli.data",
     "counterfactory.cli.synth",
+    "counterfactory.cli.controlnet",
     "counterfactory.cli.demo",
     "counterfactory.cli.cft",
     "counterfactory.cli.evaluate",

@@ -31,7 +31,7 @@ from diffusers.utils import BaseOutput
 
 from ..data.sample import GOOD
 from ..errors import input_error
-from ..io.images import convert_output
+from ..io.images import convert_output, high_pass
 from ..io.masks import CropWindow, dilate, group_windows
 from ..models.conditioning import DamageTypeEmbedding
 from ..models.controlnet import ControlledUNet, base_weights_file, load_controlnet_folder, mask_to_control
@@ -124,7 +124,7 @@ class DefectControlNetPipeline(MaskedInpaintPipeline):
     # ------------------------------------------------------------------ inputs
     def check_inputs(self, image, mask_image, defect_type, num_inference_steps=25, guidance_scale=2.0,
                      output_type="pt", crop_margin=0.5, mask_threshold=0.5, crop_to_mask=False, batch_size=16,
-                     generator=None, strength=1.0, paste_back=False, paste_back_dilation=3,
+                     generator=None, strength=1.0, paste_back=False, paste_back_dilation=3, grain_transfer=0.0,
                      callback_on_step_end=None, callback_on_step_end_tensor_inputs=None) -> None:
         """Validate every argument of :meth:`__call__`; raises :class:`~counterfactory.errors.InputError` naming the
         first bad one. Converts nothing and keeps no state."""
@@ -132,6 +132,7 @@ class DefectControlNetPipeline(MaskedInpaintPipeline):
             raise input_error("mask_image", None, "a mask (tensor, PIL image or list): where the defect goes")
         self.check_common(num_inference_steps, guidance_scale, output_type, crop_margin, mask_threshold, batch_size,
                           strength, callback_on_step_end, callback_on_step_end_tensor_inputs)
+        check_number("grain_transfer", grain_transfer, 0, 2, "a number in [0, 2]")
         check_int("paste_back_dilation", paste_back_dilation, 0, f"an integer in [0, {MAX_DILATION}] (pixels)")
         if paste_back_dilation > MAX_DILATION:
             raise input_error("paste_back_dilation", paste_back_dilation, f"an integer in [0, {MAX_DILATION}] (pixels)")
@@ -142,6 +143,8 @@ class DefectControlNetPipeline(MaskedInpaintPipeline):
         b = masks.shape[0]
         types = self._types(defect_type, b)
         if image is None:
+            if grain_transfer:
+                raise input_error("grain_transfer", grain_transfer, "0 when image is None (there is no image grain to transfer)")
             if float(strength) != 1.0:
                 raise input_error("strength", strength, "1 when image is None (generation from noise); pass an image for img2img")
             if paste_back:
@@ -194,6 +197,7 @@ class DefectControlNetPipeline(MaskedInpaintPipeline):
         crop_margin: float = 0.5,
         mask_threshold: float = 0.5,
         batch_size: int = 16,
+        grain_transfer: float = 0.0,
         callback_on_step_end: Callable | None = None,
         callback_on_step_end_tensor_inputs: list[str] | None = None,
         return_dict: bool = True,
@@ -222,12 +226,14 @@ class DefectControlNetPipeline(MaskedInpaintPipeline):
             crop_margin: context around a component's box, as a fraction of its larger side (``crop_to_mask``).
             mask_threshold: binarization threshold of the mask.
             batch_size: windows denoised together.
+            grain_transfer: add this much of the input image's own high-frequency grain inside the mask (as in
+                :class:`DefectInpaintPipeline`); 0 (default) keeps the model's output as is.
             callback_on_step_end / callback_on_step_end_tensor_inputs: as in diffusers (``latents`` by default).
             return_dict: False returns ``(images, bypassed, windows)``.
         """
         self.check_inputs(image, mask_image, defect_type, num_inference_steps, guidance_scale, output_type, crop_margin,
                           mask_threshold, crop_to_mask, batch_size, generator, strength, paste_back,
-                          paste_back_dilation, callback_on_step_end, callback_on_step_end_tensor_inputs)
+                          paste_back_dilation, grain_transfer, callback_on_step_end, callback_on_step_end_tensor_inputs)
         masks = self._masks(image, mask_image, mask_threshold)
         b, (h, w) = masks.shape[0], masks.shape[-2:]
         images = self.prepare_images(image) if image is not None else torch.full((b, 3, h, w), 0.5)
@@ -265,6 +271,9 @@ class DefectControlNetPipeline(MaskedInpaintPipeline):
                     self.model.control = None
 
             out = inpaint_windows(images, write, jobs, denoise_fn, self.resolution, True, generator, batch_size)
+            if grain_transfer:
+                painted = (masks > 0.5) & ~torch.tensor(bypassed).view(-1, 1, 1, 1)
+                out = torch.where(painted, (out + grain_transfer * high_pass(images)).clamp(0, 1), out)
         result = convert_output(out, output_type)
         if not return_dict:
             return result, bypassed, windows_per_image

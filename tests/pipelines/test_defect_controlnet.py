@@ -240,3 +240,23 @@ def test_bulk_generate_runs_with_the_controlnet_pipeline(compact_pipe, tiny_data
     records = [json.loads(line) for line in (tmp_path / "gen" / "manifest.jsonl").read_text().splitlines()]
     assert sorted(r["type"] for r in records) == ["crack", "crack", "spot", "spot"]
     assert all((tmp_path / "gen" / r["type"] / f"{r['id']}.png").is_file() for r in records)
+
+
+def test_to_moves_the_controlnet_and_embeddings(tiny_base, compact_controlnet):
+    pipe = DefectControlNetPipeline.from_pretrained(tiny_base, compact_controlnet)
+    pipe.set_progress_bar_config(disable=True)
+    ref = pipe(None, _mask(), "crack", num_inference_steps=2, generator=torch.Generator().manual_seed(0)).images
+    pipe.to(torch.float64)
+    assert {p.dtype for m in (pipe.unet, pipe.controlnet, pipe.type_embedding) for p in m.parameters()} == {torch.float64}
+    out = pipe(None, _mask(), "crack", num_inference_steps=2, generator=torch.Generator().manual_seed(0)).images
+    torch.testing.assert_close(out, ref, atol=1e-4, rtol=0)
+
+
+def test_grain_transfer_changes_only_the_masked_pixels(compact_pipe):
+    image = (_image() + 0.1 * torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(9))).clamp(0, 1)
+    kw = dict(num_inference_steps=2, paste_back=True, paste_back_dilation=0)
+    a = compact_pipe(image, _mask(), "crack", generator=torch.Generator().manual_seed(0), **kw).images
+    b = compact_pipe(image, _mask(), "crack", generator=torch.Generator().manual_seed(0), grain_transfer=1.0, **kw).images
+    inside = _mask().expand_as(a) > 0.5
+    assert torch.equal(a[~inside], b[~inside])
+    assert (a - b)[inside].abs().max() > 1e-3

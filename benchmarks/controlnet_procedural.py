@@ -94,28 +94,25 @@ def main(argv=None) -> int:
         if reference is not None:
             r.setdefault("mask_iou", []).append(float(locality_per_image(reference, out, mask)["change_mask_iou"][0]))
 
-    def timed(fn):
-        t = time.time()
-        out = fn()
-        return out, time.time() - t
-
     steps = args.inference_steps
     for k, (t, s) in enumerate(jobs):
         mask = s.load_mask()[None]
         src = goods[k % len(goods)].load_image()[None]
         if src.shape[-2:] != mask.shape[-2:]:
             continue
-        g = lambda: torch.Generator().manual_seed(k)  # noqa: E731
         for name, kw in (("controlnet strength=1", dict(strength=1.0)),
                          ("controlnet strength=0.6", dict(strength=0.6)),
                          ("controlnet paste-back", dict(strength=1.0, paste_back=True))):
-            out, sec = timed(lambda: cpipe(src, mask, t, num_inference_steps=steps, generator=g(), **kw).images)
+            start = time.time()
+            out = cpipe(src, mask, t, num_inference_steps=steps, generator=torch.Generator().manual_seed(k), **kw).images
+            sec = time.time() - start
             cpipe.model.conditioning_scale = 0.0
-            ref = cpipe(src, mask, t, num_inference_steps=steps, generator=g(), **kw).images
+            ref = cpipe(src, mask, t, num_inference_steps=steps, generator=torch.Generator().manual_seed(k), **kw).images
             cpipe.model.conditioning_scale = 1.0
             record(name, src, out, mask, sec, ref)
-        out, sec = timed(lambda: ipipe(src, mask, t, num_inference_steps=steps, generator=g()).images)
-        record("inpaint", src, out, mask, sec)
+        start = time.time()
+        out = ipipe(src, mask, t, num_inference_steps=steps, generator=torch.Generator().manual_seed(k)).images
+        record("inpaint", src, out, mask, time.time() - start)
 
     summary = {"masks": len(jobs), "train_steps": {"controlnet": cn["steps"], "inpaint": ad["steps"]},
                "train_seconds": {"controlnet": round(cn_train, 1), "inpaint": round(ad_train, 1)},
@@ -123,8 +120,8 @@ def main(argv=None) -> int:
     for name, r in rows.items():
         summary["methods"][name] = {k: round(sum(v) / len(v), 4) for k, v in r.items()}
     print(json.dumps(summary, indent=1))
-    print(f"| method | mask IoU (vs no-ControlNet) | change IoU (vs source) | outside mean abs change | "
-          f"mask changed | s/image |")
+    print("| method | mask IoU (vs no-ControlNet) | change IoU (vs source) | outside mean abs change | "
+          "mask changed | s/image |")
     print("|---|---|---|---|---|---|")
     for name, m in summary["methods"].items():
         print(f"| {name} | {m.get('mask_iou', float('nan')):.3f} | {m['change_iou']:.3f} | {m['outside_mean']:.4f} | "

@@ -197,6 +197,9 @@ def test_callback_and_dtype(compact_pipe):
     (dict(image=None, mask_image=torch.zeros(1, 1, 32, 32)), "mask_image[0]=empty"),
     (dict(paste_back_dilation=-1), "paste_back_dilation=-1"),
     (dict(mask_image=None), "mask_image=None"),
+    (dict(image=None, crop_to_mask=True), "crop_to_mask=True"),
+    (dict(image=None, paste_back=True), "paste_back=True"),
+    (dict(defect_type=["crack"] * 2), "defect_type="),
 ])
 def test_bad_input_names_the_argument(compact_pipe, kwargs, needle):
     args = dict(image=_image(), mask_image=_mask(), defect_type="crack", num_inference_steps=2)

@@ -149,6 +149,8 @@ class DefectControlNetPipeline(MaskedInpaintPipeline):
                 raise input_error("strength", strength, "1 when image is None (generation from noise); pass an image for img2img")
             if paste_back:
                 raise input_error("paste_back", paste_back, "False when image is None (there is nothing to paste onto)")
+            if crop_to_mask:
+                raise input_error("crop_to_mask", crop_to_mask, "False when image is None (the whole image is generated)")
             if GOOD in types:
                 raise input_error("defect_type", GOOD, "a defect type when image is None ('good' returns an input image)")
         self.check_generator(generator, b)

@@ -37,6 +37,8 @@ def main(argv=None) -> int:
     p.add_argument("--shots", type=int, default=3, help="training defects per type")
     p.add_argument("--inference-steps", type=int, default=10)
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--lr", type=float, default=5e-4, help="ControlNet learning rate")
+    p.add_argument("--skip-inpaint", action="store_true", help="ControlNet rows only (no adapter is trained)")
     p.add_argument("--max-minutes", type=float, default=10.0, help="wall-time cap of each training run")
     p.add_argument("--workdir", default=None, help="where data and runs go (default: a temporary folder)")
     args = p.parse_args(argv)
@@ -60,14 +62,14 @@ def main(argv=None) -> int:
                          types=types)
     ds = open_dataset(data)
     split = few_shot_split(ds, shots=args.shots)
-    loop = LoopConfig(steps=args.steps, lr=5e-4, warmup_steps=20, checkpoint_every=max(50, args.steps),
+    loop = LoopConfig(steps=args.steps, lr=args.lr, warmup_steps=20, checkpoint_every=max(50, args.steps),
                       max_minutes=args.max_minutes)
     t0 = time.time()
     cn = train_controlnet(ControlNetTrainConfig(out=str(work / "cn"), data=str(data), shots=args.shots,
                                                 batch_size=args.batch_size, loop=loop), progress=False)
     cn_train = time.time() - t0
     t0 = time.time()
-    ad = train_adapter(AdapterTrainConfig(out=str(work / "adapter"), data=str(data), shots=args.shots,
+    ad = {"steps": 0, "final_loss": None} if args.skip_inpaint else train_adapter(AdapterTrainConfig(out=str(work / "adapter"), data=str(data), shots=args.shots,
                                           batch_size=args.batch_size,
                                           loop=LoopConfig(steps=args.steps, lr=1e-3, warmup_steps=20,
                                                           checkpoint_every=max(50, args.steps),
@@ -75,9 +77,10 @@ def main(argv=None) -> int:
     ad_train = time.time() - t0
 
     cpipe = DefectControlNetPipeline.from_pretrained(None, work / "cn")
-    ipipe = DefectInpaintPipeline.from_compact(None, work / "adapter")
+    ipipe = None if args.skip_inpaint else DefectInpaintPipeline.from_compact(None, work / "adapter")
     for pipe in (cpipe, ipipe):
-        pipe.set_progress_bar_config(disable=True)
+        if pipe is not None:
+            pipe.set_progress_bar_config(disable=True)
     by_id = {s.source_id: s for s in ds.samples}
     goods = [s for s in ds.good()]
     jobs = [(t, by_id[sid]) for t in types for sid in split.held_out.get(t, [])]
@@ -110,6 +113,8 @@ def main(argv=None) -> int:
             ref = cpipe(src, mask, t, num_inference_steps=steps, generator=torch.Generator().manual_seed(k), **kw).images
             cpipe.model.conditioning_scale = 1.0
             record(name, src, out, mask, sec, ref)
+        if ipipe is None:
+            continue
         start = time.time()
         out = ipipe(src, mask, t, num_inference_steps=steps, generator=torch.Generator().manual_seed(k)).images
         record("inpaint", src, out, mask, time.time() - start)

@@ -67,8 +67,8 @@ def _bench_model(kind, args, image, box_mask):
 
     from counterfactory.models.compact import build_compact, make_schedulers
     from counterfactory.models.conditioning import DamageTypeEmbedding
-    from counterfactory.models.pretrained import tiny_sd_inpaint_components
     from counterfactory.pipelines.defect_inpaint import DefectInpaintPipeline
+    from counterfactory.testing import tiny_sd_inpaint_components
 
     s = args.size
     if kind == "sd":

@@ -37,8 +37,8 @@ def main(argv=None) -> int:
 
     from counterfactory.models.conditioning import DamageTypeEmbedding
     from counterfactory.models.lora import add_lora
-    from counterfactory.models.pretrained import tiny_sd_inpaint_components
     from counterfactory.pipelines.defect_inpaint import DefectInpaintPipeline
+    from counterfactory.testing import tiny_sd_inpaint_components
 
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, cpu count {os.cpu_count()}, "
           f"load average at start {os.getloadavg()[0]:.2f} (shared machine)")

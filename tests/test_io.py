@@ -254,3 +254,18 @@ def test_manifest_append_resume_and_torn_line(tmp_path):
     assert man.path.read_text().count("\n") == 3
     with pytest.raises(KeyError):
         man.append({"v": 3})
+
+
+def test_to_rgb_and_to_gray_round_trip_and_refuse_other_channel_counts():
+    from counterfactory.io.images import to_gray, to_rgb
+
+    gray = torch.rand(2, 1, 4, 5, generator=torch.Generator().manual_seed(0))
+    rgb = to_rgb(gray)
+    assert rgb.shape == (2, 3, 4, 5) and all(torch.equal(rgb[:, c], gray[:, 0]) for c in range(3))
+    assert to_rgb(gray[0]).shape == (3, 4, 5)
+    torch.testing.assert_close(to_gray(rgb), gray)
+    colour = torch.rand(3, 4, 5)
+    assert torch.equal(to_rgb(colour), colour)
+    torch.testing.assert_close(to_gray(colour), colour.mean(0, keepdim=True))
+    with pytest.raises(InputError, match="images="):
+        to_rgb(torch.rand(2, 4, 5, 6))

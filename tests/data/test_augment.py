@@ -138,3 +138,18 @@ def test_no_mask_and_bad_input():
     ):
         with pytest.raises(ConfigError):
             AugmentConfig(**bad)
+
+
+def test_dihedral_gives_the_eight_symmetries_and_refuses_other_k():
+    from counterfactory.data.augment import dihedral
+    from counterfactory.errors import InputError
+
+    x = torch.arange(6.0).view(1, 2, 3)
+    outs = [dihedral(x, k) for k in range(8)]
+    assert len({tuple(o.flatten().tolist()) + tuple(o.shape) for o in outs}) == 8  # all distinct
+    assert torch.equal(outs[0], x) and torch.equal(outs[4], x.flip(-1))
+    assert torch.equal(outs[1], torch.rot90(x, 1, dims=(-2, -1)))
+    assert all(torch.equal(dihedral(dihedral(x, k), k), x) for k in range(4, 8))  # every mirror is its own inverse
+    for bad in (-1, 8, 2.0, True, "1"):
+        with pytest.raises(InputError, match="k="):
+            dihedral(x, bad)

@@ -86,6 +86,25 @@ def _orphan_mask(root):
     return "orphan_mask", p
 
 
+def _all_one_mask(root):
+    p = root / "ground_truth" / "crack" / "003_mask.png"
+    Image.fromarray(np.full((32, 32), 255, np.uint8)).save(p)
+    return "full_mask", p
+
+
+def _noise_mask(root):
+    p = root / "ground_truth" / "spot" / "002_mask.png"
+    rng = np.random.default_rng(0)
+    Image.fromarray(((rng.random((32, 32)) < 0.55) * 255).astype(np.uint8)).save(p)
+    return "noise_mask", p
+
+
+def _tiny_image(root):
+    p = root / "train" / "good" / "002.png"
+    Image.fromarray(np.full((1, 1, 3), 128, np.uint8)).save(p)
+    return "too_small", p
+
+
 PROBLEMS = [
     _missing_mask,
     _mask_other_size,
@@ -95,7 +114,13 @@ PROBLEMS = [
     _truncated_png,
     _transparent_rgba,
     _orphan_mask,
+    _all_one_mask,
+    _noise_mask,
+    _tiny_image,
 ]
+
+# problems that leave a sample out (the others are stray files next to complete samples)
+DROPS_A_SAMPLE = {"missing_mask", "size_mismatch", "empty_mask", "unreadable", "full_mask", "noise_mask", "too_small"}
 
 
 @pytest.mark.parametrize("breaker", PROBLEMS, ids=lambda f: f.__name__.strip("_"))
@@ -118,11 +143,45 @@ def test_dataset_problem(tmp_path, capsys, breaker):
     code, out, _ = run_cli(capsys, "data", "inspect", str(root))
     assert code == 0 and f"[{kind}]" in out
 
-    # split (a strict reader) exits 2 with one line, and writes nothing
+    # split skips it: one warning naming the file, then a count; the split leaves the sample out
     split = tmp_path / "split.json"
     code, out, err = run_cli(capsys, "data", "split", str(root), "--out", str(split))
+    assert code == 0 and split.exists(), err
+    warnings = err.strip().splitlines()
+    assert len(warnings) == 2 and str(bad) in warnings[0] and "Traceback" not in err
+    assert warnings[1].startswith("warning: 1 file(s) with problems skipped")
+    ids = [i for part in ("train", "held_out") for v in json.loads(split.read_text())[part].values() for i in v]
+    full = open_dataset(make_mvtec(tmp_path / "clean"))
+    assert len(ids) == len(full.samples) - (kind in DROPS_A_SAMPLE)
+
+
+def test_split_fails_only_when_a_type_has_no_usable_sample(tmp_path, capsys):
+    root = make_mvtec(tmp_path / "cat", n_per_type=4)
+    for i in range(4):  # every spot mask empty; crack untouched
+        Image.fromarray(np.zeros((32, 32), np.uint8)).save(root / "ground_truth" / "spot" / f"{i:03d}_mask.png")
+    split = tmp_path / "split.json"
+    code, _, err = run_cli(capsys, "data", "split", str(root), "--out", str(split))
     assert code == 2 and not split.exists()
-    _one_line_error(err, str(bad))
+    lines = err.strip().splitlines()
+    assert sum(line.startswith("warning: skipped ") for line in lines) == 4
+    assert lines[-1].startswith("counterfactory data: error: dataset=") and "'spot'" in lines[-1]
+    assert "Traceback" not in err
+
+
+def test_split_skips_a_few_broken_samples_among_many(tmp_path, capsys):
+    """The real-data case in small: 4 empty masks and one unreadable file among 103 defects are skipped, counted."""
+    root = make_mvtec(tmp_path / "cat", types=("crack",), n_per_type=103, size=16)
+    for i in (5, 17, 40, 90):
+        Image.fromarray(np.zeros((16, 16), np.uint8)).save(root / "ground_truth" / "crack" / f"{i:03d}_mask.png")
+    (root / "test" / "crack" / "060.png").write_text("not an image")
+    split = tmp_path / "split.json"
+    code, _, err = run_cli(capsys, "data", "split", str(root), "--out", str(split))
+    assert code == 0, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 6 and "5 file(s) with problems skipped" in lines[-1] and "crack 98" in lines[-1]
+    obj = json.loads(split.read_text())
+    assert obj["counts"]["crack"]["train"] + obj["counts"]["crack"]["held_out"] == 98
+    assert "test/crack/005" not in obj["train"]["crack"] + obj["held_out"]["crack"]
 
 
 def test_truncated_png_fails_on_load_too(tmp_path):
@@ -207,9 +266,11 @@ def test_unknown_defect_type_name(tmp_path, capsys):
 
 
 def test_bad_numbers_exit_2(tmp_path, capsys):
-    code, _, err = run_cli(capsys, "data", "synth", "--out", str(tmp_path), "--size", "4")
-    assert code == 2
-    _one_line_error(err, "size=4")
+    with pytest.raises(SystemExit) as exc:  # argparse range: exit 2, one line naming the flag and the range
+        main(["data", "synth", "--out", str(tmp_path), "--size", "4"])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err == "counterfactory data synth: error: --size='4': an integer in [16, 8192]"
     root = make_mvtec(tmp_path / "cat", n_per_type=3)
     code, _, err = run_cli(
         capsys, "data", "split", str(root), "--out", str(tmp_path / "s.json"), "--shots", "3"

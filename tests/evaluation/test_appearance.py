@@ -6,7 +6,7 @@ import math
 
 import torch
 
-from counterfactory.evaluation.appearance import appearance, grain_ratio, ring_contrast, summarize
+from counterfactory.evaluation.appearance import appearance, grain_ratio, ring_contrast
 
 
 def _grain(seed: int, size: int = 64) -> torch.Tensor:
@@ -41,9 +41,3 @@ def test_contrast_sign_and_undefined_cases():
     assert math.isnan(grain_ratio(img, thin)) and not math.isnan(ring_contrast(img, thin))
     assert math.isnan(ring_contrast(img, torch.zeros(1, 64, 64)))
     assert set(appearance(img, mask)) == {"ring_contrast", "grain_ratio"}
-
-
-def test_summarize_skips_undefined_values():
-    s = summarize([1.0, float("nan"), 3.0, 2.0])
-    assert s["n"] == 3 and s["median"] == 2.0 and s["mean"] == 2.0 and s["p10"] < 2.0 < s["p90"]
-    assert summarize([float("nan")])["n"] == 0

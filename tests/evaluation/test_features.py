@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from counterfactory.errors import InputError
+from counterfactory.errors import CheckpointError, InputError
 from counterfactory.evaluation.features import (
     CompactExtractorConfig,
     distribution_prefix,
@@ -54,11 +54,11 @@ def test_compact_extractor_works_as_torchmetrics_feature():
 
 
 @pytest.mark.parametrize("kind", ["compact", "inception", "clip", "dinov2"])
-def test_wrong_weights_path_is_one_line_input_error(kind, tmp_path):
-    with pytest.raises(InputError) as e:
-        load_extractor(kind, tmp_path / "nope")
-    assert "\n" not in str(e.value) and "--extractor-weights" in str(e.value)
-    with pytest.raises(InputError):
+def test_wrong_weights_path_is_one_line_error_naming_it(kind, tmp_path):
+    with pytest.raises(CheckpointError) as e:
+        load_extractor(kind, tmp_path / "nope", allow_torchscript=True)
+    assert "\n" not in str(e.value) and str(tmp_path / "nope") in str(e.value)
+    with pytest.raises(InputError, match="weights=None"):
         load_extractor(kind, None)
 
 
@@ -90,9 +90,23 @@ def test_dinov2_from_local_tiny_folder(tmp_path):
     ext = load_extractor("dinov2", tmp_path / "dino")
     assert ext.input_size == 28 and ext.num_features == 32
     assert ext.extract([torch.rand(3, 64, 48)]).shape == (1, 32)
-    # a CLIP loader pointed at a DINOv2 folder is a one-line input error, not a traceback
-    with pytest.raises(InputError):
+    # a CLIP loader pointed at a DINOv2 folder is a one-line error, not a traceback
+    with pytest.raises(CheckpointError, match="not clip"):
         load_extractor("clip", tmp_path / "dino")
+
+
+def test_pickle_only_folder_is_refused_naming_the_file(tmp_path):
+    """Only safetensors: a transformers folder holding only pytorch_model.bin is never unpickled."""
+    from transformers import Dinov2Config, Dinov2Model
+
+    cfg = Dinov2Config(hidden_size=32, num_hidden_layers=1, num_attention_heads=4, intermediate_size=37, image_size=28, patch_size=7)
+    model = Dinov2Model(cfg)
+    model.save_pretrained(tmp_path / "dino")
+    (tmp_path / "dino" / "model.safetensors").unlink()
+    torch.save(model.state_dict(), tmp_path / "dino" / "pytorch_model.bin")  # the older pickle layout
+    with pytest.raises(CheckpointError, match="pytorch_model.bin") as e:
+        load_extractor("dinov2", tmp_path / "dino")
+    assert "convert" in str(e.value) and "\n" not in str(e.value)
 
 
 class _FakeInception(nn.Module):
@@ -110,13 +124,15 @@ class _FakeInception(nn.Module):
 def test_inception_from_torchscript_file_is_named_fid(tmp_path):
     path = tmp_path / "inception-2015-12-05.pt"
     torch.jit.script(_FakeInception()).save(str(path))
-    ext = load_extractor("inception", path)
+    with pytest.raises(InputError, match="allow_torchscript=False"):  # a pickle container: only on explicit opt-in
+        load_extractor("inception", path)
+    ext = load_extractor("inception", path, allow_torchscript=True)
     assert ext.num_features == 2048 and distribution_prefix(ext) == "FID"
     assert ext.extract([torch.rand(3, 20, 20)]).shape == (1, 2048)
     bad = tmp_path / "garbage.pt"
     bad.write_bytes(b"not torchscript")
-    with pytest.raises(InputError):
-        load_extractor("inception", bad)
+    with pytest.raises(CheckpointError, match="cannot load"):
+        load_extractor("inception", bad, allow_torchscript=True)
 
 
 def test_compact_training_with_type_labels_is_deterministic():

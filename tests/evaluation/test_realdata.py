@@ -44,7 +44,7 @@ def test_downstream_pipeline_runs_on_magnetic_tile(tmp_path):
     assert data.types == ["Blowhole", "Break", "Crack"]
     assert data.info["train"] == {"Blowhole": 38, "Break": 28, "Crack": 19, "good": 317}
     assert len(data.real_defects) == 85 and len(data.eval_images) == 77 + 57 + 38 + 2
-    model, _ = train_segmenter(data, "copypaste", 0, cfg)
-    res = evaluate_maps(predict(model, data.eval_images), data, cfg.image_pool)
+    model, _ = train_segmenter(data, "copypaste", 0, cfg, tmp_path / "run")
+    res = evaluate_maps(predict(model, data.eval_images), data.eval_masks, data.eval_types, data.types, cfg.image_pool)
     assert set(res) == {"all", "Blowhole", "Break", "Crack"}
     assert all(0 <= v <= 1 for v in res["all"].values())

@@ -1,4 +1,4 @@
-"""LoRA on diffusion U-Nets: add / save / load / merge, and interop with stock diffusers pipelines."""
+"""LoRA on diffusion U-Nets: add / save / load, and interop with stock diffusers pipelines."""
 
 from __future__ import annotations
 
@@ -9,17 +9,8 @@ import torch
 from safetensors.torch import save_file
 
 from counterfactory.errors import CheckpointError, ConfigError, InputError
-from counterfactory.models.lora import (
-    LORA_WEIGHT_NAME,
-    add_lora,
-    has_lora,
-    load_lora,
-    lora_state_dict,
-    merge_lora,
-    read_lora_metadata,
-    save_lora,
-)
-from counterfactory.models.pretrained import save_tiny_sd_inpaint, tiny_sd_inpaint_components
+from counterfactory.models.lora import LORA_WEIGHT_NAME, add_lora, load_lora, save_lora
+from counterfactory.testing import save_tiny_sd_inpaint, tiny_sd_inpaint_components
 
 ATTN = ("to_q", "to_k", "to_v", "to_out.0")
 
@@ -66,8 +57,16 @@ def _perturb(params, seed=5, scale=0.2):
         p.add_(torch.randn(p.shape, generator=g) * scale)
 
 
-def _base_keys(unet):
-    return sorted(unet.state_dict().keys())
+def has_lora(unet, adapter_name=None):
+    config = getattr(unet, "peft_config", None) or {}
+    return bool(config) if adapter_name is None else adapter_name in config
+
+
+def _file(path):
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        return {k: f.get_tensor(k) for k in f.keys()}, f.metadata()
 
 
 # --------------------------------------------------------------------------- add_lora
@@ -176,16 +175,16 @@ def test_add_lora_duplicate_adapter_name():
 # --------------------------------------------------------------------------- state dict, save, load
 
 
-def test_lora_state_dict_uses_diffusers_keys():
+def test_saved_file_uses_diffusers_keys(tmp_path):
     unet = _unet()
     add_lora(unet, target_modules=("to_q", "to_k", "to_v", "to_out.0", "conv1"))
-    sd = lora_state_dict(unet)
+    sd, _ = _file(save_lora(unet, tmp_path / "a"))
     assert sd and all(k.startswith("unet.") for k in sd)
     assert all(k.endswith((".lora.down.weight", ".lora.up.weight")) for k in sd)
     assert "unet.down_blocks.1.attentions.0.transformer_blocks.0.attn2.to_out.0.lora.up.weight" in sd
     assert "unet.down_blocks.0.resnets.0.conv1.lora.down.weight" in sd
     with pytest.raises(InputError, match="adapter_name"):
-        lora_state_dict(unet, adapter_name="nope")
+        save_lora(unet, tmp_path / "b", adapter_name="nope")
 
 
 def test_save_and_load_round_trip_with_metadata(tmp_path):
@@ -196,7 +195,7 @@ def test_save_and_load_round_trip_with_metadata(tmp_path):
     path = save_lora(src, tmp_path / "adapter", meta)
     assert path == tmp_path / "adapter" / LORA_WEIGHT_NAME and path.is_file()
     assert sorted(p.name for p in path.parent.iterdir()) == [LORA_WEIGHT_NAME]  # no temp files left
-    assert read_lora_metadata(path.parent) == meta
+    assert json.loads(_file(path)[1]["counterfactory"]) == meta
 
     dst = _unet()
     assert load_lora(dst, path.parent) == meta
@@ -216,7 +215,7 @@ def test_save_lora_without_metadata_and_bad_metadata(tmp_path):
     unet = _unet()
     add_lora(unet)
     save_lora(unet, tmp_path / "a")
-    assert read_lora_metadata(tmp_path / "a") == {}
+    assert load_lora(_unet(), tmp_path / "a") == {}
     with pytest.raises(InputError, match="metadata"):
         save_lora(unet, tmp_path / "b", {"x": object()})
     with pytest.raises(InputError, match="adapter_name"):
@@ -241,7 +240,7 @@ def test_load_lora_rejects_mismatched_model(tmp_path):
 
 def test_load_lora_file_errors(tmp_path):
     unet = _unet()
-    with pytest.raises(CheckpointError, match="no file or folder"):
+    with pytest.raises(CheckpointError, match="missing"):
         load_lora(unet, tmp_path / "missing")
     (tmp_path / "empty").mkdir()
     with pytest.raises(CheckpointError, match=LORA_WEIGHT_NAME):
@@ -265,9 +264,7 @@ def test_load_lora_reads_plain_diffusers_file_without_config(tmp_path):
     """A file written by diffusers' training scripts (no adapter metadata): rank from shapes, alpha = rank."""
     src = _unet()
     _perturb(add_lora(src, rank=4))
-    save_file(
-        {k: v.contiguous() for k, v in lora_state_dict(src).items()}, str(tmp_path / "plain.safetensors")
-    )
+    save_file(_file(save_lora(src, tmp_path / "a"))[0], str(tmp_path / "plain.safetensors"))  # no metadata
     dst = _unet()
     assert load_lora(dst, tmp_path / "plain.safetensors") == {}
     assert torch.equal(_out(dst), _out(src))
@@ -331,63 +328,12 @@ def test_stock_pipeline_runs_with_learned_embeddings_and_is_deterministic(sd_dir
     assert not (run(1) == first).all()
 
 
-# --------------------------------------------------------------------------- merge
+# --------------------------------------------------------------------------- file format
 
 
-def test_merge_lora_folds_weights_and_removes_layers():
-    unet = _unet()
-    keys = _base_keys(unet)
-    _perturb(add_lora(unet, rank=4, alpha=8, target_modules=(*ATTN, "conv1")))
-    adapted = _out(unet)
-    assert merge_lora(unet) is unet
-    assert not has_lora(unet) and _base_keys(unet) == keys
-    assert not any(p.requires_grad for p in unet.parameters())
-    torch.testing.assert_close(_out(unet), adapted, rtol=0, atol=1e-5)
-    with pytest.raises(InputError, match="LoRA adapter"):
-        merge_lora(unet)
-    add_lora(unet)  # a merged model takes a fresh adapter
-    assert has_lora(unet)
-
-
-# --------------------------------------------------------------------------- non-diffusers-mixin models
-
-
-def test_generic_module_conv_lora_round_trip(tmp_path):
-    """Models that are not diffusers PeftAdapterMixin (UNet2DModel, plain wrappers) go through peft directly."""
-    from diffusers import UNet2DModel
-
-    def build():
-        torch.manual_seed(0)
-        return UNet2DModel(
-            sample_size=16,
-            in_channels=7,
-            out_channels=3,
-            block_out_channels=(16, 32),
-            layers_per_block=1,
-            norm_num_groups=8,
-            down_block_types=("DownBlock2D", "DownBlock2D"),
-            up_block_types=("UpBlock2D", "UpBlock2D"),
-        ).eval()
-
-    x = torch.randn(1, 7, 16, 16, generator=torch.Generator().manual_seed(0))
-
-    def run(m):
-        with torch.no_grad():
-            return m(x, torch.tensor([3])).sample
-
-    src = build()
-    keys = _base_keys(src)
-    params = add_lora(src, rank=2, target_modules=("conv1", "conv2", "conv_out"))
-    assert params and {id(p) for p in src.parameters() if p.requires_grad} == {id(p) for p in params}
-    _perturb(params)
-    expected = run(src)
-    save_lora(src, tmp_path / "a", {"model": "compact"})
-    dst = build()
-    assert load_lora(dst, tmp_path / "a") == {"model": "compact"}
-    assert torch.equal(run(dst), expected)
-    merge_lora(dst)
-    assert _base_keys(dst) == keys and not has_lora(dst)
-    torch.testing.assert_close(run(dst), expected, rtol=0, atol=1e-5)
+def test_non_diffusers_model_is_refused():
+    with pytest.raises(ConfigError, match="unet="):
+        add_lora(torch.nn.Sequential(torch.nn.Linear(2, 2)), target_modules=("0",))
 
 
 def test_saved_config_metadata_is_diffusers_shaped(tmp_path):

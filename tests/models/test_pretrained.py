@@ -10,13 +10,8 @@ import pytest
 import torch
 
 from counterfactory.errors import CheckpointError, ConfigError, InputError
-from counterfactory.models.pretrained import (
-    SD_INPAINT_IN_CHANNELS,
-    load_sd_inpaint,
-    save_tiny_sd_inpaint,
-    tiny_clip_tokenizer,
-    tiny_sd_inpaint_components,
-)
+from counterfactory.models.pretrained import SD_INPAINT_IN_CHANNELS, load_sd_inpaint
+from counterfactory.testing import save_tiny_sd_inpaint, tiny_clip_tokenizer, tiny_sd_inpaint_components
 
 
 @pytest.fixture(scope="module")
@@ -208,3 +203,17 @@ def test_load_sd_inpaint_missing_weights_file_and_file_path(sd_dir, tmp_path):
 def test_load_sd_inpaint_bad_dtype(sd_dir, bad):
     with pytest.raises(InputError, match="torch_dtype"):
         load_sd_inpaint(sd_dir, torch_dtype=bad)
+
+
+def test_library_never_imports_the_testing_module():
+    """Tiny random builders live in counterfactory.testing, which no library module imports."""
+    import pathlib
+    import re
+
+    import counterfactory
+
+    root = pathlib.Path(counterfactory.__file__).parent
+    users = [p.relative_to(root).as_posix() for p in root.rglob("*.py") if p.name != "testing.py"
+             and re.search(r"^\s*(from|import)\s+(counterfactory|\.+)\s*\.?\s*testing\b|from \.+ import testing",
+                           p.read_text(), re.M)]
+    assert users == []

@@ -10,12 +10,9 @@ import torch
 from counterfactory.errors import CheckpointError, InputError
 from counterfactory.io.masks import dilate
 from counterfactory.models.conditioning import DamageTypeEmbedding
-from counterfactory.models.controlnet import (
-    build_controlnet,
-    save_controlnet_folder,
-    tiny_sd_text2img_components,
-)
+from counterfactory.models.controlnet import build_controlnet, save_controlnet_folder
 from counterfactory.pipelines.defect_controlnet import DefectControlNetPipeline
+from counterfactory.testing import tiny_sd_text2img_components
 
 TYPES = ("crack", "spot")
 

@@ -239,3 +239,89 @@ def test_grain_transfer_is_recorded_and_a_resume_with_another_value_is_refused(s
         _run(setup, out)
     with pytest.raises(InputError, match="grain_transfer"):
         GenerateConfig(out=str(tmp_path / "x"), grain_transfer=2.5)
+
+
+@pytest.mark.parametrize("change", [dict(crop_margin=0.25), dict(foreground_overlap=0.5)])
+def test_every_sampling_setting_is_compared_on_resume(setup, reference, tmp_path, change):
+    pipe, backgrounds, masks = setup
+    out = tmp_path / "run"
+    shutil.copytree(reference, out)
+    _kill_last_records(out, 2)
+    before = _digests(out)
+    cfg = GenerateConfig(out=str(out), n_per_type=N, num_inference_steps=2, batch_size=2, **change)
+    with pytest.raises(InputError, match=next(iter(change))):
+        generate(pipe, backgrounds, masks, cfg, provenance={"base_sha256": "x"}, progress=False)
+    assert _digests(out) == before
+
+
+@pytest.mark.parametrize("field", ["adapter_sha256", "data", "split_sha256", "masks", "base_sha256"])
+def test_resuming_with_other_provenance_is_refused_with_the_field_named(setup, reference, tmp_path, field):
+    pipe, backgrounds, masks = setup
+    out = tmp_path / "run"
+    shutil.copytree(reference, out)
+    _kill_last_records(out, 2)
+    recs = [{**r, field: r.get(field, "one")} for r in _records(out)]  # the folder's run recorded this field
+    (out / "manifest.jsonl").write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in recs))
+    before = _digests(out)
+    prov = {"base_sha256": "x", field: "another"} if field != "base_sha256" else {"base_sha256": "y"}
+    cfg = GenerateConfig(out=str(out), n_per_type=N, num_inference_steps=2, batch_size=2)
+    with pytest.raises(InputError) as exc:
+        generate(pipe, backgrounds, masks, cfg, provenance=prov, progress=False)
+    assert f"{field}: " in str(exc.value)
+    if field == "base_sha256":
+        assert "base_sha256: x there, y now" in str(exc.value)
+    assert _digests(out) == before
+
+
+def _cli_generate(capsys, adapter, base, data, out, *extra):
+    from counterfactory.cli.main import main
+
+    try:
+        code = main(["generate", "--adapter", str(adapter), "--base", str(base), "--data", str(data), "--out", str(out),
+                     "--n", "1", "--num-inference-steps", "2", "--quiet", *extra])
+    except SystemExit as exc:
+        code = exc.code
+    return code, capsys.readouterr().err
+
+
+def test_cli_rerun_with_another_dataset_or_adapter_is_refused(capsys, tiny_base, tiny_adapter, tiny_data, tmp_path):
+    out = tmp_path / "g"
+    code, err = _cli_generate(capsys, tiny_adapter, tiny_base, tiny_data, out)
+    assert code == 0, err
+    before = _digests(out)
+    # the same dataset spelled differently (trailing slash) resumes: nothing to do
+    code, err = _cli_generate(capsys, tiny_adapter, tiny_base, str(tiny_data) + "/", out)
+    assert code == 0 and _digests(out) == before, err
+
+    other = tmp_path / "other"  # another dataset, same shape and split
+    shutil.copytree(tiny_data, other)
+    code, err = _cli_generate(capsys, tiny_adapter, tiny_base, other, out, "--n", "2")
+    assert code == 2 and "data:" in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert _digests(out) == before
+
+    adapter = tmp_path / "adapter"  # the same adapter with other weights
+    shutil.copytree(tiny_adapter, adapter)
+    from safetensors.torch import load_file, save_file
+
+    f = adapter / "pytorch_lora_weights.safetensors"
+    tensors = {k: v + 0.01 for k, v in load_file(str(f)).items()}
+    save_file(tensors, str(f))
+    code, err = _cli_generate(capsys, adapter, tiny_base, tiny_data, out, "--n", "2")
+    assert code == 2 and "adapter_sha256" in err and len(err.strip().splitlines()) == 1
+    assert _digests(out) == before
+
+
+def test_cli_skips_broken_samples_of_the_dataset(capsys, tiny_base, tiny_adapter, tiny_data, tmp_path):
+    data = tmp_path / "data"
+    shutil.copytree(tiny_data, data)
+    split = load_split(Path(tiny_adapter) / "split.json")
+    good_train = set(split.train["good"])
+    unused = [s for s in open_dataset(data).good() if s.source_id not in good_train]
+    broken = (unused or open_dataset(data).good())[-1].image_path
+    broken.write_text("not an image")
+    code, err = _cli_generate(capsys, tiny_adapter, tiny_base, data, tmp_path / "g")
+    lines = err.strip().splitlines()
+    assert lines[0].startswith(f"warning: skipped [unreadable] image={broken}: a readable image file"), lines[0]
+    assert lines[1].startswith("warning: 1 file(s) with problems skipped")
+    if unused:
+        assert code == 0, err

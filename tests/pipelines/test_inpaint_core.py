@@ -250,7 +250,7 @@ def test_no_tensor_of_the_latent_loop_is_made_on_the_cpu_sd(tiny_sd_meta):
 @pytest.fixture
 def tiny_sd_meta():
     from counterfactory.models.conditioning import DamageTypeEmbedding
-    from counterfactory.models.pretrained import tiny_sd_inpaint_components
+    from counterfactory.testing import tiny_sd_inpaint_components
 
     parts = tiny_sd_inpaint_components(seed=0, sample_size=32, cross_attention_dim=32)
     pipe = DefectInpaintPipeline(parts["unet"], _MetaStepDDIM.make(parts["scheduler"].config),

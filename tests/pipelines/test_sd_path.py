@@ -17,8 +17,8 @@ from counterfactory.data.surfaces import synth_dataset
 from counterfactory.models.compact import CompactConfig, build_compact, save_compact
 from counterfactory.models.conditioning import EMBEDDING_FILE, DamageTypeEmbedding
 from counterfactory.models.lora import LORA_WEIGHT_NAME
-from counterfactory.models.pretrained import save_tiny_sd_inpaint
 from counterfactory.pipelines.defect_inpaint import DefectInpaintPipeline
+from counterfactory.testing import save_tiny_sd_inpaint
 from counterfactory.training.inpaint import ADAPTER_CONFIG, AdapterTrainConfig, train_adapter
 from counterfactory.training.trainer import LoopConfig
 

@@ -117,3 +117,30 @@ def test_help_lists_the_commands(capsys):
 def test_gray_reference_from_save_image_roundtrip(tmp_path):
     save_image(torch.rand(1, 12, 12), tmp_path / "r.png")
     assert Image.open(tmp_path / "r.png").mode == "L"
+
+
+def test_benchmark_refusal_leaves_nothing_behind(boxes_data, tmp_path, capsys):
+    """A folder of another run is refused before the feature extractor is trained into it."""
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "run.json").write_text(json.dumps({"cases": [], "methods": ["poisson"], "seed": 7}))
+    code, _, err = _run(capsys, "--data", boxes_data, "--out", out, "--methods", "copy_paste", "--tasks",
+                        "insertion", "--n", "2", "--extractor-steps", "2", "--quiet")
+    assert code == 2 and "--out=" in err and len(err.strip().splitlines()) == 1
+    assert sorted(p.name for p in out.iterdir()) == ["run.json"]
+
+
+def test_out_that_is_an_input_file_is_refused(files, tmp_path, capsys):
+    target = tmp_path / "t.png"
+    target.write_bytes((files / "rgb.png").read_bytes())
+    code, _, err = _run(capsys, "--image", target, "--box", "10,10,20,20", "--reference", files / "ref_rgb.png",
+                        "--out", target, "--method", "copy_paste")
+    assert code == 2 and "other than --image" in err
+    assert target.read_bytes() == (files / "rgb.png").read_bytes()
+
+
+def test_one_pixel_image_is_refused(files, tmp_path, capsys):
+    Image.fromarray(np.full((1, 1, 3), 9, np.uint8)).save(tmp_path / "dot.png")
+    code, _, err = _run(capsys, "--image", tmp_path / "dot.png", "--box", "0,0,1,1", "--reference",
+                        files / "ref_rgb.png", "--out", tmp_path / "o.png", "--method", "copy_paste")
+    assert code == 2 and "1x1 px" in err and "at least 16 px" in err and not (tmp_path / "o.png").exists()

@@ -9,17 +9,18 @@ import torch
 from PIL import Image
 
 from counterfactory.errors import CheckpointError, InputError
+from counterfactory.models.backbones import load_backbone
 from counterfactory.models.reference import (
     ENCODER_WEIGHTS,
     CompactReferenceEncoder,
     ReferenceEncoderConfig,
     build_reference_encoder,
-    load_backbone,
     load_reference_encoder,
     reference_batch,
     reference_crop,
     save_reference_encoder,
 )
+from counterfactory.testing import save_tiny_backbone
 
 CFG = ReferenceEncoderConfig(dim=16, num_tokens=4, input_size=32, channels=(8, 16))
 
@@ -27,15 +28,9 @@ CFG = ReferenceEncoderConfig(dim=16, num_tokens=4, input_size=32, channels=(8, 1
 @pytest.fixture(scope="module")
 def hf_folders(tmp_path_factory):
     """Tiny random CLIPVisionModel and Dinov2Model saved with save_pretrained (the layout of the real ones)."""
-    from transformers import CLIPVisionConfig, CLIPVisionModel, Dinov2Config, Dinov2Model
-
     d = tmp_path_factory.mktemp("hf")
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
-        CLIPVisionModel(CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                                         num_attention_heads=4, image_size=32, patch_size=8)).save_pretrained(d / "clip")
-        Dinov2Model(Dinov2Config(hidden_size=32, num_hidden_layers=1, num_attention_heads=4, image_size=32,
-                                 patch_size=8, mlp_ratio=2)).save_pretrained(d / "dinov2")
+    for kind in ("clip", "dinov2"):
+        save_tiny_backbone(kind, d / kind)
     return d
 
 

@@ -17,7 +17,7 @@ from counterfactory.evaluation.insertion import (
     build_cases,
     copy_paste,
     evaluate_insertion,
-    foreground_mask,
+    insertion_region,
     load_case,
     paired_box_metrics,
     place_box,
@@ -69,7 +69,7 @@ def test_poisson_box_at_image_border():
 def test_foreground_and_placement():
     img = torch.full((3, 60, 80), 0.6)
     img[:, :, :20] = 0.02  # dark background band
-    fg = foreground_mask(img, erode_px=2)
+    fg = insertion_region(img, erode_px=2)
     assert not fg[:, :20].any() and fg[2:-2, 30:70].all()  # eroded off the band and the image edge
     rng = np.random.default_rng(0)
     for _ in range(20):
@@ -97,7 +97,7 @@ def test_build_cases_follow_the_task_definitions(boxes_data):
     assert len(ins) == 3 and all(c.target_id in split.held_out["good"] for c in ins)
     for c in ins:
         target, _ = load_case(c)
-        fg = foreground_mask(target)
+        fg = insertion_region(target)
         assert fg[c.box[1]:c.box[3], c.box[0]:c.box[2]].mean() >= 0.9
         assert (c.box[2] - c.box[0], c.box[3] - c.box[1]) == (c.reference_box[2] - c.reference_box[0],
                                                               c.reference_box[3] - c.reference_box[1])

@@ -17,7 +17,7 @@ def test_magnetic_tile_tasks_and_baselines():
     from counterfactory.evaluation.insertion import (
         build_cases,
         copy_paste,
-        foreground_mask,
+        insertion_region,
         load_case,
         poisson_blend,
     )
@@ -36,7 +36,7 @@ def test_magnetic_tile_tasks_and_baselines():
                 assert c.reference_id != c.target_id and abs(rw - w) <= 0.15 * w and abs(rh - h) <= 0.15 * h
             if task == "insertion":
                 assert c.target_id in split.held_out["good"]
-                assert foreground_mask(target)[c.box[1]:c.box[3], c.box[0]:c.box[2]].mean() >= 0.9
+                assert insertion_region(target)[c.box[1]:c.box[3], c.box[0]:c.box[2]].mean() >= 0.9
             for out in (copy_paste(target, c.box, ref), poisson_blend(target, c.box, ref)):
                 keep = torch.ones(target.shape[-2:], dtype=torch.bool)
                 keep[c.box[1]:c.box[3], c.box[0]:c.box[2]] = False

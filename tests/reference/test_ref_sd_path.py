@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from counterfactory.errors import CheckpointError
-from counterfactory.models.pretrained import save_tiny_sd_inpaint
 from counterfactory.pipelines.reference_inpaint import ReferenceInpaintPipeline
+from counterfactory.testing import save_tiny_sd_inpaint
 from counterfactory.training.reference import ReferenceTrainConfig, train_reference
 from counterfactory.training.trainer import LoopConfig
 

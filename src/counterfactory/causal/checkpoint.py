@@ -1,4 +1,7 @@
-"""Checkpoints of the causal stages: ``model.safetensors`` + ``optim.safetensors`` + ``config.json``.
+"""Finished causal stages: ``model.safetensors`` + ``config.json``.
+
+The format is the one of :mod:`counterfactory.training.checkpoint` (safetensors + JSON); runs in progress keep
+their resumable checkpoints under ``<stage>/checkpoints/`` (written by :class:`~counterfactory.training.trainer.Trainer`).
 
 ``config.json`` records the stage kind (``vae``, ``predictors``, ``cft``), the CFT variant (``none``, ``reg``,
 ``seg``), the step reached, whether the stage finished, and the configs needed to rebuild the modules. Loading
@@ -12,59 +15,26 @@ import json
 from pathlib import Path
 from typing import Any
 
-import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import nn
 
 from ..errors import CheckpointError
-from ..io.manifest import atomic_path, atomic_write_json
+from ..io.manifest import atomic_write_json
+from ..io.tensors import save_safetensors
 
 MODEL_FILE = "model.safetensors"
-OPTIM_FILE = "optim.safetensors"
 CONFIG_FILE = "config.json"
 VARIANTS = ("none", "reg", "seg")
 VARIANT_NAMES = {"none": "No-CFT", "reg": "Reg-CFT", "seg": "Seg-CFT"}
 
 
-def _flatten_optimizer(name: str, opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], list]:
-    sd = opt.state_dict()
-    tensors = {}
-    for idx, state in sd["state"].items():
-        for key, value in state.items():
-            tensors[f"{name}.{idx}.{key}"] = torch.as_tensor(value).detach().clone().contiguous()
-    return tensors, sd["param_groups"]
-
-
-def _restore_optimizer(name: str, opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], groups: list) -> None:
-    state: dict[int, dict[str, torch.Tensor]] = {}
-    prefix = f"{name}."
-    for key, value in tensors.items():
-        if key.startswith(prefix):
-            idx, field = key[len(prefix) :].split(".", 1)
-            state.setdefault(int(idx), {})[field] = value
-    opt.load_state_dict({"state": state, "param_groups": groups})
-
-
-def save_checkpoint(
-    folder: str | Path,
-    meta: dict[str, Any],
-    modules: dict[str, nn.Module],
-    optimizers: dict[str, torch.optim.Optimizer] | None = None,
-) -> Path:
+def save_checkpoint(folder: str | Path, meta: dict[str, Any], modules: dict[str, nn.Module]) -> Path:
+    """Write a finished stage: the modules' weights (``<module>.<param>``), then ``config.json`` (marks completeness)."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    weights = {f"{m}.{k}": v.detach().contiguous() for m, mod in modules.items() for k, v in mod.state_dict().items()}
-    with atomic_path(folder / MODEL_FILE) as tmp:
-        save_file(weights, str(tmp))
-    groups = {}
-    if optimizers:
-        tensors = {}
-        for name, opt in optimizers.items():
-            t, groups[name] = _flatten_optimizer(name, opt)
-            tensors.update(t)
-        with atomic_path(folder / OPTIM_FILE) as tmp:
-            save_file(tensors, str(tmp))
-    atomic_write_json(folder / CONFIG_FILE, {**meta, "optimizer_groups": groups})  # written last: marks completeness
+    weights = {f"{m}.{k}": v.detach() for m, mod in modules.items() for k, v in mod.state_dict().items()}
+    save_safetensors(weights, folder / MODEL_FILE)
+    atomic_write_json(folder / CONFIG_FILE, meta)  # written last: marks completeness
     return folder
 
 
@@ -98,13 +68,3 @@ def load_modules(folder: str | Path, modules: dict[str, nn.Module]) -> None:
         except RuntimeError as exc:
             first = str(exc).strip().splitlines()[0]
             raise CheckpointError(f"checkpoint={folder}: weights of {m!r} do not fit the model ({first})") from None
-
-
-def load_optimizers(folder: str | Path, meta: dict, optimizers: dict[str, torch.optim.Optimizer]) -> None:
-    path = Path(folder) / OPTIM_FILE
-    if not path.is_file():
-        return
-    tensors = load_file(str(path))
-    for name, opt in optimizers.items():
-        if name in meta.get("optimizer_groups", {}):
-            _restore_optimizer(name, opt, tensors, meta["optimizer_groups"][name])

@@ -19,6 +19,7 @@ from torch.nn import functional as F
 
 from ..data.morphomnist import StructureData, foreground, measure, structure_columns
 from ..errors import input_error
+from ..evaluation.stats import mean_std
 from .predictors import Regressor, Segmentor, regressor_decode
 from .scm import ParentSCM
 from .vae import CondVAE
@@ -162,13 +163,10 @@ PERCENT_SCALED = {"other_change", "far_change", "composition_1x", "composition_1
 
 
 def summarize(per_seed: list[dict]) -> dict[str, tuple[float, float]]:
-    """mean and std (over seeds) of every scalar metric; pixel L1 metrics are multiplied by 100."""
+    """mean and sample std (over seeds, ddof = 1) of every scalar metric; pixel L1 metrics are multiplied by 100."""
     out = {}
     for name in per_seed[0]:
         if not isinstance(per_seed[0][name], (int, float)):
             continue
-        vals = torch.tensor([float(r[name]) for r in per_seed], dtype=torch.float64)
-        if name in PERCENT_SCALED:
-            vals = vals * 100
-        out[name] = (float(vals.mean()), float(vals.std(unbiased=True)) if len(vals) > 1 else 0.0)
+        out[name] = mean_std([float(r[name]) * (100 if name in PERCENT_SCALED else 1) for r in per_seed])
     return out

@@ -7,25 +7,28 @@ Run-folder layout (``<out>/<variant-of-data>/...``, the data variant being ``sin
     reg/seed<S>/       that VAE after regressor-guided CFT (variant "reg")
     seg/seed<S>/       that VAE after segmentor-guided CFT (variant "seg")
 
-Every step draws its batch and noise from a generator seeded by (seed, step), so a resumed run continues
-with exactly the batches it would have seen; checkpoints are written every ``save_every`` steps.
+Every stage is a ``loss_fn`` of :class:`~counterfactory.training.trainer.Trainer` (the one training loop): each
+step draws its batch and noise from :func:`~counterfactory.training.checkpoint.step_generator` (seed, step), so a
+resumed run continues with exactly the batches it would have seen; checkpoints are written every ``save_every``
+steps under ``<stage>/checkpoints/``, and the finished stage as ``model.safetensors`` + ``config.json``.
 """
 
 from __future__ import annotations
 
-import math
-import time
+import csv
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
+from torch import nn
 from torch.nn import functional as F
-from tqdm.auto import tqdm
 
 from ..data.morphomnist import StructureData
-from ..errors import CheckpointError, TrainingError, input_error
-from .checkpoint import VARIANTS, load_modules, load_optimizers, read_meta, save_checkpoint
+from ..errors import CheckpointError, input_error
+from ..training.checkpoint import describe_data_change, step_generator, tensor_identity
+from ..training.trainer import LoopConfig, Trainer
+from .checkpoint import VARIANTS, load_modules, read_meta, save_checkpoint
 from .predictors import (
     PredictorConfig,
     Regressor,
@@ -66,59 +69,67 @@ class TrainConfig:
         return asdict(self)
 
 
-def step_generator(seed: int, step: int, stream: int = 0) -> torch.Generator:
-    return torch.Generator().manual_seed((seed * 1_000_003 + step) * 7 + stream)
-
-
 def _batch(data: StructureData, size: int, gen: torch.Generator):
     idx = torch.randint(0, len(data), (size,), generator=gen)
     return data.images[idx], data.area[idx], data.intensity[idx], data.digit[idx]
 
 
-def _run_steps(
+def data_identity(data: StructureData) -> dict:
+    """What a causal run trains on: a content hash of the images and parents (however the data was loaded)."""
+    return tensor_identity(images=data.images, area=data.area, intensity=data.intensity, digit=data.digit)
+
+
+def _run_stage(
     folder: Path,
     meta: dict,
-    modules: dict,
-    optimizers: dict,
+    modules: dict[str, nn.Module],
+    optimizers: dict[str, torch.optim.Optimizer],
+    lr_factors: dict[str, Callable[[int], float]],
     steps: int,
-    step_fn: Callable[[int], dict[str, float]],
+    loss_fn: Callable[[int, torch.device], tuple[torch.Tensor, dict[str, float]]],
     save_every: int,
-    desc: str,
     kind: str,
     variant: str | None,
     progress: bool,
 ) -> dict:
-    """Resume from ``folder`` if it holds a checkpoint with the same settings, run to ``steps``, save."""
-    start = 0
+    """Run one stage with the training loop (resuming its checkpoints), then write the finished stage.
+
+    A finished stage with the same settings and data is returned as it is; other settings are refused.
+    """
     if (folder / "config.json").is_file():
         old = read_meta(folder, kind, variant)
         if old.get("settings") != meta.get("settings"):
             raise CheckpointError(
                 f"checkpoint={folder}: was trained with other settings; allowed: the same settings to resume, or another --out"
             )
-        load_modules(folder, modules)
-        load_optimizers(folder, old, optimizers)
-        start = int(old.get("step", 0))
-        meta = {**old, **{k: v for k, v in meta.items() if k not in ("step", "done", "log")}}
+        why = describe_data_change(old["data"], meta["data"]) if "data" in old else None  # older stages: no record
+        if why is not None:
+            raise CheckpointError(f"checkpoint={folder}: {why}; allowed: the same data to resume, or another --out")
         if old.get("done"):
             return old
-    log = list(meta.get("log", []))
-    bar = tqdm(total=steps, initial=start, desc=desc, disable=not progress, mininterval=2.0, dynamic_ncols=True)
-    t0 = time.time()
-    for step in range(start, steps):
-        stats = step_fn(step)
-        if not all(math.isfinite(v) for v in stats.values()):
-            raise TrainingError(f"{desc}: non-finite loss at step {step} ({stats}); the last checkpoint in {folder} is kept")
-        bar.update(1)
-        if (step + 1) % 50 == 0 or step + 1 == steps:
-            bar.set_postfix({k: f"{v:.4g}" for k, v in stats.items()})
-            log.append({"step": step + 1, **{k: round(v, 6) for k, v in stats.items()}})
-        if (step + 1) % save_every == 0 and step + 1 < steps:
-            save_checkpoint(folder, {**meta, "step": step + 1, "done": False, "log": log}, modules, optimizers)
-    bar.close()
-    meta = {**meta, "step": steps, "done": True, "log": log, "seconds_last_run": round(time.time() - t0, 1)}
-    save_checkpoint(folder, meta, modules, optimizers)
+    loop = LoopConfig(steps=steps, lr=1.0, warmup_steps=0, grad_clip=0.0, ema_decay=0.0, checkpoint_every=save_every,
+                      keep_checkpoints=1, log_every=50)
+    identity = {"task": f"cft-{kind}", "variant": variant, "settings": meta["settings"], "data": meta["data"]}
+    # the causal models draw their noise inside with CPU generators and are 28-px small: they train on the CPU
+    trainer = Trainer(nn.ModuleDict(modules), loss_fn, loop, folder, identity, progress, optimizers=optimizers,
+                      lr_lambdas={name: lr_factors.get(name, _constant) for name in optimizers}, cpu=True)
+    summary = trainer.run()
+    meta = {**meta, "step": steps, "done": True, "log": _read_log(folder / "log.csv"),
+            "seconds_last_run": summary["wall_seconds"]}
+    save_checkpoint(folder, meta, modules)
     return meta
+
+
+def _constant(step: int) -> float:
+    return 1.0
+
+
+def _read_log(path: Path) -> list[dict]:
+    if not path.is_file():
+        return []
+    with path.open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    return [{k: (int(v) if k == "step" else float(v)) for k, v in r.items() if k not in ("lr", "seconds")} for r in rows]
 
 
 # --------------------------------------------------------------------------------------------- predictors
@@ -129,28 +140,21 @@ def train_predictors(out: Path, train: StructureData, scm: ParentSCM, cfg: Train
     reg, seg = Regressor(pcfg), Segmentor(pcfg)
     opt_r = torch.optim.Adam(reg.parameters(), lr=cfg.predictor_lr)
     opt_s = torch.optim.Adam(seg.parameters(), lr=cfg.predictor_lr)
-    sched = lambda step: cfg.predictor_lr * (0.1 if step >= 0.75 * cfg.predictor_steps else 1.0)  # noqa: E731
+    drop = lambda step: 0.1 if step >= 0.75 * cfg.predictor_steps else 1.0  # noqa: E731
 
-    def step_fn(step: int) -> dict[str, float]:
+    def loss_fn(step: int, device) -> tuple[torch.Tensor, dict[str, float]]:
         x, a, i, _ = _batch(train, cfg.batch_size, step_generator(1234, step))
-        for opt in (opt_r, opt_s):
-            for g in opt.param_groups:
-                g["lr"] = sched(step)
-        out = {}
-        for name, model, opt, fn in (("reg", reg, opt_r, regressor_loss), ("seg", seg, opt_s, segmentor_loss)):
-            loss = fn(model, scm, x, a, i)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            out[name] = float(loss.detach())
-        return out
+        loss_r, loss_s = regressor_loss(reg, scm, x, a, i), segmentor_loss(seg, scm, x, a, i)
+        return loss_r + loss_s, {"reg": float(loss_r.detach()), "seg": float(loss_s.detach())}
 
     settings = {"structures": K, "train": {k: getattr(cfg, k) for k in ("batch_size", "predictor_steps", "predictor_lr")}}
-    meta = {"kind": "predictors", "variant": None, "predictor_config": pcfg.to_dict(), "scm": scm.to_dict(), "settings": settings}
-    return _run_steps(
+    meta = {"kind": "predictors", "variant": None, "predictor_config": pcfg.to_dict(), "scm": scm.to_dict(),
+            "settings": settings, "data": data_identity(train)}
+    return _run_stage(
         out / "predictors", meta, {"regressor": reg, "segmentor": seg}, {"regressor": opt_r, "segmentor": opt_s},
-        cfg.predictor_steps, step_fn, cfg.save_every, "predictors", "predictors", None, progress,
-    )  # fmt: skip
+        {"regressor": drop, "segmentor": drop}, cfg.predictor_steps, loss_fn, cfg.save_every, "predictors", None,
+        progress,
+    )
 
 
 def load_predictors(folder: Path) -> tuple[Regressor, Segmentor, dict]:
@@ -183,26 +187,24 @@ def train_vae(out: Path, train: StructureData, scm: ParentSCM, cfg: TrainConfig,
     vae = CondVAE(vcfg)
     opt = torch.optim.Adam(vae.parameters(), lr=cfg.vae_lr)
 
-    def step_fn(step: int) -> dict[str, float]:
+    def loss_fn(step: int, device) -> tuple[torch.Tensor, dict[str, float]]:
         gen = step_generator(seed, step, stream=1)
         x, a, i, d = _batch(train, cfg.batch_size, gen)
-        for g in opt.param_groups:
-            g["lr"] = cfg.vae_lr * (0.2 if step >= 0.8 * cfg.vae_steps else 1.0)
         loss = vae.nelbo(x, scm.condition(a, i, d), gen).mean()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        return {"nelbo": float(loss.detach())}
+        return loss, {"nelbo": float(loss.detach())}
 
     folder = out / "none" / f"seed{seed}"
     keys = ("batch_size", "vae_steps", "vae_lr", "z_dim", "vae_channels")
     settings = {"structures": train.num_structures, "seed": seed, "train": {k: getattr(cfg, k) for k in keys}}
-    meta = {"kind": "causal_model", "variant": "none", "vae_config": vcfg.to_dict(), "scm": scm.to_dict(), "settings": settings}
-    meta = _run_steps(folder, meta, {"vae": vae}, {"vae": opt}, cfg.vae_steps, step_fn, cfg.save_every, f"vae seed{seed}",
-                      "causal_model", "none", progress)  # fmt: skip
+    meta = {"kind": "causal_model", "variant": "none", "vae_config": vcfg.to_dict(), "scm": scm.to_dict(),
+            "settings": settings, "data": data_identity(train)}
+    meta = _run_stage(folder, meta, {"vae": vae}, {"vae": opt},
+                      {"vae": lambda step: 0.2 if step >= 0.8 * cfg.vae_steps else 1.0}, cfg.vae_steps, loss_fn,
+                      cfg.save_every, "causal_model", "none", progress)
     if "train_nelbo" not in meta:  # the ELBO level CFT must keep (its constraint)
+        load_modules(folder, {"vae": vae})
         meta["train_nelbo"] = mean_nelbo(vae, scm, train)
-        save_checkpoint(folder, meta, {"vae": vae}, {"vae": opt})
+        save_checkpoint(folder, meta, {"vae": vae})
     return meta
 
 
@@ -285,24 +287,18 @@ def train_cft(
     opt_l = torch.optim.SGD(lagrange.parameters(), lr=cfg.lagrange_lr, maximize=True)
     eps = float(base_meta["train_nelbo"])
 
-    def step_fn(step: int) -> dict[str, float]:
+    def loss_fn(step: int, device) -> tuple[torch.Tensor, dict[str, float]]:
         gen = step_generator(seed, step, stream=2 + VARIANTS.index(variant))
         x, a, i, d = _batch(train, cfg.batch_size, gen)
-        loss, stats = cft_step(vae, scm, regressor, segmentor, variant, x, a, i, d, gen, eps, lagrange, cfg)
-        opt.zero_grad(set_to_none=True)
-        opt_l.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        opt_l.step()
-        return stats
+        return cft_step(vae, scm, regressor, segmentor, variant, x, a, i, d, gen, eps, lagrange, cfg)
 
     keys = ("batch_size", "cft_steps", "cft_lr", "lagrange_lr", "damping", "scale_min", "scale_max")
     settings = {"seed": seed, "base": base_meta["settings"], "train": {k: getattr(cfg, k) for k in keys}}
     meta = {**{k: base_meta[k] for k in ("vae_config", "scm", "train_nelbo")}, "kind": "causal_model", "variant": variant,
-            "settings": settings, "elbo_constraint": eps}  # fmt: skip
+            "settings": settings, "elbo_constraint": eps, "data": data_identity(train)}  # fmt: skip
     folder = out / variant / f"seed{seed}"
-    return _run_steps(folder, meta, {"vae": vae, "lagrange": lagrange}, {"vae": opt, "lagrange": opt_l}, cfg.cft_steps,
-                      step_fn, cfg.save_every, f"{variant}-cft seed{seed}", "causal_model", variant, progress)  # fmt: skip
+    return _run_stage(folder, meta, {"vae": vae, "lagrange": lagrange}, {"vae": opt, "lagrange": opt_l}, {},
+                      cfg.cft_steps, loss_fn, cfg.save_every, "causal_model", variant, progress)
 
 
 def train_all(

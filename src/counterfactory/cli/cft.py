@@ -11,33 +11,47 @@ a checkpoint of another variant, intervention scales outside the trained range) 
 from __future__ import annotations
 
 import argparse
+import math
 import shlex
 import sys
 from pathlib import Path
 
 from ..errors import input_error
+from ._args import SEED_MAX, check_fits, check_out, positive_int, threads_type
 
 DEFAULT_DATA = "../shared/data/morphomnist"
 
 
-def _int_list(text: str) -> list[int]:
-    try:
-        vals = [int(t) for t in text.split(",") if t.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r}: comma-separated integers, e.g. 0,1,2") from None
-    if not vals or min(vals) < 0:
-        raise argparse.ArgumentTypeError(f"{text!r}: one or more non-negative integers, e.g. 0,1,2")
-    return vals
+def _int_list(name: str):
+    """Comma-separated seeds, each in [0, SEED_MAX]."""
+
+    def parse(text: str) -> list[int]:
+        try:
+            vals = [int(t) for t in text.split(",") if t.strip()]
+        except ValueError:
+            vals = []
+        if not vals or min(vals) < 0 or max(vals) > SEED_MAX:
+            raise argparse.ArgumentTypeError(f"{name}={text!r}: one or more integers in [0, {SEED_MAX}], e.g. 0,1,2")
+        return vals
+
+    parse.bounded = True
+    return parse
 
 
-def _float_list(text: str) -> list[float]:
-    try:
-        vals = [float(t) for t in text.split(",") if t.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r}: comma-separated numbers, e.g. 0.7,1.3") from None
-    if not vals:
-        raise argparse.ArgumentTypeError(f"{text!r}: one or more numbers")
-    return vals
+def _float_list(name: str):
+    """Comma-separated positive numbers (intervention scales: checked against the trained range later)."""
+
+    def parse(text: str) -> list[float]:
+        try:
+            vals = [float(t) for t in text.split(",") if t.strip()]
+        except ValueError:
+            vals = []
+        if not vals or not all(math.isfinite(v) and 0 < v <= 1e6 for v in vals):
+            raise argparse.ArgumentTypeError(f"{name}={text!r}: one or more positive finite numbers, e.g. 0.7,1.3")
+        return vals
+
+    parse.bounded = True
+    return parse
 
 
 def _variants(text: str) -> list[str]:
@@ -60,12 +74,12 @@ def register(sub) -> None:
     t.add_argument("--out", required=True, help="run folder, e.g. runs/cft/single")
     t.add_argument("--structures", type=int, default=1, choices=(1, 2), help="1: single digit; 2: two digits side by side")
     t.add_argument("--variant", type=_variants, default=["none", "reg", "seg"], help="none | reg | seg | all | a list")
-    t.add_argument("--seeds", type=_int_list, default=[0], help="e.g. 0,1,2")
-    t.add_argument("--predictor-steps", type=int, default=None)
-    t.add_argument("--vae-steps", type=int, default=None)
-    t.add_argument("--cft-steps", type=int, default=None)
-    t.add_argument("--batch-size", type=int, default=None)
-    t.add_argument("--threads", type=int, default=1, help="torch threads (default 1: the CPU is shared)")
+    t.add_argument("--seeds", type=_int_list("--seeds"), default=[0], help="e.g. 0,1,2")
+    t.add_argument("--predictor-steps", type=positive_int("--predictor-steps"), default=None)
+    t.add_argument("--vae-steps", type=positive_int("--vae-steps"), default=None)
+    t.add_argument("--cft-steps", type=positive_int("--cft-steps"), default=None)
+    t.add_argument("--batch-size", type=positive_int("--batch-size", 1_000_000), default=None)
+    t.add_argument("--threads", type=threads_type(), default=1, help="torch threads (default 1)")
     t.add_argument("--no-progress", action="store_true")
     t.set_defaults(func=run_train)
 
@@ -74,10 +88,10 @@ def register(sub) -> None:
     e.add_argument("--run", help="run folder written by `cft train` (evaluates --variants x --seeds)")
     e.add_argument("--checkpoint", help="instead of --run: one checkpoint folder, checked to be of --variants' one variant")
     e.add_argument("--variants", type=_variants, default=["none", "reg", "seg"], help="none | reg | seg | all | a list")
-    e.add_argument("--seeds", type=_int_list, default=[0, 1, 2])
-    e.add_argument("--scales", type=_float_list, default=None, help="intervention scales (default 0.6..1.4 without 1.0)")
+    e.add_argument("--seeds", type=_int_list("--seeds"), default=[0, 1, 2])
+    e.add_argument("--scales", type=_float_list("--scales"), default=None, help="intervention scales (default 0.6..1.4 without 1.0)")
     e.add_argument("--report", help="HTML report path (default <run>/report.html)")
-    e.add_argument("--threads", type=int, default=1)
+    e.add_argument("--threads", type=threads_type(), default=1)
     e.add_argument("--no-progress", action="store_true")
     e.set_defaults(func=run_evaluate)
 
@@ -92,6 +106,10 @@ def run_train(args) -> int:
     from ..causal.training import TrainConfig, train_all
     from ..data.morphomnist import build_structures, load_morphomnist
 
+    out = check_out(args.out, inputs={"--data": args.data})
+    if args.batch_size:  # two structures side by side: 28 x 56 px; activations of a small conv VAE, a low estimate
+        check_fits("--batch-size", args.batch_size, float(args.batch_size) * 28 * 28 * args.structures * 64 * 4 * 8,
+                   f"a batch of {args.batch_size}")
     torch.set_num_threads(max(1, args.threads))
     overrides = {
         k: v
@@ -106,7 +124,6 @@ def run_train(args) -> int:
     cfg = TrainConfig(**overrides)
     data = load_morphomnist(args.data)
     train = build_structures(data, "train", args.structures)
-    out = Path(args.out)
     for seed in args.seeds:
         for variant in args.variant:
             meta = train_all(out, train, variant, seed, cfg, progress=not args.no_progress)
@@ -123,6 +140,8 @@ def run_evaluate(args) -> int:
     from ..causal.training import TrainConfig
     from ..data.morphomnist import build_structures, load_morphomnist
 
+    if args.report:
+        check_out(args.report, "--report", kind="file", inputs={"--data": args.data})
     torch.set_num_threads(max(1, args.threads))
     if (args.run is None) == (args.checkpoint is None):
         raise input_error("--run/--checkpoint", (args.run, args.checkpoint), "exactly one of them")
@@ -149,6 +168,9 @@ def run_evaluate(args) -> int:
     structures = int(first["vae_config"]["width"]) // 28
     test = build_structures(load_morphomnist(args.data), "test", structures)
     report = Path(args.report) if args.report else where / "report.html"
+    if not args.report:
+        check_out(report, "--run" if args.run else "--checkpoint", kind="file", inputs={"--data": args.data})
+    check_out(where / "results.json", "--run" if args.run else "--checkpoint", kind="file", inputs={"--data": args.data})
     results = evaluate_run(run, test, args.variants, seeds, scales, report, _command_line(), not args.no_progress, where / "results.json")
     left = results["variants"][args.variants[0]]["per_seed"][0]["left_out_out_of_range"]
     if left:

@@ -5,14 +5,21 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from ._args import loop_args, loop_config, nonneg_float, positive_int, set_threads
+from ._args import (
+    check_out,
+    check_weights_folder,
+    loop_args,
+    loop_config,
+    nonneg_float,
+    positive_int,
+    set_threads,
+)
 
 
 def cmd_train_controlnet(args) -> int:
     from ..errors import input_error
     from ..training.controlnet import ControlNetTrainConfig, train_controlnet
 
-    set_threads(args)
     if not Path(args.data).is_dir():
         raise input_error("--data", args.data, "an existing dataset folder (MVTec or Magnetic Tile layout)")
     if args.base_kind == "sd" and not args.base:
@@ -21,6 +28,10 @@ def cmd_train_controlnet(args) -> int:
         raise input_error("--base", args.base, "an existing base folder (compact weights or a local SD-1.5 diffusers folder)")
     if not 0 <= args.outside_weight <= 1:
         raise input_error("--outside-weight", args.outside_weight, "a number in [0, 1]")
+    check_out(args.out, inputs={"--data": args.data, "--base": args.base, "--split": args.split})
+    if args.base and args.base_kind == "compact":
+        check_weights_folder(args.base, "--base")
+    set_threads(args)
     cfg = ControlNetTrainConfig(
         out=args.out, data=args.data, base=args.base, base_kind=args.base_kind, split=args.split, shots=args.shots,
         types=tuple(args.types) if args.types else None, batch_size=args.batch_size,

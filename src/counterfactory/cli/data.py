@@ -6,6 +6,10 @@ import argparse
 import json
 import sys
 
+from ._args import check_fits, check_out, int_range, positive_int, seed_arg
+
+MAX_SYNTH_SIZE = 8192
+
 
 def register(sub) -> None:
     data = sub.add_parser(
@@ -27,11 +31,15 @@ def register(sub) -> None:
     p.add_argument(
         "--out", required=True, metavar="DIR", help="parent folder; the dataset goes to DIR/<category>"
     )
-    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    p.add_argument("--size", type=int, default=128, help="image side in pixels (default 128)")
-    p.add_argument("--n-train-good", type=int, default=32, help="defect-free training images (default 32)")
-    p.add_argument("--n-test-good", type=int, default=16, help="defect-free test images (default 16)")
-    p.add_argument("--n-per-type", type=int, default=16, help="test images per defect type (default 16)")
+    p.add_argument("--seed", type=seed_arg(), default=0, help="random seed (default 0)")
+    p.add_argument("--size", type=int_range("--size", 16, MAX_SYNTH_SIZE), default=128,
+                   help=f"image side in pixels, 16..{MAX_SYNTH_SIZE} (default 128)")
+    p.add_argument("--n-train-good", type=int_range("--n-train-good", 0, 100_000), default=32,
+                   help="defect-free training images (default 32)")
+    p.add_argument("--n-test-good", type=int_range("--n-test-good", 0, 100_000), default=16,
+                   help="defect-free test images (default 16)")
+    p.add_argument("--n-per-type", type=int_range("--n-per-type", 0, 100_000), default=16,
+                   help="test images per defect type (default 16)")
     p.add_argument(
         "--types", default=None, help="comma-separated defect types (default: crack,scratch,spot,chip)"
     )
@@ -50,6 +58,7 @@ def register(sub) -> None:
     p.add_argument("dir", metavar="DIR", help="dataset folder")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of text")
     p.add_argument("--quick", action="store_true", help="read image headers only (skips full decoding)")
+    _min_side_arg(p)
     p.set_defaults(func=_inspect)
 
     p = dsub.add_parser(
@@ -58,26 +67,44 @@ def register(sub) -> None:
         description=(
             "Per defect type, sorted by id: the first third (or the first k with --shots k) trains, the rest is held "
             "out; defect-free images split by thirds. Written to a JSON file every later step reads. The dataset is checked "
-            "first (every image decoded): any problem `data inspect` would list stops it with exit status 2."
+            "first (every image decoded): a file with a problem `data inspect` would list is skipped with a warning "
+            "and counted; only a type left with no usable sample stops it with exit status 2."
         ),
     )
     p.add_argument("dir", metavar="DIR", help="dataset folder")
     p.add_argument("--out", required=True, metavar="FILE", help="split file to write (JSON)")
     p.add_argument(
-        "--shots", type=int, default=None, help="training images per defect type (default: the first third)"
+        "--shots", type=positive_int("--shots", 100_000), default=None,
+        help="training images per defect type (default: the first third)"
     )
     p.add_argument(
         "--quick", action="store_true", help="read image headers only (skips decoding every image first)"
     )
+    _min_side_arg(p)
     p.set_defaults(func=_split)
+
+
+def _min_side_arg(p) -> None:
+    from ..data.dataset import MIN_IMAGE_SIDE
+
+    p.add_argument("--min-side", type=int_range("--min-side", MIN_IMAGE_SIDE, 8192), default=MIN_IMAGE_SIDE,
+                   help=f"flag images smaller than this on a side, e.g. the working resolution (default {MIN_IMAGE_SIDE})")
 
 
 def _synth(args: argparse.Namespace) -> int:
     from ..data.surfaces import DEFECT_TYPES, synth_dataset
+    from ..errors import input_error
+    from ..io.names import check_path_name
 
     types = (
         DEFECT_TYPES if args.types is None else tuple(t.strip() for t in args.types.split(",") if t.strip())
     )
+    if not types:
+        raise input_error("--types", repr(args.types), f"a comma-separated list among {', '.join(DEFECT_TYPES)}")
+    check_path_name(args.category, "--category")
+    # a few float64 layers per pixel while one image is rendered (a low estimate)
+    check_fits("--size", args.size, 8.0 * 8 * args.size**2, f"rendering one {args.size}x{args.size} image")
+    check_out(args.out)
     root = synth_dataset(
         args.out,
         seed=args.seed,
@@ -99,7 +126,7 @@ def _synth(args: argparse.Namespace) -> int:
 def _inspect(args: argparse.Namespace) -> int:
     from ..data.dataset import open_dataset
 
-    ds = open_dataset(args.dir, strict=False, verify=not args.quick)
+    ds = open_dataset(args.dir, strict=False, verify=not args.quick, min_side=args.min_side)
     summary = ds.summary()
     if args.json:
         json.dump(summary, sys.stdout, indent=2, sort_keys=False)
@@ -122,7 +149,9 @@ def _split(args: argparse.Namespace) -> int:
     from ..data.dataset import open_dataset
     from ..data.splits import few_shot_split, save_split
 
-    ds = open_dataset(args.dir, strict=True, verify=not args.quick)  # a bad file fails now, not mid-training
+    check_out(args.out, kind="file", inputs={"DIR": args.dir})
+    # every file checked now, not mid-training: problems are skipped with a warning each and a count
+    ds = open_dataset(args.dir, verify=not args.quick, skip_broken=True, min_side=args.min_side)
     split = few_shot_split(ds, shots=args.shots)
     path = save_split(split, args.out)
     parts = ", ".join(f"{t} {len(split.train[t])}/{len(split.held_out[t])}" for t in split.types)

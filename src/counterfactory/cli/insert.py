@@ -11,7 +11,23 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from ._args import loop_args, loop_config, nonneg_float, positive_int, set_threads, threads_arg
+from ._args import (
+    bound_loop_flags,
+    check_fits,
+    check_out,
+    check_weights_folder,
+    float_range,
+    int_range,
+    loop_args,
+    loop_config,
+    lora_activation_bytes,
+    positive_int,
+    seed_arg,
+    set_threads,
+    threads_arg,
+    unet_activation_bytes,
+)
+from .train import check_types_arg
 
 
 def parse_box(text: str) -> tuple[int, int, int, int]:
@@ -56,11 +72,14 @@ def read_image_file(path: str, argument: str, reject_alpha: bool):
 
 def _check_single(args, image, img_c, reference, ref_c, max_box_side: int):
     """Every bad-input rule of the single-image mode, before anything is loaded or written."""
+    from ..data.dataset import MIN_IMAGE_SIDE
     from ..errors import input_error
     from ..io.masks import check_box
     from ..models.reference import MIN_REFERENCE_SIDE
 
     h, w = image.shape[-2:]
+    if min(h, w) < MIN_IMAGE_SIDE:
+        raise input_error("--image", f"{args.image} ({w}x{h} px)", f"an image at least {MIN_IMAGE_SIDE} px on each side")
     box = check_box(parse_box(args.box), (h, w), name="--box")
     if ref_c != img_c:
         kinds = {1: "gray", 3: "RGB"}
@@ -78,16 +97,26 @@ def _check_single(args, image, img_c, reference, ref_c, max_box_side: int):
     return box
 
 
-def _out_file(path: str):
+def _out_file(args):
     from ..errors import input_error
     from ..io.images import IMAGE_EXTENSIONS
 
-    p = Path(path)
+    p = Path(args.out)
     if p.suffix.lower() not in IMAGE_EXTENSIONS:
-        raise input_error("--out", path, f"an image file name ending in one of {', '.join(IMAGE_EXTENSIONS)}")
-    if p.is_dir():
-        raise input_error("--out", path, "a file path (this is a folder)")
+        raise input_error("--out", args.out, f"an image file name ending in one of {', '.join(IMAGE_EXTENSIONS)}")
+    check_out(p, kind="file", inputs={"--adapter": args.adapter, "--base": args.base,
+                                      "--encoder-weights": args.encoder_weights})
+    for flag, f in (("--image", args.image), ("--reference", args.reference)):
+        if Path(f).exists() and p.resolve() == Path(f).resolve():
+            raise input_error("--out", args.out, f"a file other than {flag} (outputs never overwrite their inputs)")
     return p
+
+
+def _check_model_folders(args) -> None:
+    for flag in ("--adapter", "--base", "--encoder-weights"):
+        folder = getattr(args, flag[2:].replace("-", "_"), None)
+        if folder:
+            check_weights_folder(folder, flag)
 
 
 def _pipeline(args):
@@ -131,10 +160,11 @@ def cmd_insert(args) -> int:
         raise input_error(missing[0], None, "--image, --box, --reference and --out for one image (or --data for the benchmark)")
     import torch
 
-    from ..io.images import save_image
+    from ..io.images import save_image, to_gray, to_rgb
 
+    out = _out_file(args)
+    _check_model_folders(args)
     set_threads(args)
-    out = _out_file(args.out)
     image, img_c = read_image_file(args.image, "--image", reject_alpha=False)
     reference, ref_c = read_image_file(args.reference, "--reference", reject_alpha=True)
     res = _adapter_resolution(args)
@@ -147,14 +177,13 @@ def cmd_insert(args) -> int:
     else:
         from ..evaluation.insertion import baseline_method
 
-        rgb = image.expand(3, -1, -1) if img_c == 1 else image
-        ref = reference.expand(3, -1, -1) if ref_c == 1 else reference
+        rgb, ref = to_rgb(image), to_rgb(reference)
         result = baseline_method(args.method)(rgb, box, ref)
     if img_c == 1:  # back to gray: the region gets the channel mean, every other pixel its own value
         from ..io.masks import box_mask
 
         m = box_mask(box, tuple(image.shape[-2:])) > 0.5
-        result = torch.where(m, result.mean(0, keepdim=True), image)
+        result = torch.where(m, to_gray(result), image)
     save_image(result, out)
     print(json.dumps({"out": str(out), "box": list(box), "method": args.method, "seed": args.seed}))
     return 0
@@ -210,15 +239,20 @@ def cmd_benchmark(args) -> int:
         BASELINES,
         TASKS,
         InsertionEvalConfig,
+        _identity_check,
         baseline_method,
         build_cases,
         evaluate_insertion,
         real_defect_crops,
     )
 
-    set_threads(args)
     if not Path(args.data).is_dir():
         raise input_error("--data", args.data, "an existing dataset folder (MVTec or Magnetic Tile layout)")
+    check_out(args.out, inputs={"--data": args.data, "--adapter": args.adapter, "--base": args.base,
+                                "--split": args.split, "--extractor-weights": args.extractor_weights,
+                                "--encoder-weights": args.encoder_weights})
+    _check_model_folders(args)
+    set_threads(args)
     tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
     for t in tasks:
         if t not in TASKS:
@@ -230,17 +264,20 @@ def cmd_benchmark(args) -> int:
     if not methods or not tasks:
         raise input_error("--tasks/--methods", (args.tasks, args.methods), "at least one task and one method")
     out = Path(args.out)
-    if out.exists() and not out.is_dir():
-        raise input_error("--out", args.out, "a folder path (this is a file)")
-    ds = open_dataset(args.data)
+    ds = open_dataset(args.data, skip_broken=True, warn=_log)
     split_file = args.split or (str(Path(args.adapter) / "split.json") if args.adapter and (Path(args.adapter) / "split.json").is_file() else None)
     split = load_split(split_file) if split_file else few_shot_split(ds)
     fns = {}
     identity = {"data": str(Path(args.data).resolve()), "seed": args.seed, "split": split_file}
     if "model" in methods:
         pipe = _pipeline(args)
+        from ..io.manifest import sha256_file
+
         identity.update(adapter=str(Path(args.adapter).resolve()), base=args.base, steps=args.num_inference_steps,
-                        guidance=args.guidance_scale, adapter_steps=pipe.info["adapter_config"].get("steps"))
+                        guidance=args.guidance_scale, adapter_steps=pipe.info["adapter_config"].get("steps"),
+                        adapter_files_sha256={f.name: sha256_file(f)
+                                              for f in sorted(Path(args.adapter).glob("*.safetensors"))},
+                        crop_margin=args.crop_margin, max_box_side=args.max_box_side)
 
         def model_fn(target, box, reference, case):
             g = torch.Generator().manual_seed(args.seed * 1_000_003 + int(case.case_id.rsplit("-", 1)[1]))
@@ -259,6 +296,8 @@ def cmd_benchmark(args) -> int:
         cases += build_cases(ds, split, t, n=args.n, seed=args.seed)
     if not cases:
         raise input_error("--data", args.data, "a dataset with held-out defects (no case could be built)")
+    # refuse a folder of another run now, before the feature extractor is trained into it
+    _identity_check(out, {"cases": [c.to_dict() for c in cases], "methods": sorted(fns), **identity})
     index = ds.by_id()
     held = [index[i] for t in split.held_out if t != "good" for i in split.held_out[t] if i in index]
     train_imgs = [index[i].image_path for t in split.train for i in split.train[t] if i in index]
@@ -278,15 +317,26 @@ def cmd_train_reference(args) -> int:
     from ..training.inpaint import ATTENTION_TARGETS, CONV_TARGETS
     from ..training.reference import ReferenceTrainConfig, train_reference
 
-    set_threads(args)
     if not Path(args.data).is_dir():
         raise input_error("--data", args.data, "an existing dataset folder (MVTec or Magnetic Tile layout)")
+    types = check_types_arg(args.types)
+    res = 64
+    check_fits("--batch-size", args.batch_size, unet_activation_bytes(args.batch_size, res),
+               f"a batch of {args.batch_size} at {res} px")
+    check_fits("--rank", args.rank, lora_activation_bytes(args.rank, args.batch_size, res),
+               f"LoRA rank {args.rank} at batch {args.batch_size}")
+    check_out(args.out, inputs={"--data": args.data, "--base": args.base, "--split": args.split,
+                                "--encoder-weights": args.encoder_weights})
+    for flag, folder in (("--base", args.base), ("--encoder-weights", args.encoder_weights)):
+        if folder:
+            check_weights_folder(folder, flag)
+    set_threads(args)
     targets = {"attn": ATTENTION_TARGETS, "attn+conv": ATTENTION_TARGETS + CONV_TARGETS}[args.lora_targets]
     loop = loop_config(args, warmup=20)
     cfg = ReferenceTrainConfig(
         out=args.out, data=args.data, base=args.base, base_kind=args.base_kind, encoder=args.encoder,
         encoder_weights=args.encoder_weights, token_mode=args.token_mode, reference_size=args.reference_size,
-        split=args.split, types=tuple(args.types) if args.types else None, lora_rank=args.rank, lora_targets=targets,
+        split=args.split, types=tuple(types) if types else None, lora_rank=args.rank, lora_targets=targets,
         batch_size=args.batch_size, reference_dropout=args.reference_dropout, background_prob=args.background_prob,
         loop=loop,
     )
@@ -303,12 +353,13 @@ def _model_args(p):
     g.add_argument("--base-kind", default="compact", choices=["compact", "sd"], help="which base (default compact)")
     g.add_argument("--encoder-weights", default=None,
                    help="local CLIP/DINOv2 folder for an adapter with a pretrained encoder (default: the one it was trained with)")
-    g.add_argument("--num-inference-steps", type=positive_int("--num-inference-steps"), default=25)
-    g.add_argument("--guidance-scale", type=nonneg_float("--guidance-scale"), default=3.0,
-                   help="classifier-free guidance towards the reference (1 = none; default 3)")
-    g.add_argument("--crop-margin", type=nonneg_float("--crop-margin"), default=0.5,
-                   help="context around the box as a fraction of its side (default 0.5)")
-    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--num-inference-steps", type=positive_int("--num-inference-steps", 1000), default=25,
+                   help="denoising steps, 1..1000 (default 25)")
+    g.add_argument("--guidance-scale", type=float_range("--guidance-scale", 0.0, 50.0), default=3.0,
+                   help="classifier-free guidance towards the reference, 0..50 (1 = none; default 3)")
+    g.add_argument("--crop-margin", type=float_range("--crop-margin", 0.0, 10.0), default=0.5,
+                   help="context around the box as a fraction of its side, 0..10 (default 0.5)")
+    g.add_argument("--seed", type=seed_arg(), default=0)
     threads_arg(g)
     g.add_argument("--quiet", action="store_true", help="no progress bar")
 
@@ -332,15 +383,15 @@ def register(sub) -> None:
     b.add_argument("--tasks", default="reinsertion,replacement,insertion", help="comma list of tasks")
     b.add_argument("--methods", default="model,copy_paste,poisson,unchanged",
                    help="comma list of model, copy_paste, poisson, unchanged (the target as is: a calibration row)")
-    b.add_argument("--n", type=positive_int("--n"), default=20, help="cases per task (default 20)")
+    b.add_argument("--n", type=positive_int("--n", 100_000), default=20, help="cases per task (default 20)")
     b.add_argument("--extractor", default="compact", choices=["compact", "inception", "clip", "dinov2"],
                    help="feature extractor for FD/KID and reference fidelity (default compact, trained here if no weights)")
     b.add_argument("--extractor-weights", default=None, help="local weights of the extractor")
-    b.add_argument("--extractor-steps", type=positive_int("--extractor-steps"), default=300,
+    b.add_argument("--extractor-steps", type=positive_int("--extractor-steps", 100_000), default=300,
                    help="training steps of the compact extractor when it is trained here (default 300)")
-    b.add_argument("--max-box-side", type=positive_int("--max-box-side"), default=None,
-                   help="largest box side the model accepts in the benchmark (default: no limit, every real box is "
-                        "evaluated even when much larger than the working resolution)")
+    b.add_argument("--max-box-side", type=int_range("--max-box-side", 8, 65536), default=None,
+                   help="largest box side the model accepts in the benchmark, >= 8 px (default: no limit, every real "
+                        "box is evaluated even when much larger than the working resolution)")
     _model_args(p)
     p.set_defaults(func=cmd_insert)
 
@@ -357,14 +408,15 @@ def register(sub) -> None:
     p.add_argument("--encoder-weights", default=None, help="local CLIP/DINOv2 transformers folder (--encoder clip/dinov2)")
     p.add_argument("--token-mode", default="pooled", choices=["pooled", "patches"],
                    help="pretrained encoders: one pooled token mapped to several (PbE) or every hidden state (AnyDoor)")
-    p.add_argument("--reference-size", type=positive_int("--reference-size"), default=48,
+    p.add_argument("--reference-size", type=int_range("--reference-size", 8, 1024), default=48,
                    help="compact encoder input side in pixels (default 48)")
     p.add_argument("--split", default=None, help="split file (default: the field's first-third split)")
     p.add_argument("--types", nargs="+", default=None, help="train only on these defect types")
-    p.add_argument("--rank", type=positive_int("--rank"), default=8, help="LoRA rank (default 8)")
+    p.add_argument("--rank", type=positive_int("--rank", 4096), default=8, help="LoRA rank (default 8)")
     p.add_argument("--lora-targets", default="attn+conv", choices=["attn", "attn+conv"])
-    p.add_argument("--reference-dropout", type=float, default=0.2, help="null-reference rate for CFG (default 0.2)")
-    p.add_argument("--background-prob", type=float, default=0.2,
+    p.add_argument("--reference-dropout", type=float_range("--reference-dropout", 0.0, 1.0), default=0.2, help="null-reference rate for CFG (default 0.2)")
+    p.add_argument("--background-prob", type=float_range("--background-prob", 0.0, 1.0), default=0.2,
                    help="rows on defect-free training images with the null reference (default 0.2; 0 = none)")
     loop_args(p, steps=600, lr=1e-3, batch=8, ckpt=50)
+    bound_loop_flags(p)
     p.set_defaults(func=cmd_train_reference)

@@ -16,18 +16,26 @@ from ..errors import CounterfactoryError
 # command-group modules, in the order --help lists them
 COMMAND_MODULES = [
     "counterfactory.cli.data",
-    "counterfactory.cli.synth",
+    "counterfactory.cli.train",
     "counterfactory.cli.controlnet",
+    "counterfactory.cli.generate",
     "counterfactory.cli.demo",
     "counterfactory.cli.cft",
     "counterfactory.cli.evaluate",
     "counterfactory.cli.insert",
     "counterfactory.cli.masks",
+    "counterfactory.cli.retrieval",
+    "counterfactory.cli.text",
+    "counterfactory.cli.ui",
 ]
 
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str):  # one line, exit 2, no usage dump
+        # "argument --x: --x='v': allowed" -> "--x='v': allowed" (the value types already name their flag)
+        head, sep, rest = message.partition(": ")
+        if sep and head.startswith("argument ") and rest.startswith(head[len("argument "):].split("/")[-1] + "="):
+            message = rest
         self.exit(2, f"{self.prog}: error: {message}\n")
 
 

@@ -6,7 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
-from ._args import positive_int
+from ._args import check_out, positive_int, seed_arg
 
 
 def cmd_sample(args) -> int:
@@ -24,10 +24,8 @@ def cmd_sample(args) -> int:
 
     if not Path(args.data).is_dir():
         raise input_error("--data", args.data, "an existing dataset folder")
-    out = Path(args.out)
-    if out.exists() and not out.is_dir():
-        raise input_error("--out", args.out, "a folder (this path is a file)")
-    ds = open_dataset(args.data)
+    out = check_out(args.out, inputs={"--data": args.data, "--split": args.split})
+    ds = open_dataset(args.data, skip_broken=True)
     split = load_split(args.split)
     types = args.types or split.defect_types
     for t in types:
@@ -91,16 +89,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="learned: keep each shot's distance and orientation to the product edge (default); "
                         "uniform: anywhere on the product")
     s.add_argument("--no-deform", action="store_true", help="place the shot masks as they are (no elastic/affine change)")
-    s.add_argument("--seed", type=_nonneg_int, default=0, help="seed (default 0)")
+    s.add_argument("--seed", type=seed_arg(), default=0, help="seed (default 0)")
     s.add_argument("--quiet", action="store_true", help="no progress bar")
     s.set_defaults(func=cmd_sample)
 
-
-def _nonneg_int(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"--seed={text!r}: an integer >= 0") from None
-    if v < 0:
-        raise argparse.ArgumentTypeError(f"--seed={text!r}: an integer >= 0")
-    return v

@@ -11,6 +11,7 @@ The sampled :class:`AugmentParams` are returned, so the same transform can be re
 from __future__ import annotations
 
 import math
+import operator
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -21,6 +22,22 @@ from ..errors import ConfigError, input_error
 
 _MAX_TRIES = 16
 _EPS = 1e-4
+
+
+def dihedral(x: torch.Tensor, k: int) -> torch.Tensor:
+    """One of the 8 symmetries of the square on the last two axes, ``k`` in 0..7: bit 2 (``k & 4``) mirrors
+    left-right first, then ``k % 4`` quarter turns (``torch.rot90``). The same ``k`` on an image and its mask
+    keeps them aligned; a random ``k`` drawn from 0..7 gives uniform flip-and-rotate augmentation."""
+    try:
+        index = None if isinstance(k, bool) else operator.index(k)  # int, numpy or 0-d torch integers
+    except TypeError:
+        index = None
+    if index is None or not 0 <= index <= 7:
+        raise input_error("k", k, "an integer in 0..7")
+    k = index
+    if k & 4:
+        x = x.flip(-1)
+    return torch.rot90(x, k & 3, dims=(-2, -1))
 
 
 @dataclass(frozen=True)

@@ -3,14 +3,17 @@
 ``open_dataset(path)`` detects the layout (MVTec-AD or Magnetic Tile), reads it and returns a
 :class:`Dataset`. In ``strict`` mode (the default, used by training and generation) the first problem found
 raises :class:`InputError`; with ``strict=False`` (used by ``data inspect``) problems are collected in
-``Dataset.problems`` and every readable sample is kept.
+``Dataset.problems`` and every readable sample is kept. ``skip_broken=True`` (``data split``, training and
+generation on real data) is the middle way: each problem is reported as a one-line warning, the affected sample
+is left out, a count closes the list, and only a type left with no usable sample is an error.
 """
 
 from __future__ import annotations
 
 import os
 import re
-from collections.abc import Iterable
+import sys
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,6 +25,10 @@ from ..io.masks import read_mask
 from .sample import GOOD, Sample
 
 LAYOUTS = ("mvtec", "magnetic_tile")
+
+MIN_IMAGE_SIDE = 16  # smaller images (or masks) cannot hold a defect with context at any working resolution
+NOISE_COVERAGE = 0.4  # a mask covering more than this fraction of its image ...
+NOISE_FRAGMENTS = 20  # ... in more than this many separate pieces is noise (a bad threshold or export), not a defect
 
 LAYOUT_HELP = (
     "a folder in MVTec-AD layout (<category>/train/good/, test/<type>/, ground_truth/<type>/<id>_mask.png) "
@@ -39,7 +46,7 @@ class Problem:
     """One thing wrong with a dataset: the file, a short kind and a one-line message (value + what is allowed)."""
 
     path: str
-    kind: str  # missing_mask | orphan_mask | size_mismatch | empty_mask | nonempty_good_mask | not_an_image | unreadable | misplaced | empty_type
+    kind: str  # missing_mask | orphan_mask | size_mismatch | empty_mask | full_mask | noise_mask | nonempty_good_mask | not_an_image | unreadable | too_small | misplaced | empty_type
     message: str
 
     def to_dict(self) -> dict:
@@ -49,8 +56,9 @@ class Problem:
 class Problems:
     """Collects problems; in strict mode the first one raises InputError."""
 
-    def __init__(self, strict: bool):
+    def __init__(self, strict: bool, min_side: int = MIN_IMAGE_SIDE):
         self.strict = strict
+        self.min_side = max(1, int(min_side))
         self.items: list[Problem] = []
 
     def add(self, path: str | os.PathLike, kind: str, argument: str, allowed: str) -> None:
@@ -113,6 +121,10 @@ def image_size(path: Path, verify: bool, problems: Problems, what: str = "image"
         return None
     if orientation in (5, 6, 7, 8):  # EXIF-rotated by a quarter turn: read_array returns it transposed
         h, w = w, h
+    if min(h, w) < problems.min_side:
+        problems.add(path, "too_small", what, f"an image at least {problems.min_side} px on each side (this one is "
+                                              f"{w}x{h})")
+        return None
     return h, w
 
 
@@ -151,7 +163,32 @@ def check_mask(
             "a mask with defect pixels (>= 0.5 after scaling to [0,1]); this one is all background",
         )
         return False
+    why = mask_quality(m)
+    if why:
+        problems.add(mask, why[0], "mask", why[1])
+        return False
     return True
+
+
+def mask_quality(m) -> tuple[str, str] | None:
+    """``(kind, what is allowed)`` when a binary (H,W) defect mask is all defect or mostly noise, else None.
+
+    Noise: more than ``NOISE_COVERAGE`` of the image in more than ``NOISE_FRAGMENTS`` separate pieces (what a
+    wrong threshold or a JPEG-compressed mask export looks like); a real large defect is one or a few pieces.
+    """
+    import numpy as np
+    from scipy import ndimage
+
+    m = np.asarray(m) > 0.5
+    frac = float(m.mean())
+    if m.all():
+        return "full_mask", "a mask that marks a defect region, not the whole image (this one is all defect)"
+    if frac > NOISE_COVERAGE:
+        _, pieces = ndimage.label(m)
+        if pieces > NOISE_FRAGMENTS:
+            return "noise_mask", (f"a defect mask, not noise (this one covers {frac:.0%} of the image in {pieces} "
+                                  f"pieces; check the threshold or export of the mask)")
+    return None
 
 
 @dataclass
@@ -247,21 +284,52 @@ def detect_layout(path: str | os.PathLike) -> tuple[str, Path]:
     raise input_error("dataset", str(path), f"{LAYOUT_HELP}; found neither (unknown layout)")
 
 
-def open_dataset(path: str | os.PathLike, strict: bool = True, verify: bool = False) -> Dataset:
+def _stderr(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
+
+
+def open_dataset(
+    path: str | os.PathLike,
+    strict: bool = True,
+    verify: bool = False,
+    *,
+    skip_broken: bool = False,
+    min_side: int = MIN_IMAGE_SIDE,
+    warn: Callable[[str], None] | None = None,
+) -> Dataset:
     """Read a dataset folder, detecting its layout.
 
-    ``strict``: raise :class:`InputError` at the first problem (missing/mismatched/empty mask, unreadable or
-    non-image file); otherwise collect them in ``Dataset.problems``. ``verify``: decode every image fully
-    (slower; catches truncated files) instead of reading headers only. Masks of defect images are always read.
+    ``strict``: raise :class:`InputError` at the first problem (missing/mismatched/empty/noise mask, unreadable,
+    too small or non-image file); otherwise collect them in ``Dataset.problems``. ``verify``: decode every image
+    fully (slower; catches truncated files) instead of reading headers only. Masks of defect images are always
+    read. ``skip_broken``: leave out every sample with a problem, passing one line per problem and then a count
+    to ``warn`` (default: stderr); raise only when a type that has files is left with no usable sample.
+    ``min_side``: images smaller than this on a side are a ``too_small`` problem.
     """
     layout, root = detect_layout(path)
     if layout == "mvtec":
-        from .mvtec import read_mvtec
+        from .mvtec import read_mvtec as read
+    else:
+        from .magnetic_tile import read_magnetic_tile as read
+    ds = read(root, strict=strict and not skip_broken, verify=verify, min_side=min_side)
+    if skip_broken:
+        report_skipped(ds, warn or _stderr)
+    return ds
 
-        return read_mvtec(root, strict=strict, verify=verify)
-    from .magnetic_tile import read_magnetic_tile
 
-    return read_magnetic_tile(root, strict=strict, verify=verify)
+def report_skipped(ds: Dataset, warn: Callable[[str], None]) -> None:
+    """Warn once per problem of ``ds`` and with a count; InputError if a type has files but no usable sample."""
+    for p in ds.problems:
+        warn(f"warning: skipped [{p.kind}] {p.message}")  # the message names the file
+    usable = {t: len(ds.of_type(t)) for t in ds.defect_types}
+    empty = [t for t, n in usable.items() if n == 0]
+    if ds.problems:
+        warn(f"warning: {len(ds.problems)} file(s) with problems skipped in {ds.root}; "
+             f"usable samples: {', '.join(f'{t} {n}' for t, n in usable.items())}, good {len(ds.good())}")
+    if empty:
+        raise input_error("dataset", str(ds.root), f"at least one usable sample of every type; none is left of "
+                                                   f"{', '.join(repr(t) for t in empty)} after skipping the files "
+                                                   f"with problems (see `counterfactory data inspect {ds.root}`)")
 
 
 def sort_samples(samples: Iterable[Sample]) -> list[Sample]:

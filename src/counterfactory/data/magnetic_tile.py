@@ -16,7 +16,7 @@ import os
 from pathlib import Path
 
 from ..io.images import IMAGE_EXTENSIONS
-from .dataset import Dataset, Problems, check_mask, image_size, natural_key, visible_entries
+from .dataset import MIN_IMAGE_SIDE, Dataset, Problems, check_mask, image_size, natural_key, visible_entries
 from .sample import GOOD, Sample
 
 PREFIX = "MT_"
@@ -24,13 +24,15 @@ FREE = "Free"
 MASK_EXT = ".png"
 
 
-def read_magnetic_tile(root: str | os.PathLike, strict: bool = True, verify: bool = False) -> Dataset:
+def read_magnetic_tile(
+    root: str | os.PathLike, strict: bool = True, verify: bool = False, min_side: int = MIN_IMAGE_SIDE
+) -> Dataset:
     """Read a Magnetic Tile folder. ``strict``/``verify``: see :func:`open_dataset`.
 
     Good masks are only read with ``verify`` (to report a non-empty one); defect masks are always read.
     """
     root = Path(root)
-    problems = Problems(strict)
+    problems = Problems(strict, min_side)
     samples: list[Sample] = []
     counts: dict[str, dict[str, int]] = {}
     for type_dir in visible_entries(root):

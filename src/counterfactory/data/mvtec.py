@@ -22,7 +22,7 @@ from PIL import Image
 from ..errors import input_error
 from ..io.images import IMAGE_EXTENSIONS, save_image, to_uint8
 from ..io.masks import binarize
-from .dataset import Dataset, Problems, check_mask, image_size, natural_key, visible_entries
+from .dataset import MIN_IMAGE_SIDE, Dataset, Problems, check_mask, image_size, natural_key, visible_entries
 from .sample import GOOD, Sample
 
 SPLITS = ("train", "test")
@@ -38,10 +38,12 @@ def _check_name(argument: str, name: str) -> None:
         raise input_error(argument, name, "a plain, non-empty file name part (no '/', not starting with '.')")
 
 
-def read_mvtec(root: str | os.PathLike, strict: bool = True, verify: bool = False) -> Dataset:
+def read_mvtec(
+    root: str | os.PathLike, strict: bool = True, verify: bool = False, min_side: int = MIN_IMAGE_SIDE
+) -> Dataset:
     """Read one MVTec-AD category folder (see module doc). ``strict``/``verify``: see :func:`open_dataset`."""
     root = Path(root)
-    problems = Problems(strict)
+    problems = Problems(strict, min_side)
     samples: list[Sample] = []
     counts: dict[str, dict[str, int]] = {}
     matched_masks: set[Path] = set()

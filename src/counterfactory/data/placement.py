@@ -124,8 +124,12 @@ class MaskSampler:
         if not (0.25 <= self.scale[0] <= self.scale[1] <= 4):
             raise input_error("scale", self.scale, "a (low, high) pair with 0.25 <= low <= high <= 4")
 
-    def sample(self, mask: np.ndarray, product: np.ndarray | None, gen: torch.Generator | None) -> np.ndarray:
-        """A deformed copy of ``mask`` (H, W) in the same frame, inside ``product``; never empty."""
+    def sample(self, mask: np.ndarray, product: np.ndarray | None, gen: torch.Generator | None,
+               pixels: np.ndarray | None = None):
+        """A deformed copy of ``mask`` (H, W) in the same frame, inside ``product``; never empty.
+
+        With ``pixels`` (C, H, W), the image is deformed by the same map and ``(mask, pixels)`` is returned.
+        """
         m = np.asarray(mask) > 0.5
         prod = np.ones_like(m) if product is None else (np.asarray(product).astype(bool) | m)
         rng = _rng(gen)
@@ -149,7 +153,13 @@ class MaskSampler:
                 grid += self.elastic * size * field
         out = ndimage.map_coordinates(m.astype(np.float32), [sy, sx], order=1, mode="constant", cval=0.0) > 0.5
         out &= prod
-        return out if out.any() else m
+        if not out.any():
+            return m if pixels is None else (m, pixels)
+        if pixels is None:
+            return out
+        warped = np.stack([ndimage.map_coordinates(c.astype(np.float32), [sy, sx], order=1, mode="nearest")
+                           for c in np.asarray(pixels)])
+        return out, warped
 
 
 def _rotate_patch(patch: np.ndarray, degrees: float) -> np.ndarray:
@@ -160,12 +170,21 @@ def _rotate_patch(patch: np.ndarray, degrees: float) -> np.ndarray:
     return ndimage.rotate(patch.astype(np.float32), degrees, reshape=True, order=1) > 0.5
 
 
+def _rotate_pixels(pixels: np.ndarray, degrees: float) -> np.ndarray:
+    """Rotate (C, h, w) pixels exactly like :func:`_rotate_patch` rotates their mask."""
+    k = degrees / 90.0
+    if abs(k - round(k)) < 1e-6:
+        return np.rot90(pixels, int(round(k)) % 4, axes=(1, 2)).copy()
+    return np.stack([ndimage.rotate(c, degrees, reshape=True, order=1, mode="nearest") for c in pixels])
+
+
 class PlacementModel:
     """Places shot masks on new images, keeping each shot's distance and orientation to the product edge."""
 
-    def __init__(self, shots: dict[str, list[tuple[np.ndarray, np.ndarray | None]]], placement: str = "learned",
+    def __init__(self, shots: dict[str, list[tuple]], placement: str = "learned",
                  sampler: MaskSampler | None = None, min_coverage: float = 0.6):
-        """``shots``: per type, ``(mask (H, W), product (H, W) bool or None)`` of each few-shot defect."""
+        """``shots``: per type, ``(mask (H, W), product (H, W) bool or None)`` of each few-shot defect, optionally
+        with a third item, the shot image (C, H, W) float, whose defect pixels :meth:`place` then carries along."""
         if placement not in PLACEMENTS:
             raise input_error("placement", placement, f"one of {', '.join(PLACEMENTS)}")
         if not 0 < min_coverage <= 1:
@@ -176,10 +195,11 @@ class PlacementModel:
         self.shots: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {}
         for t, items in shots.items():
             usable = []
-            for mask, product in items:
+            for mask, product, *image in items:
                 m = np.asarray(mask) > 0.5
                 if m.any():
-                    usable.append((m, np.ones_like(m) if product is None else np.asarray(product).astype(bool) | m))
+                    usable.append((m, np.ones_like(m) if product is None else np.asarray(product).astype(bool) | m,
+                                   np.asarray(image[0], dtype=np.float32) if image and image[0] is not None else None))
             if not usable:
                 raise input_error("shots", t, "at least one non-empty shot mask per type")
             self.shots[t] = usable
@@ -191,6 +211,12 @@ class PlacementModel:
 
     def place(self, defect_type: str, product: np.ndarray, gen: torch.Generator | None) -> tuple[np.ndarray, dict]:
         """A mask (H, W) bool on a target image whose product is ``product`` (H, W), and a record of the draw."""
+        mask, _, meta = self.place_with_pixels(defect_type, product, gen)
+        return mask, meta
+
+    def place_with_pixels(self, defect_type: str, product: np.ndarray, gen: torch.Generator | None):
+        """``(mask (H, W) bool, pixels (C, H, W) or None, record)``: the mask as :meth:`place` draws it and, when the
+        shot came with its image, that shot's pixels moved by the same transform (valid where the mask is set)."""
         if defect_type not in self.shots:
             raise input_error("defect_type", defect_type, f"one of {sorted(self.shots)}")
         prod = np.asarray(product).astype(bool)
@@ -198,41 +224,46 @@ class PlacementModel:
             raise input_error("product", "empty", "a target image with some product (foreground) in view")
         rng = _rng(gen)
         pool = self.shots[defect_type]
-        best, best_meta, best_cov = None, None, -1.0
+        best, best_cov = None, -1.0
         for _ in range(24):
             k = int(rng.integers(len(pool)))
-            mask, shot_prod = pool[k]
+            mask, shot_prod, pixels = pool[k]
             if self.sampler is not None:
                 sub = torch.Generator().manual_seed(int(rng.integers(2**62)))
-                mask = self.sampler.sample(mask, shot_prod, sub)
-            placed, meta = self._place_one(mask, shot_prod, prod, rng)
+                if pixels is None:
+                    mask = self.sampler.sample(mask, shot_prod, sub)
+                else:
+                    mask, pixels = self.sampler.sample(mask, shot_prod, sub, pixels=pixels)
+            placed, placed_pixels, meta = self._place_one(mask, shot_prod, prod, rng, pixels)
             if placed is None:
                 continue
             cov = meta.pop("_coverage")
+            ok = meta.pop("_distance_ok")
             meta["shot"] = k
-            if cov >= self.min_coverage and meta.pop("_distance_ok"):
-                return placed, meta
-            meta.pop("_distance_ok", None)
+            if cov >= self.min_coverage and ok:
+                return placed, placed_pixels, meta
             if cov > best_cov:
-                best, best_meta, best_cov = placed, meta, cov
+                best, best_cov = (placed, placed_pixels, meta), cov
         if best is None:
             raise input_error("product", f"{prod.shape[1]}x{prod.shape[0]} px",
                               f"a target large enough for a {defect_type!r} shot mask")
-        return best, best_meta
+        return best
 
-    def _place_one(self, mask, shot_prod, prod, rng):
+    def _place_one(self, mask, shot_prod, prod, rng, pixels=None):
         geo = shot_geometry(mask, shot_prod)
         ys, xs = np.nonzero(mask)
         y0, x0 = ys.min(), xs.min()
         patch = mask[y0 : ys.max() + 1, x0 : xs.max() + 1]
+        pix = None if pixels is None else pixels[:, y0 : ys.max() + 1, x0 : xs.max() + 1]
         h, w = prod.shape
         dist, idx = product_distance(prod)
         if self.placement == "uniform":
             angle = float(rng.choice([0.0, 90.0, 180.0, 270.0]))
             rp = _rotate_patch(patch, angle)
+            rpix = None if pix is None else _rotate_pixels(pix, angle)
             ph, pw = rp.shape
             if ph > h or pw > w:
-                return None, {}
+                return None, None, {}
             oy, ox = int(rng.integers(0, h - ph + 1)), int(rng.integers(0, w - pw + 1))
             anchor_dist = None
         else:
@@ -250,7 +281,10 @@ class PlacementModel:
             # rotate so the shot's edge normal points along the target's (image y axis points down: sign flip)
             degrees = math.degrees(geo.angle - target_angle)
             if rng.random() < 0.5:  # mirror across the normal: the same relation to the edge, another shape
-                patch = patch[:, ::-1] if abs(geo.normal[0]) > abs(geo.normal[1]) else patch[::-1, :]
+                vertical_normal = abs(geo.normal[0]) > abs(geo.normal[1])
+                patch = patch[:, ::-1] if vertical_normal else patch[::-1, :]
+                if pix is not None:
+                    pix = pix[:, :, ::-1] if vertical_normal else pix[:, ::-1, :]
                 ay, ax = geo.anchor[0] - y0, geo.anchor[1] - x0
                 if abs(geo.normal[0]) > abs(geo.normal[1]):
                     ax = patch.shape[1] - 1 - ax
@@ -261,6 +295,7 @@ class PlacementModel:
             marker = np.zeros(patch.shape, dtype=np.float32)
             marker[int(round(min(max(ay, 0), patch.shape[0] - 1))), int(round(min(max(ax, 0), patch.shape[1] - 1)))] = 1
             rp = _rotate_patch(patch, degrees)
+            rpix = None if pix is None else _rotate_pixels(np.ascontiguousarray(pix), degrees)
             rm = ndimage.rotate(marker, degrees, reshape=True, order=1) if abs(degrees / 90 - round(degrees / 90)) > 1e-6 \
                 else np.rot90(marker, int(round(degrees / 90)) % 4)
             my, mx = np.unravel_index(int(np.argmax(rm)), rm.shape)
@@ -272,12 +307,16 @@ class PlacementModel:
         dy0, dx0 = max(0, oy), max(0, ox)
         hh, ww = min(ph - sy0, h - dy0), min(pw - sx0, w - dx0)
         if hh <= 0 or ww <= 0:
-            return None, {}
+            return None, None, {}
         out[dy0 : dy0 + hh, dx0 : dx0 + ww] = rp[sy0 : sy0 + hh, sx0 : sx0 + ww]
         out &= prod
         total = int(rp.sum())
         if not out.any():
-            return None, {}
+            return None, None, {}
+        placed_pixels = None
+        if rpix is not None:
+            placed_pixels = np.zeros((rpix.shape[0], h, w), dtype=np.float32)
+            placed_pixels[:, dy0 : dy0 + hh, dx0 : dx0 + ww] = rpix[:, sy0 : sy0 + hh, sx0 : sx0 + ww]
         meta = {"placement": self.placement, "offset": [int(oy), int(ox)], "shot_distance": round(geo.distance, 2),
                 "_coverage": float(out.sum()) / max(total, 1)}
         meta["_distance_ok"] = True
@@ -285,4 +324,4 @@ class PlacementModel:
             actual = float(dist[out].min())
             meta["target_distance"] = round(actual, 2)
             meta["_distance_ok"] = abs(actual - geo.distance) <= max(1.0, 0.15 * geo.distance)
-        return out, meta
+        return out, placed_pixels, meta

@@ -26,6 +26,7 @@ import numpy as np
 from scipy import ndimage
 
 from ..errors import input_error
+from ..io.names import check_path_name
 
 DEFECT_TYPES = ("crack", "scratch", "spot", "chip")
 SURFACE_KINDS = ("brushed", "cast", "ceramic")
@@ -507,10 +508,9 @@ def synth_dataset(
             raise input_error(name, v, "an integer >= 0")
     types = tuple(types)
     bad = [t for t in types if t not in DEFECT_TYPES]
-    if bad or len(set(types)) != len(types):
+    if bad or not types or len(set(types)) != len(types):
         raise input_error("types", list(types), f"distinct names among {', '.join(DEFECT_TYPES)}")
-    if not category or "/" in category or category.startswith("."):
-        raise input_error("category", category, "a plain folder name")
+    check_path_name(category, "category")
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise input_error("out", str(out), "a directory (or a path that does not exist yet)")

@@ -24,6 +24,7 @@ import math
 import torch
 import torch.nn.functional as F
 
+from ..data.augment import dihedral
 from ..errors import input_error
 
 
@@ -158,10 +159,7 @@ def perlin_anomaly(
 
 
 def _rand_dihedral(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
-    k = _randint(g, 0, 8)
-    if k & 4:
-        x = x.flip(-1)
-    return torch.rot90(x, k & 3, dims=(-2, -1))
+    return dihedral(x, _randint(g, 0, 8))
 
 
 def copy_paste_anomaly(

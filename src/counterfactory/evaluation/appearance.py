@@ -12,9 +12,6 @@ Two per-image numbers, comparable between a generated defect and a real one of t
 
 from __future__ import annotations
 
-import math
-
-import numpy as np
 import torch
 
 from ..io.images import high_pass
@@ -52,13 +49,3 @@ def grain_ratio(image: torch.Tensor, mask: torch.Tensor, width: int = 4, border:
 
 def appearance(image: torch.Tensor, mask: torch.Tensor) -> dict[str, float]:
     return {"ring_contrast": ring_contrast(image, mask), "grain_ratio": grain_ratio(image, mask)}
-
-
-def summarize(values: list[float]) -> dict[str, float]:
-    """Mean, median and 10/90th percentiles over the images where the number is defined, and how many those
-    were (NaN statistics when none is)."""
-    v = np.array([x for x in values if not math.isnan(x)], dtype=np.float64)
-    if v.size == 0:
-        return {"mean": float("nan"), "median": float("nan"), "p10": float("nan"), "p90": float("nan"), "n": 0}
-    p10, p50, p90 = np.percentile(v, [10, 50, 90])
-    return {"mean": float(v.mean()), "median": float(p50), "p10": float(p10), "p90": float(p90), "n": int(v.size)}

@@ -21,17 +21,12 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..data.dataset import natural_key
 from ..errors import input_error
 from ..io.images import IMAGE_EXTENSIONS
 
 FLAT_TYPE = "all"
 _MASK_DIRS = ("ground_truth", "masks")
-
-
-def _natural_key(text: str) -> tuple:
-    import re
-
-    return tuple(int(p) if i % 2 else p for i, p in enumerate(re.split(r"(\d+)", text)))
 
 
 def type_key(name: str) -> str:
@@ -59,7 +54,7 @@ class ImageSet:
 
     @property
     def types(self) -> list[str]:
-        return sorted({i.type for i in self.items}, key=_natural_key)
+        return sorted({i.type for i in self.items}, key=natural_key)
 
     def of_type(self, t: str) -> list[Item]:
         return [i for i in self.items if i.type == t]
@@ -77,7 +72,7 @@ def _images_in(folder: Path) -> list[Path]:
     return sorted(
         (p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_EXTENSIONS
          and not p.stem.endswith("_mask")),
-        key=lambda p: _natural_key(p.name),
+        key=lambda p: natural_key(p.name),
     )
 
 
@@ -171,7 +166,7 @@ def read_image_folder(
         return ImageSet(root, ds.layout, items, good)
 
     manifest = _read_manifest(root, name)
-    subdirs = [d for d in sorted(root.iterdir(), key=lambda p: _natural_key(p.name))
+    subdirs = [d for d in sorted(root.iterdir(), key=lambda p: natural_key(p.name))
                if d.is_dir() and not d.name.startswith(".") and d.name not in _MASK_DIRS]
     typed = [(d, _images_in(d)) for d in subdirs]
     typed = [(d, ims) for d, ims in typed if ims]

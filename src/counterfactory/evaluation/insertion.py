@@ -1,24 +1,12 @@
-"""Reference-insertion benchmark: the three AnydoorMed tasks, two classical baselines and the metric glue.
-
-Tasks (:func:`build_cases`, from the split's **held-out** images; AnydoorMed's ``vindr_mammo.py`` definitions):
-
-- ``reinsertion``: a defect's own crop back into its own box; the real image is the ground truth;
-- ``replacement``: a defect from *another* image whose box is within ±15 % in width and height of the target
-  box (same defect type by default), painted into the target's defect box;
-- ``insertion``: a defect into a defect-free image at a random location where ≥ 90 % of the box lies on the
-  product (:func:`foreground_mask`; at most 20 tries per image).
-
-Baselines (pure functions, no model): :func:`copy_paste` (the reference resized into the box) and
-:func:`~counterfactory.sampling.paste.poisson_blend` (seamless cloning: the Poisson equation with the reference's gradients as guidance and the
-target as Dirichlet boundary, solved with a sparse direct solver; no OpenCV). ``unchanged`` returns the target as
-is: for reinsertion that is the ground truth (the best reachable row), for insertion a defect-free crop (what the
-realism metric gives when nothing is inserted): it calibrates the table.
+"""Reference-insertion benchmark: metrics and the runner over cases (:mod:`.insertion_cases`) and methods.
 
 Metrics per task and method (:func:`evaluate_insertion`): realism FD/KID (named after the extractor) of crops
 around the box against real defect crops; paired error to ground truth for reinsertion (L1, PSNR, SSIM in the
 box); reference fidelity ``ref_cos_<extractor>`` (feature cosine between the result's box crop and the
-reference, centred on the real crops' mean feature, with a shuffled-reference control); locality outside the box (:mod:`.locality`). Methods are injected as callables, so this module never
-imports a pipeline.
+reference, centred on the real crops' mean feature, with a shuffled-reference control); locality outside the
+box (:mod:`.locality`). Methods are injected as callables (the baselines of :mod:`.insertion_baselines`, or a
+pipeline wrapped by the caller), so this module never imports a pipeline. The case and baseline names are
+re-exported here so that callers import one module.
 """
 
 from __future__ import annotations
@@ -27,197 +15,52 @@ import json
 import math
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
-from scipy import ndimage
 from torchmetrics.functional.image import structural_similarity_index_measure
 
-from ..data.sample import GOOD
 from ..errors import input_error
 from ..io.images import load_image, save_image
 from ..io.manifest import atomic_write_json, atomic_write_text
-from ..io.masks import Box, bbox, box_mask, components, crop, window_around
+from ..io.masks import Box, box_mask, crop, window_around
 from ..models.reference import reference_crop
-from ..sampling.paste import poisson_blend, resize_image
 from .distribution import distribution_metrics
 from .features import FeatureExtractor, resize_square
+from .insertion_baselines import BASELINES, baseline_method, copy_paste, poisson_blend
+from .insertion_cases import (
+    REFERENCE_CONTEXT,
+    TASKS,
+    InsertionCase,
+    build_cases,
+    defect_instances,
+    insertion_region,
+    load_case,
+    place_box,
+)
 from .locality import LOCALITY_KEYS, locality_per_image, reduce_locality
 
-TASKS = ("reinsertion", "replacement", "insertion")
-BASELINES = ("copy_paste", "poisson", "unchanged")  # unchanged: the target as is (a calibration row, see below)
-REFERENCE_CONTEXT = 0.1  # reference crop = defect box + 10 % of its side on each side (PbE: box + 10 px)
-
-
-@dataclass(frozen=True)
-class InsertionCase:
-    """One benchmark case: paint the defect ``reference_box`` of ``reference_path`` into ``box`` of ``target_path``."""
-
-    task: str
-    case_id: str
-    target_id: str
-    target_path: str
-    box: Box
-    reference_id: str
-    reference_path: str
-    reference_box: Box
-    defect_type: str
-
-    @property
-    def has_ground_truth(self) -> bool:
-        return self.task == "reinsertion"
-
-    def to_dict(self) -> dict:
-        d = asdict(self)
-        d["box"], d["reference_box"] = list(self.box), list(self.reference_box)
-        return d
-
-
-# ====================================================================== task builders
-@dataclass(frozen=True)
-class _Instance:
-    source_id: str
-    path: str
-    defect_type: str
-    box: Box
-
-
-def defect_instances(samples, min_area: int = 4, largest_only: bool = True) -> list[_Instance]:
-    """Defect boxes (connected components of at least ``min_area`` px) of defect samples, largest first."""
-    out = []
-    for s in samples:
-        if s.is_good:
-            continue
-        comps = [c for c in components(s.load_mask()[0].numpy()) if c.sum() >= min_area]
-        for c in comps[: 1 if largest_only else None]:
-            out.append(_Instance(s.source_id, str(s.image_path), s.defect_type, bbox(c)))
-    return out
-
-
-def foreground_mask(image: torch.Tensor, erode_px: int = 4, window: int = 9, rel_threshold: float = 0.5) -> np.ndarray:
-    """Product (foreground) pixels of an image (C,H,W) in [0,1]: the locally averaged gray level is above
-    ``rel_threshold`` × the image's median (dark borders and background are out), holes filled, eroded by
-    ``erode_px`` so boxes keep off the product's edge (AnydoorMed erodes its breast mask the same way)."""
-    gray = image.float().mean(0).numpy()
-    smooth = ndimage.uniform_filter(gray, size=window, mode="nearest")
-    fg = smooth > rel_threshold * float(np.median(gray))
-    fg = ndimage.binary_fill_holes(fg)
-    if erode_px > 0:
-        fg = ndimage.binary_erosion(fg, iterations=erode_px, border_value=0)
-    return fg
-
-
-def place_box(fg: np.ndarray, size: tuple[int, int], rng: np.random.Generator, min_fraction: float = 0.9,
-              max_tries: int = 20) -> Box | None:
-    """A random box of ``size`` (w, h) inside the image with ≥ ``min_fraction`` of its pixels on ``fg``."""
-    h, w = fg.shape
-    bw, bh = size
-    if bw > w or bh > h:
-        return None
-    integral = np.pad(fg.astype(np.int64).cumsum(0).cumsum(1), ((1, 0), (1, 0)))
-    for _ in range(max_tries):
-        x0, y0 = int(rng.integers(0, w - bw + 1)), int(rng.integers(0, h - bh + 1))
-        inside = integral[y0 + bh, x0 + bw] - integral[y0, x0 + bw] - integral[y0 + bh, x0] + integral[y0, x0]
-        if inside >= min_fraction * bw * bh:
-            return x0, y0, x0 + bw, y0 + bh
-    return None
-
-
-def _round_robin(by_type: dict[str, list], n: int, rng: np.random.Generator) -> list:
-    """Up to ``n`` items drawn alternately from each type's shuffled list (balanced across types)."""
-    queues = {t: [v[i] for i in rng.permutation(len(v))] for t, v in sorted(by_type.items()) if v}
-    out = []
-    while len(out) < n and any(queues.values()):
-        for t in list(queues):
-            if queues[t] and len(out) < n:
-                out.append(queues[t].pop(0))
-    return out
-
-
-def build_cases(dataset, split, task: str, n: int = 20, seed: int = 0, part: str = "held_out",
-                size_tolerance: float = 0.15, same_type: bool = True, min_fraction: float = 0.9,
-                max_tries: int = 20, min_area: int = 4, types=None) -> list[InsertionCase]:
-    """Up to ``n`` cases of ``task`` from the ``part`` ("held_out" by default) of ``split``; deterministic by seed."""
-    if task not in TASKS:
-        raise input_error("task", task, f"one of {', '.join(TASKS)}")
-    if not isinstance(n, int) or n < 1:
-        raise input_error("n", n, "an integer >= 1")
-    rng = np.random.default_rng([seed, TASKS.index(task)])
-    table = split.held_out if part == "held_out" else split.train
-    index = dataset.by_id()
-    wanted = [t for t in (types or sorted(t for t in table if t != GOOD))]
-    defects = [index[i] for t in wanted for i in table.get(t, []) if i in index]
-    inst = defect_instances(defects, min_area)
-    by_type: dict[str, list[_Instance]] = {}
-    for it in inst:
-        by_type.setdefault(it.defect_type, []).append(it)
-    cases: list[InsertionCase] = []
-
-    def case(k, tgt_id, tgt_path, box, ref: _Instance):
-        return InsertionCase(task, f"{task}-{k:04d}", tgt_id, tgt_path, tuple(int(v) for v in box), ref.source_id,
-                             ref.path, ref.box, ref.defect_type)
-
-    if task == "reinsertion":
-        for k, it in enumerate(_round_robin(by_type, n, rng)):
-            cases.append(case(k, it.source_id, it.path, it.box, it))
-    elif task == "replacement":
-        for it in _round_robin(by_type, len(inst), rng):
-            if len(cases) >= n:
-                break
-            w, h = it.box[2] - it.box[0], it.box[3] - it.box[1]
-            pool = [d for d in (by_type[it.defect_type] if same_type else inst) if d.source_id != it.source_id
-                    and abs((d.box[2] - d.box[0]) - w) <= size_tolerance * w
-                    and abs((d.box[3] - d.box[1]) - h) <= size_tolerance * h]
-            if pool:
-                cases.append(case(len(cases), it.source_id, it.path, it.box, pool[int(rng.integers(len(pool)))]))
-    else:
-        goods = [index[i] for i in table.get(GOOD, []) if i in index]
-        if not goods:
-            raise input_error("split", f"no defect-free {part} images", "defect-free ('good') images for the insertion task")
-        donors = _round_robin(by_type, n, rng)
-        order = [goods[i] for i in rng.permutation(len(goods))]
-        gi = 0
-        for ref in donors:
-            for _ in range(len(order)):
-                g = order[gi % len(order)]
-                gi += 1
-                fg = foreground_mask(load_image(g.image_path))
-                box = place_box(fg, (ref.box[2] - ref.box[0], ref.box[3] - ref.box[1]), rng, min_fraction, max_tries)
-                if box is not None:
-                    cases.append(case(len(cases), g.source_id, str(g.image_path), box, ref))
-                    break
-    return cases
-
-
-def load_case(case: InsertionCase) -> tuple[torch.Tensor, torch.Tensor]:
-    """(target (3,H,W), reference crop (3,h,w)) in [0,1]."""
-    target = load_image(case.target_path)
-    donor = target if case.reference_path == case.target_path else load_image(case.reference_path)
-    return target, reference_crop(donor, case.reference_box, (REFERENCE_CONTEXT, REFERENCE_CONTEXT))
-
-
-# ====================================================================== baselines
-def copy_paste(target: torch.Tensor, box: Box, reference: torch.Tensor) -> torch.Tensor:
-    """The reference (C,h,w), resized to the box, pasted into the box of ``target`` (C,H,W); nothing else changes."""
-    x0, y0, x1, y1 = box
-    out = target.clone()
-    ref = reference.expand(target.shape[0], -1, -1) if reference.shape[0] == 1 else reference
-    out[:, y0:y1, x0:x1] = resize_image(ref, (y1 - y0, x1 - x0)).to(out.dtype)
-    return out
-
-
-def baseline_method(name: str) -> Callable:
-    """``fn(target (3,H,W), box, reference (3,h,w), case) -> result`` for a baseline name."""
-    if name == "copy_paste":
-        return lambda target, box, reference, case=None: copy_paste(target, box, reference)
-    if name == "poisson":
-        return lambda target, box, reference, case=None: poisson_blend(target, box, reference)
-    if name == "unchanged":  # reinsertion: the ground truth itself; insertion: no defect at all
-        return lambda target, box, reference, case=None: target.clone()
-    raise input_error("method", name, f"one of {', '.join(BASELINES)}")
-
+__all__ = [
+    "BASELINES",
+    "REFERENCE_CONTEXT",
+    "TASKS",
+    "InsertionCase",
+    "InsertionEvalConfig",
+    "baseline_method",
+    "build_cases",
+    "context_crop",
+    "copy_paste",
+    "defect_instances",
+    "evaluate_insertion",
+    "load_case",
+    "paired_box_metrics",
+    "place_box",
+    "poisson_blend",
+    "insertion_region",
+    "real_defect_crops",
+]
 
 # ====================================================================== metrics
 def context_crop(image: torch.Tensor, box: Box, margin: float = 1.0, min_size: int = 48) -> torch.Tensor:

@@ -35,6 +35,7 @@ import torch
 from PIL import Image
 
 from ..errors import input_error
+from ..io.images import pil_to_array, to_uint8
 from ..io.manifest import atomic_write_text
 
 ImageCell = Union[torch.Tensor, Image.Image, np.ndarray, None]
@@ -58,41 +59,31 @@ figure{margin:10px 0 20px 0}figcaption{color:#555;font-size:90%}
 
 
 def _to_hwc_uint8(image: ImageCell, where: str) -> np.ndarray:
-    """Any supported image → (H,W) or (H,W,3) uint8."""
+    """Any supported image → (H,W) or (H,W,3) uint8 (the conversions themselves are io.images')."""
     if isinstance(image, Image.Image):
         if image.mode in ("L", "RGB"):
-            arr = np.asarray(image)
-        elif image.mode in ("1", "P", "LA", "I", "I;16", "F"):
-            arr = np.asarray(image.convert("L"))
-        else:
-            arr = np.asarray(image.convert("RGB"))
-        return arr.astype(np.uint8, copy=False)
+            return np.asarray(image).astype(np.uint8, copy=False)
+        gray = image.mode in ("1", "P", "LA", "I", "I;16", "F")
+        return _channels(to_uint8(pil_to_array(image, mode="L" if gray else "RGB", alpha="drop", name=where)), where)
     if isinstance(image, torch.Tensor):
-        t = image.detach().cpu().float()
-        if t.ndim == 4 and t.shape[0] == 1:
-            t = t[0]
-        if t.ndim == 3:
-            arr = t.numpy().transpose(1, 2, 0)
-        elif t.ndim == 2:
-            arr = t.numpy()
-        else:
+        arr = image.detach().cpu()
+        if arr.ndim == 4 and arr.shape[0] == 1:
+            arr = arr[0]
+        if arr.ndim not in (2, 3):
             raise input_error(where, tuple(image.shape), "a tensor of shape (C,H,W), (1,C,H,W) or (H,W)")
+        arr = arr if arr.dtype == torch.uint8 else arr.float()
     elif isinstance(image, np.ndarray):
         arr = image
         if arr.ndim == 3 and arr.shape[0] in (1, 3) and arr.shape[2] not in (1, 3, 4):
             arr = arr.transpose(1, 2, 0)  # (C,H,W) numpy
         if arr.ndim not in (2, 3):
             raise input_error(where, arr.shape, "an array of shape (H,W) or (H,W,C)")
-        if arr.dtype == np.uint8:
-            return _channels(arr, where)
-        if arr.dtype == bool:
-            arr = arr.astype(np.float32)
+        arr = arr if arr.dtype == np.uint8 else np.asarray(arr, dtype=np.float32)
     else:
         raise input_error(where, type(image).__name__, "a torch.Tensor, PIL.Image or numpy array")
-    arr = np.asarray(arr, dtype=np.float32)
-    if not np.isfinite(arr).all():
+    if arr.dtype not in (np.uint8, torch.uint8) and not bool(np.isfinite(np.asarray(arr)).all()):
         raise input_error(where, "NaN/inf values", "finite values in [0,1]")
-    return _channels(np.round(np.clip(arr, 0.0, 1.0) * 255.0).astype(np.uint8), where)
+    return _channels(to_uint8(arr), where)
 
 
 def _channels(arr: np.ndarray, where: str) -> np.ndarray:

@@ -34,7 +34,7 @@ from ..errors import input_error
 from ..io.images import load_image
 from ..io.manifest import atomic_write_json
 from ..io.masks import bbox, crop, read_mask, window_around
-from .appearance import APPEARANCE_KEYS, appearance, summarize
+from .appearance import APPEARANCE_KEYS, appearance
 from .distribution import distribution_metrics, kernel_distance
 from .diversity import intra_cluster_distance
 from .features import (
@@ -48,6 +48,7 @@ from .features import (
 )
 from .folders import FLAT_TYPE, ImageSet, Item, check_sizes, read_image_folder, type_key
 from .locality import LOCALITY_KEYS, locality_per_image, reduce_locality
+from .stats import summarize
 
 POOLED = "all types"
 
@@ -61,6 +62,7 @@ class EvalConfig:
     split: str | None = None  # few-shot split file: held-out real = reference, train = IC clusters
     extractor: str = "compact"
     extractor_weights: str | None = None  # compact: trained into <out>/compact_extractor when absent
+    allow_torchscript: bool = False  # inception only: load its TorchScript (pickle-based) file; trusted files only
     kid_subsets: int = 100
     kid_subset_size: int = 32
     pr_k: int = 3
@@ -168,7 +170,7 @@ def _fingerprint(paths: list[Path], config: CompactExtractorConfig) -> str:
 def get_extractor(cfg: EvalConfig, train_items: list[Item], log=print) -> tuple[FeatureExtractor, dict]:
     """Load the extractor; for ``compact`` without weights, train one on ``train_items`` (cached in the out dir)."""
     if cfg.extractor != "compact" or cfg.extractor_weights is not None:
-        ext = load_extractor(cfg.extractor, cfg.extractor_weights)
+        ext = load_extractor(cfg.extractor, cfg.extractor_weights, allow_torchscript=cfg.allow_torchscript)
         return ext, {"kind": cfg.extractor, "weights": str(cfg.extractor_weights), "trained_here": False}
     ccfg = CompactExtractorConfig(steps=cfg.compact_steps, seed=cfg.seed)
     paths = [i.image_path for i in train_items]

@@ -158,6 +158,19 @@ def from_model_space(x: torch.Tensor) -> torch.Tensor:
     return ((x + 1.0) / 2.0).clamp(0.0, 1.0)
 
 
+def to_rgb(images: torch.Tensor, name: str = "images") -> torch.Tensor:
+    """Gray → RGB by repeating the channel: (1,H,W) / (B,1,H,W) → 3 channels; 3-channel input unchanged (float)."""
+    x = images.float()
+    if x.ndim not in (3, 4) or x.shape[-3] not in (1, 3):
+        raise input_error(name, tuple(images.shape), "(C,H,W) or (B,C,H,W) with C = 1 or 3")
+    return x.expand(*x.shape[:-3], 3, *x.shape[-2:]) if x.shape[-3] == 1 else x
+
+
+def to_gray(images: torch.Tensor) -> torch.Tensor:
+    """RGB → gray as the mean of the channels (keeping a channel axis of 1): (C,H,W) or (B,C,H,W)."""
+    return images.mean(dim=-3, keepdim=True)
+
+
 def as_batch(images: ImageLike | list, mode: Mode = "RGB", name: str = "image") -> torch.Tensor:
     """Accept a PIL image, a list of them, a (C,H,W) or (B,C,H,W) tensor in [0,1]; return (B,C,H,W) float32.
 

@@ -14,11 +14,12 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, safe_open, save_file
+from safetensors.torch import load_file, safe_open
 from torch import nn
 
 from ..errors import CheckpointError, input_error
-from ..io.manifest import atomic_path
+from ..io.names import check_path_name
+from ..io.tensors import save_safetensors
 
 EMBEDDING_FILE = "damage_type_embeddings.safetensors"
 
@@ -28,7 +29,9 @@ class DamageTypeEmbedding(nn.Module):
 
     def __init__(self, type_names: Sequence[str], num_tokens: int = 4, dim: int = 64, init_std: float = 0.02):
         super().__init__()
-        names = [str(t) for t in type_names]
+        names = list(type_names)
+        for t in names:  # type names become folder and file names of generated data: never path parts
+            check_path_name(t, "type_names")
         if not names:
             raise input_error("type_names", list(type_names), "at least one damage type name")
         if len(set(names)) != len(names):
@@ -83,9 +86,7 @@ class DamageTypeEmbedding(nn.Module):
             path = path / EMBEDDING_FILE
         meta = {"type_names": json.dumps(list(self.type_names)), "format": "counterfactory.damage_type_embedding.v1"}
         tensors = {"embeddings": self.embeddings.detach().contiguous(), "null": self.null.detach().contiguous()}
-        with atomic_path(path) as tmp:
-            save_file(tensors, str(tmp), metadata=meta)
-        return path
+        return save_safetensors(tensors, path, meta)
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> DamageTypeEmbedding:

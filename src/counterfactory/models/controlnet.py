@@ -131,25 +131,6 @@ def load_sd_base(folder) -> dict:
     return {"unet": unet, "vae": vae, "scheduler": scheduler}
 
 
-def tiny_sd_text2img_components(seed: int = 0, sample_size: int = 16, cross_attention_dim: int = 32) -> dict:
-    """A randomly initialised SD-1.5 text-to-image stack at toy size for tests: ``dict(unet=, vae=, scheduler=)``
-    (4-channel ``UNet2DConditionModel`` with cross-attention, the tiny 2x ``AutoencoderKL`` of
-    :func:`~counterfactory.models.pretrained.tiny_sd_inpaint_components`, SD's DDIM schedule); images are
-    ``2 * sample_size`` pixels. Every parameter is a function of ``seed``; the global RNG is left untouched."""
-    from diffusers import UNet2DConditionModel
-
-    from .pretrained import tiny_sd_inpaint_components
-
-    parts = tiny_sd_inpaint_components(seed, sample_size=sample_size, cross_attention_dim=cross_attention_dim)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed + 7)
-        unet = UNet2DConditionModel(sample_size=sample_size, in_channels=4, out_channels=4, block_out_channels=(32, 64),
-                                    layers_per_block=1, down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-                                    up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-                                    cross_attention_dim=cross_attention_dim, attention_head_dim=8, norm_num_groups=32)
-    return {"unet": unet.eval(), "vae": parts["vae"], "scheduler": parts["scheduler"]}
-
-
 # ---------------------------------------------------------------------- ControlNet folders
 def save_controlnet_folder(out, controlnet, type_embedding: DamageTypeEmbedding, meta: dict) -> Path:
     """Write a ControlNet folder; ``controlnet_config.json`` is written last, so its presence marks a complete one."""
@@ -196,5 +177,5 @@ def load_controlnet_folder(folder, expected_kind: str, base_file: Path | None):
 
 
 __all__ = ["ControlledUNet", "build_controlnet", "conditioning_embedding_channels", "mask_to_control",
-           "base_weights_file", "load_sd_base", "tiny_sd_text2img_components", "save_controlnet_folder", "load_controlnet_folder",
+           "base_weights_file", "load_sd_base", "save_controlnet_folder", "load_controlnet_folder",
            "CONTROLNET_CONFIG", "CONTROLNET_FORMAT"]

@@ -21,7 +21,6 @@ Saved as ``reference_encoder.safetensors`` (the trainable weights only: never th
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import os
@@ -35,7 +34,9 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from ..errors import CheckpointError, ConfigError, _short, input_error
+from ..io.images import as_batch, to_model_space, to_rgb
 from ..io.manifest import atomic_path, atomic_write_json
+from .backbones import load_backbone
 
 REFERENCE_ADAPTER_CONFIG = "reference_adapter.json"  # written last: its presence marks a complete adapter
 REFERENCE_ADAPTER_FORMAT = "counterfactory.reference_adapter.v1"
@@ -45,10 +46,6 @@ ENCODER_KINDS = ("compact", "clip", "dinov2")
 TOKEN_MODES = ("pooled", "patches")
 MIN_REFERENCE_SIDE = 8  # smaller references carry no usable appearance
 
-_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
-_IMAGENET_MEAN = (0.485, 0.456, 0.406)
-_IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 @dataclass(frozen=True)
@@ -92,8 +89,6 @@ class ReferenceEncoderConfig:
 def reference_batch(references, size: int, name: str = "reference_image") -> torch.Tensor:
     """References (a (B,C,h,w) / (C,h,w) tensor in [0,1], a PIL image, or a list of them, sizes may differ) →
     (B,3,size,size): gray expanded to RGB, resized bilinearly with antialiasing (aspect not kept, as PbE)."""
-    from ..io.images import as_batch
-
     items = list(references) if isinstance(references, (list, tuple)) else [references]
     if isinstance(references, torch.Tensor) and references.ndim == 4:
         items = list(references.unbind(0))
@@ -107,7 +102,7 @@ def reference_batch(references, size: int, name: str = "reference_image") -> tor
         h, w = r.shape[-2:]
         if min(h, w) < MIN_REFERENCE_SIDE:
             raise input_error(f"{name}[{i}] size", (h, w), f"at least {MIN_REFERENCE_SIDE} px on each side")
-        r = r.expand(-1, 3, -1, -1) if r.shape[1] == 1 else r
+        r = to_rgb(r)
         if (h, w) != (size, size):
             r = F.interpolate(r, size=(size, size), mode="bilinear", antialias=True, align_corners=False).clamp(0, 1)
         out.append(r)
@@ -237,7 +232,7 @@ class CompactReferenceEncoder(ReferenceEncoder):
             self.null = nn.Parameter(torch.zeros(config.num_tokens, config.dim))
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
-        h = self.stages(self.stem(x * 2.0 - 1.0))
+        h = self.stages(self.stem(to_model_space(x)))
         h = F.adaptive_avg_pool2d(h, 2).flatten(1)
         return self.head(h).view(x.shape[0], self.config.num_tokens, self.config.dim)
 
@@ -251,86 +246,6 @@ class CompactReferenceEncoder(ReferenceEncoder):
 # ---------------------------------------------------------------------------------------------------------
 # pretrained (CLIP / DINOv2 vision towers from a local folder)
 # ---------------------------------------------------------------------------------------------------------
-def _read_backbone_config(folder: Path) -> dict:
-    cfg = folder / "config.json"
-    if not folder.is_dir() or not cfg.is_file():
-        raise CheckpointError(
-            f"reference encoder backbone: no transformers folder at {folder} (need config.json + model.safetensors, "
-            "e.g. from save_pretrained of openai/clip-vit-large-patch14 or facebook/dinov2-base); nothing is downloaded"
-        )
-    try:
-        return json.loads(cfg.read_text())
-    except (ValueError, OSError) as exc:
-        raise CheckpointError(f"reference encoder backbone: unreadable {cfg} ({_short(str(exc))})") from None
-
-
-def load_backbone(kind: str, path: str | os.PathLike):
-    """A frozen ``CLIPVisionModel`` / ``Dinov2Model`` from a local folder → (model, hidden size, image size, mean, std).
-
-    Raises :class:`CheckpointError` (one line) for a missing folder, a folder of another model type, or
-    incomplete weights (never a silent random init)."""
-    from transformers import CLIPVisionModel, Dinov2Model
-
-    if kind not in ("clip", "dinov2"):
-        raise input_error("encoder kind", kind, "'clip' or 'dinov2' for a pretrained backbone", ConfigError)
-    folder = Path(path).expanduser()
-    raw = _read_backbone_config(folder)
-    model_type = str(raw.get("model_type", ""))
-    allowed = ("clip", "clip_vision_model") if kind == "clip" else ("dinov2",)
-    if model_type not in allowed:
-        raise CheckpointError(
-            f"reference encoder backbone: {folder} holds a {model_type or 'unknown'!r} model, not {kind} "
-            f"(config model_type one of {allowed})"
-        )
-    cls = CLIPVisionModel if kind == "clip" else Dinov2Model
-    try:
-        with _quiet_transformers():
-            model, info = cls.from_pretrained(str(folder), local_files_only=True, output_loading_info=True)
-    except Exception as exc:  # noqa: BLE001 - transformers raises OSError/ValueError/... for broken folders
-        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CheckpointError(f"reference encoder backbone: cannot load {kind} from {folder} ({_short(msg, 160)})") from None
-    missing = list(info.get("missing_keys") or []) + list(info.get("mismatched_keys") or [])
-    if missing:
-        raise CheckpointError(
-            f"reference encoder backbone: {folder} is incomplete ({len(missing)} weights missing, e.g. {_short(str(missing[0]), 80)})"
-        )
-    model.eval().requires_grad_(False)
-    c = model.config
-    mean, std = (_CLIP_MEAN, _CLIP_STD) if kind == "clip" else (_IMAGENET_MEAN, _IMAGENET_STD)
-    size = int(c.image_size) if kind == "clip" else int(min(224, c.image_size))
-    pre = folder / "preprocessor_config.json"
-    if pre.is_file():
-        try:
-            d = json.loads(pre.read_text())
-            mean, std = tuple(d.get("image_mean", mean)), tuple(d.get("image_std", std))
-            crop = d.get("crop_size")
-            crop = crop.get("height") if isinstance(crop, dict) else crop
-            if isinstance(crop, int) and kind == "dinov2":
-                size = crop
-        except (ValueError, OSError):
-            pass
-    if kind == "dinov2":
-        size = max(c.patch_size, (size // c.patch_size) * c.patch_size)
-    return model, int(c.hidden_size), size, mean, std
-
-
-@contextlib.contextmanager
-def _quiet_transformers():
-    """No weight-loading progress bar or load report (a full CLIPModel folder lists its unused text tower)."""
-    from transformers.utils import logging as hf_logging
-
-    level = hf_logging.get_verbosity()
-    bar = hf_logging.is_progress_bar_enabled()
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
-    try:
-        yield
-    finally:
-        hf_logging.set_verbosity(level)
-        if bar:
-            hf_logging.enable_progress_bar()
-
-
 class PretrainedReferenceEncoder(ReferenceEncoder):
     """A frozen CLIP / DINOv2 vision tower + a learned projection to the U-Net's token width."""
 

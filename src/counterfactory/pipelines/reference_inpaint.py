@@ -31,7 +31,7 @@ from diffusers.utils import BaseOutput
 from PIL import Image
 
 from ..errors import CheckpointError, input_error
-from ..io.images import as_batch, convert_output
+from ..io.images import as_batch, convert_output, to_gray
 from ..io.masks import bbox, box_mask, check_box, group_windows
 from ..models.reference import (
     MIN_REFERENCE_SIDE,
@@ -304,7 +304,7 @@ class ReferenceInpaintPipeline(MaskedInpaintPipeline):
                                callback_on_step_end_tensor_inputs=callback_on_step_end_tensor_inputs)
         for i, c in enumerate(chans):  # a gray target gets a gray result (the model may tint the region)
             if c == 1:
-                out[i] = torch.where(masks[i] > 0.5, out[i].mean(0, keepdim=True), out[i])
+                out[i] = torch.where(masks[i] > 0.5, to_gray(out[i]), out[i])
         result = convert_output(out, output_type)
         if not return_dict:
             return result, masks, windows

@@ -30,7 +30,7 @@ from ..models.controlnet import (
     save_controlnet_folder,
 )
 from ..sampling.inpaint import PixelSpace, VaeSpace, masked_image, unet_input
-from .inpaint import _adapter_batch, _few_shot_items
+from .inpaint import _adapter_batch, _few_shot_items, record_split, split_digest
 from .trainer import LoopConfig, Trainer, run_identity, step_generator
 
 
@@ -132,7 +132,7 @@ def train_controlnet(cfg: ControlNetTrainConfig, progress: bool = True) -> dict:
         raise input_error("data", cfg.data, "an existing dataset folder (MVTec or Magnetic Tile layout)")
     unet, vae, space, train_s, res, base_tokens = _load_base(cfg.base, cfg.base_kind)
     base_file = base_weights_file(cfg.base, cfg.base_kind)
-    types, items = _few_shot_items(cfg)
+    types, items, data_id, split = _few_shot_items(cfg)
     unet.requires_grad_(False)
     controlnet = build_controlnet(unet, space.scale_factor, seed=cfg.loop.seed)
     controlnet.train().requires_grad_(True)
@@ -156,9 +156,11 @@ def train_controlnet(cfg: ControlNetTrainConfig, progress: bool = True) -> dict:
         ctx = emb(y.to(device), drop=drop.to(device))
         return controlnet_loss(model, train_s, space, x0.to(device), mask.to(device), ctx, gen, cfg.outside_weight)
 
-    identity = run_identity("train-controlnet", cfg, types=types,
+    identity = run_identity("train-controlnet", cfg, data=data_id, split=split_digest(split), types=types,
                             shots={t: sum(1 for it in items if it[3] == i) for i, t in enumerate(types)})
     trainer = Trainer(module, loss_fn, cfg.loop, cfg.out, identity, progress=progress)
+    trainer.check_resumable()
+    record_split(split, cfg.out)
     summary = trainer.run()
     trainer.copy_ema_into(module)
     meta = {
@@ -172,7 +174,8 @@ def train_controlnet(cfg: ControlNetTrainConfig, progress: bool = True) -> dict:
         "steps": summary["steps"],
         "seed": cfg.loop.seed,
         "final_loss": summary["final_loss"],
-        "data": cfg.data,
+        "data": data_id["path"],
+        "data_fingerprint": data_id["fingerprint"],
     }
     save_controlnet_folder(out, controlnet.eval(), emb.eval(), meta)  # also after --max-minutes: rerun resumes
     return {**summary, "types": types, "shots": identity["shots"], "controlnet": str(out)}

@@ -12,6 +12,7 @@ Every batch is a pure function of ``(seed, step)``, which makes resume exact.
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,7 +31,8 @@ from ..io.masks import bbox, window_around
 from ..models.compact import CompactConfig, build_compact, load_compact, save_compact
 from ..models.conditioning import DamageTypeEmbedding
 from ..sampling.inpaint import PixelSpace, VaeSpace, masked_image, to_working_resolution, unet_input
-from .trainer import LoopConfig, Trainer, run_identity, step_generator
+from .checkpoint import data_identity, run_identity, step_generator
+from .trainer import LoopConfig, Trainer
 
 ADAPTER_CONFIG = "adapter_config.json"
 ATTENTION_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
@@ -48,8 +50,9 @@ def inpaint_loss(unet, scheduler, space, x0: torch.Tensor, mask: torch.Tensor, c
         latents = space.encode(x0, sample=False)
         masked = space.encode(masked_image(x0, mask), sample=False)
         m = space.mask_to_space(mask)
-    noise = torch.randn(latents.shape, generator=gen)
-    t = torch.randint(0, scheduler.config.num_train_timesteps, (latents.shape[0],), generator=gen)
+    # drawn on the CPU from the step's generator (bit-identical CPU runs), then moved where the model is
+    noise = torch.randn(latents.shape, generator=gen).to(latents.device, latents.dtype)
+    t = torch.randint(0, scheduler.config.num_train_timesteps, (latents.shape[0],), generator=gen).to(latents.device)
     noisy = scheduler.add_noise(latents, noise, t)
     pred = unet(unet_input(noisy, m, masked), t, encoder_hidden_states=context, return_dict=False)[0]
     kind = scheduler.config.prediction_type
@@ -90,7 +93,8 @@ def _procedural_pool(n: int, size: int, seed: int, progress: bool = True) -> lis
             for _ in tqdm(range(n), desc="rendering surfaces", disable=not progress)]
 
 
-def _good_pool(data: str, split: str | None) -> list[np.ndarray]:
+def _good_pool(data: str, split: str | None) -> tuple[list[np.ndarray], dict, dict]:
+    """(images, data identity, split) of a dataset folder's defect-free training images."""
     from ..data import open_dataset
     from ..data.splits import few_shot_split, load_split
     from ..io.images import read_array
@@ -101,7 +105,22 @@ def _good_pool(data: str, split: str | None) -> list[np.ndarray]:
     goods = [s for s in ds.good() if s.source_id in ids]
     if not goods:
         raise input_error("data", data, "a dataset with defect-free ('good') training images")
-    return [np.round(read_array(s.image_path) * 255).astype(np.uint8) for s in goods]
+    pool = [np.round(read_array(s.image_path) * 255).astype(np.uint8) for s in goods]
+    return pool, data_identity(data, [s.image_path for s in goods]), sp
+
+
+def split_digest(split) -> str:
+    """sha256 of a split's content: what a run's identity records instead of the split file's path."""
+    return hashlib.sha256(json.dumps(split.to_dict(), sort_keys=True).encode()).hexdigest()
+
+
+def record_split(split, out: str | Path) -> None:
+    """Write ``out/split.json`` (called after :meth:`Trainer.check_resumable`: a resumed run has the same split)."""
+    from ..data.splits import save_split
+
+    path = Path(out) / "split.json"
+    if not (path.is_file() and json.loads(path.read_text()) == json.loads(json.dumps(split.to_dict()))):
+        save_split(split, path)
 
 
 def _base_batch(pool: list[np.ndarray], res: int, batch: int, seed: int, step: int, max_crop: int | None = None):
@@ -141,8 +160,13 @@ def train_base(cfg: BaseTrainConfig, progress: bool = True) -> dict:
         init_sha = sha256_file(Path(cfg.init) / WEIGHTS_FILE)
     train_sched = DDPMScheduler(num_train_timesteps=cfg.model.num_train_timesteps, beta_schedule=cfg.model.beta_schedule,
                                 prediction_type=cfg.model.prediction_type, clip_sample=False)
-    pool = (_procedural_pool(cfg.pool_size, cfg.pool_image_size, cfg.loop.seed, progress) if cfg.data == "procedural"
-            else _good_pool(cfg.data, cfg.split))
+    if cfg.data == "procedural":
+        pool = _procedural_pool(cfg.pool_size, cfg.pool_image_size, cfg.loop.seed, progress)
+        data_id, split_id = {"procedural": {"pool_size": cfg.pool_size, "pool_image_size": cfg.pool_image_size,
+                                            "seed": cfg.loop.seed}}, None
+    else:
+        pool, data_id, split = _good_pool(cfg.data, cfg.split)
+        split_id = split_digest(split)
     space = PixelSpace()
     res = cfg.model.sample_size
 
@@ -152,7 +176,7 @@ def train_base(cfg: BaseTrainConfig, progress: bool = True) -> dict:
         return inpaint_loss(model.unet, train_sched, space, x0.to(device), mask.to(device),
                             model.tokens(x0.shape[0]), gen, cfg.outside_weight)
 
-    identity = run_identity("train-base", cfg)
+    identity = run_identity("train-base", cfg, data=data_id, split=split_id)
     if cfg.max_crop is None:  # runs started before the option existed stay resumable
         identity.pop("max_crop")
     identity.pop("init")
@@ -165,7 +189,8 @@ def train_base(cfg: BaseTrainConfig, progress: bool = True) -> dict:
         export = copy.deepcopy(model)
         for n, p in export.named_parameters():
             p.copy_(ema[n])
-    cfg_extra = {"data": cfg.data, "steps": summary["steps"], "seed": cfg.loop.seed, "final_loss": summary["final_loss"],
+    cfg_extra = {"data": cfg.data if cfg.data == "procedural" else data_id["path"], "steps": summary["steps"],
+                 "seed": cfg.loop.seed, "final_loss": summary["final_loss"],
                  **({"init_sha256": init_sha} if init_sha else {})}
     export.config = CompactConfig.from_dict({**cfg.model.to_dict(), "extra": cfg_extra})
     save_compact(export, out)
@@ -238,10 +263,11 @@ def load_base(base: str | None, kind: str):
 
 
 def _few_shot_items(cfg: AdapterTrainConfig):
+    """(types, items, data identity, split) of the split's training defects."""
     from ..data import open_dataset
-    from ..data.splits import few_shot_split, load_split, save_split
+    from ..data.splits import few_shot_split, load_split
 
-    ds = open_dataset(cfg.data)
+    ds = open_dataset(cfg.data, skip_broken=True)  # broken samples: a warning each and a count
     split = load_split(cfg.split) if cfg.split else few_shot_split(ds, shots=cfg.shots)
     types = [t for t in (cfg.types or sorted(t for t in split.train if t != GOOD))]
     for t in types:
@@ -258,9 +284,8 @@ def _few_shot_items(cfg: AdapterTrainConfig):
             items.append((s, s.load_image(), mask, ti))
     if not items:
         raise input_error("data", cfg.data, "a dataset whose split has training defects")
-    Path(cfg.out).mkdir(parents=True, exist_ok=True)
-    save_split(split, Path(cfg.out) / "split.json")
-    return types, items
+    members = [p for s, *_ in items for p in (s.image_path, s.mask_path) if p is not None]
+    return types, items, data_identity(cfg.data, members), split
 
 
 def _adapter_batch(items, types, res, cfg: AdapterTrainConfig, augment, step: int):
@@ -292,7 +317,7 @@ def train_adapter(cfg: AdapterTrainConfig, progress: bool = True) -> dict:
     from ..models.lora import add_lora, save_lora
 
     unet, space, train_s, _, res, base_tokens, base_file = load_base(cfg.base, cfg.base_kind)
-    types, items = _few_shot_items(cfg)
+    types, items, data_id, split = _few_shot_items(cfg)
     unet = copy.deepcopy(unet)
     unet.requires_grad_(False)
     targets = cfg.lora_targets if cfg.base_kind == "compact" else tuple(t for t in cfg.lora_targets if t in ATTENTION_TARGETS)
@@ -314,12 +339,15 @@ def train_adapter(cfg: AdapterTrainConfig, progress: bool = True) -> dict:
         x0, mask, y = _adapter_batch(items, types, res, cfg, augment, step)
         gen = step_generator(cfg.loop.seed, step)
         drop = torch.rand(len(y), generator=gen) < cfg.label_dropout
-        ctx = emb(y, drop=drop)
+        ctx = emb(y.to(device), drop=drop.to(device))
         return inpaint_loss(unet, train_s, space, x0.to(device), mask.to(device), ctx, gen, cfg.outside_weight)
 
-    identity = run_identity("train-adapter", cfg, types=types,
+    identity = run_identity("train-adapter", cfg, data=data_id, split=split_digest(split), types=types,
                             shots={t: sum(1 for it in items if it[3] == i) for i, t in enumerate(types)})
     trainer = Trainer(module, loss_fn, cfg.loop, cfg.out, identity, progress=progress)
+    trainer.check_resumable()
+    record_split(split, cfg.out)
+    _move_space(space, trainer.accelerator.device)
     summary = trainer.run()
     trainer.copy_ema_into(module)
     out = Path(cfg.out)
@@ -338,12 +366,20 @@ def train_adapter(cfg: AdapterTrainConfig, progress: bool = True) -> dict:
         "steps": summary["steps"],
         "seed": cfg.loop.seed,
         "final_loss": summary["final_loss"],
-        "data": cfg.data,
+        "data": data_id["path"],
+        "data_fingerprint": data_id["fingerprint"],
     }
     save_lora(unet, out, metadata={"counterfactory": json.dumps(adapter_cfg)})
     emb.save(out)
     atomic_write_json(out / ADAPTER_CONFIG, adapter_cfg)  # written last: its presence marks a complete adapter
     return {**summary, "types": types, "shots": identity["shots"], "adapter": str(out)}
+
+
+def _move_space(space, device) -> None:
+    """The frozen VAE of a latent space goes where the trained U-Net is (the U-Net is moved by accelerate)."""
+    vae = getattr(space, "vae", None)
+    if vae is not None:
+        vae.to(device)
 
 
 def check_adapter_types(adapter_dir: str | Path, wanted: list[str]) -> None:

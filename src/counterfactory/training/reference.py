@@ -59,8 +59,17 @@ from ..models.reference import (
     save_reference_encoder,
 )
 from ..sampling.inpaint import to_working_resolution
-from .inpaint import ATTENTION_TARGETS, CONV_TARGETS, inpaint_loss, load_base
-from .trainer import LoopConfig, Trainer, run_identity, step_generator
+from .checkpoint import data_identity, run_identity, step_generator
+from .inpaint import (
+    ATTENTION_TARGETS,
+    CONV_TARGETS,
+    _move_space,
+    inpaint_loss,
+    load_base,
+    record_split,
+    split_digest,
+)
+from .trainer import LoopConfig, Trainer
 
 
 @dataclass(frozen=True)
@@ -250,6 +259,18 @@ def defect_items(data: str, split_path: str | None, types, min_area: int, out: s
     return [t for t in names if any(it.defect_type == t for it in items)], items
 
 
+def _data_facts(cfg: ReferenceTrainConfig, ids: list[str]):
+    """(data identity hashing the image and mask files of ``ids``, split) of a reference run."""
+    from ..data import open_dataset
+    from ..data.splits import few_shot_split, load_split
+
+    ds = open_dataset(cfg.data)
+    split = load_split(cfg.split) if cfg.split else few_shot_split(ds)
+    index = ds.by_id()
+    members = [p for i in dict.fromkeys(ids) for p in (index[i].image_path, index[i].mask_path) if p is not None]
+    return data_identity(cfg.data, members), split
+
+
 def background_items(data: str, split_path: str | None, limit: int) -> list[DefectItem]:
     """Up to ``limit`` defect-free training images (evenly spaced over the split's train part), as items."""
     from ..data import open_dataset
@@ -339,8 +360,9 @@ def train_reference(cfg: ReferenceTrainConfig, progress: bool = True) -> dict:
     from ..models.lora import add_lora, save_lora
 
     unet, space, train_s, _, res, base_tokens, base_file = load_base(cfg.base, cfg.base_kind)
-    types, items = defect_items(cfg.data, cfg.split, cfg.types, cfg.min_component_area, out=cfg.out)
+    types, items = defect_items(cfg.data, cfg.split, cfg.types, cfg.min_component_area)
     backgrounds = background_items(cfg.data, cfg.split, cfg.max_backgrounds) if cfg.background_prob > 0 else []
+    data_id, split = _data_facts(cfg, [it.source_id for it in items + backgrounds])
     unet = copy.deepcopy(unet)
     unet.requires_grad_(False)
     targets = cfg.lora_targets if cfg.base_kind == "compact" else tuple(t for t in cfg.lora_targets if t in ATTENTION_TARGETS)
@@ -359,12 +381,16 @@ def train_reference(cfg: ReferenceTrainConfig, progress: bool = True) -> dict:
         x0, region, refs, null_rows = reference_batch_for_step(items, types, res, ref_size, cfg, step, backgrounds)
         gen = step_generator(cfg.loop.seed, step)
         drop = (torch.rand(x0.shape[0], generator=gen) < cfg.reference_dropout) | null_rows
-        ctx = encoder(refs.to(device), drop=drop)
+        ctx = encoder(refs.to(device), drop=drop.to(device))
         return inpaint_loss(unet, train_s, space, x0.to(device), region.to(device), ctx, gen, cfg.outside_weight)
 
-    identity = run_identity("train-reference", cfg, types=types, backgrounds=len(backgrounds),
+    identity = run_identity("train-reference", cfg, data=data_id, split=split_digest(split), types=types,
+                            backgrounds=len(backgrounds),
                             defects={t: sum(1 for it in items if it.defect_type == t) for t in types})
     trainer = Trainer(module, loss_fn, cfg.loop, cfg.out, identity, progress=progress)
+    trainer.check_resumable()
+    record_split(split, cfg.out)
+    _move_space(space, trainer.accelerator.device)
     summary = trainer.run()
     trainer.copy_ema_into(module)
     out = Path(cfg.out)
@@ -386,7 +412,8 @@ def train_reference(cfg: ReferenceTrainConfig, progress: bool = True) -> dict:
         "complete": summary["steps"] >= cfg.loop.steps,
         "seed": cfg.loop.seed,
         "final_loss": summary["final_loss"],
-        "data": cfg.data,
+        "data": data_id["path"],
+        "data_fingerprint": data_id["fingerprint"],
     }
     save_lora(unet, out, metadata={"counterfactory": json.dumps(adapter_cfg)})
     save_reference_encoder(encoder, out)

@@ -1,9 +1,13 @@
-"""A small accelerate training loop: checkpoints, exact resume, EMA, progress bar, CSV/TensorBoard logs.
+"""THE training loop (accelerate): every trainer is a ``loss_fn`` for it. Checkpoints, exact resume, EMA, logs.
 
 Exact resume: a task's batch for step ``k`` is a pure function of ``(seed, k)`` (data, masks, noise and
-timesteps are drawn from generators seeded by both), and a checkpoint holds the trainable weights, their
-EMA, the optimizer and the step. So a run killed at any point and restarted produces the same losses as an
-uninterrupted one. Checkpoints are safetensors (tensors) + JSON (everything else); no pickles.
+timesteps are drawn from CPU generators seeded by both, then moved to the accelerator's device), and a
+checkpoint (:mod:`counterfactory.training.checkpoint`) holds the trainable weights, their EMA, the optimizers,
+the schedulers and the step. So a run killed at any point and restarted produces the same losses as an
+uninterrupted one (bit-identical on CPU).
+
+Library pieces: accelerate's ``Accelerator`` (device, ``mixed_precision``, ``gradient_accumulation_steps``,
+TensorBoard through ``log_with``), diffusers' ``EMAModel`` and ``get_constant_schedule_with_warmup``.
 """
 
 from __future__ import annotations
@@ -11,90 +15,147 @@ from __future__ import annotations
 import csv
 import json
 import math
-import shutil
+import numbers
 import time
-from collections.abc import Callable
-from dataclasses import asdict, dataclass
+import warnings
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from accelerate import Accelerator
-from safetensors.torch import load_file, save_file
+from accelerate.state import AcceleratorState, PartialState
+from accelerate.utils import ProjectConfiguration
+from diffusers.optimization import get_constant_schedule_with_warmup
 from torch import nn
 from tqdm.auto import tqdm
 
 from ..errors import CheckpointError, ConfigError, TrainingError
-from ..io.manifest import atomic_path, atomic_write_json, atomic_write_text
+from ..io.manifest import atomic_path, atomic_write_json
+from .checkpoint import (
+    identity_mismatch,
+    latest_checkpoint,
+    optimizer_state,
+    read_checkpoint,
+    restore_optimizer,
+    run_identity,
+    step_generator,
+    write_checkpoint,
+)
+
+MIXED_PRECISION = ("no", "fp16", "bf16")
+LossFn = Callable[[int, torch.device], "torch.Tensor | tuple[torch.Tensor, Mapping[str, float]]"]
 
 
 @dataclass(frozen=True)
 class LoopConfig:
     steps: int = 1000  # optimisation steps in all
     lr: float = 1e-3
-    warmup_steps: int = 50  # linear warm-up, then constant
+    warmup_steps: int = 50  # linear warm-up, then constant (diffusers get_constant_schedule_with_warmup)
     weight_decay: float = 0.0
-    grad_clip: float = 1.0
+    grad_clip: float = 1.0  # max gradient norm; 0 disables
     ema_decay: float = 0.995  # EMA of trainable weights (the exported weights); 0 disables
     checkpoint_every: int = 100
     keep_checkpoints: int = 2
     log_every: int = 10
     seed: int = 0
     max_minutes: float | None = None  # stop (with a checkpoint and export) after this wall time
+    mixed_precision: str = "no"  # "no" | "fp16" (CUDA only) | "bf16": autocast of the forward passes
+    gradient_accumulation_steps: int = 1  # micro-batches per optimisation step (each of the task's batch size)
 
     def __post_init__(self):
-        if self.steps < 1:
-            raise ConfigError(f"steps={self.steps}: an integer >= 1")
+        if isinstance(self.steps, bool) or not isinstance(self.steps, numbers.Integral) or self.steps < 1:
+            raise ConfigError(f"steps={self.steps!r}: an integer >= 1")
         if not (self.lr > 0 and math.isfinite(self.lr)):
             raise ConfigError(f"lr={self.lr}: a positive number")
         if not 0 <= self.ema_decay < 1:
             raise ConfigError(f"ema_decay={self.ema_decay}: in [0, 1)")
         if self.checkpoint_every < 1 or self.log_every < 1:
             raise ConfigError("checkpoint_every/log_every: integers >= 1")
+        if self.mixed_precision not in MIXED_PRECISION:
+            raise ConfigError(f"mixed_precision={self.mixed_precision!r}: one of {', '.join(MIXED_PRECISION)}")
+        if self.mixed_precision == "fp16" and not torch.cuda.is_available():
+            raise ConfigError("mixed_precision='fp16': needs a CUDA GPU and none is available; "
+                              "allowed on CPU: 'no' or 'bf16'")
+        if (isinstance(self.gradient_accumulation_steps, bool)
+                or not isinstance(self.gradient_accumulation_steps, numbers.Integral)
+                or self.gradient_accumulation_steps < 1):
+            raise ConfigError(f"gradient_accumulation_steps={self.gradient_accumulation_steps!r}: an integer >= 1")
 
 
-def run_identity(task: str, config, **extra) -> dict:
-    """What identifies a run for resuming: the task, its config (minus the output folder) and data facts."""
-    ident = json.loads(json.dumps({"task": task, **asdict(config), **extra},
-                                  default=lambda o: list(o) if isinstance(o, tuple) else str(o)))
-    ident.pop("out", None)
-    if isinstance(ident.get("loop"), dict):
-        ident["loop"].pop("max_minutes", None)  # a wall-time budget does not change what is trained
-    return ident
-
-
-def step_generator(seed: int, step: int, stream: int = 0) -> torch.Generator:
-    """The torch generator of one step: a pure function of (seed, step, stream)."""
-    return torch.Generator().manual_seed((seed * 1_000_003 + step * 7919 + stream * 104_729) % (2**63 - 1))
+def _accelerator(cfg: LoopConfig, out: Path, cpu: bool = False) -> Accelerator:
+    cpu = cpu or not torch.cuda.is_available()
+    # a process may train several runs one after the other (tests, notebooks, the causal stages on the CPU then an
+    # adapter on the GPU): accelerate keeps its device and precision process-wide, so they are reset when they
+    # differ; never in a multi-process launch
+    device = PartialState._shared_state.get("device")
+    if device is not None and (device.type == "cpu") != cpu and PartialState._shared_state.get("num_processes", 1) == 1:
+        AcceleratorState._reset_state(reset_partial_state=True)
+    elif AcceleratorState._shared_state.get("_mixed_precision", cfg.mixed_precision) != cfg.mixed_precision:
+        AcceleratorState._reset_state(reset_partial_state=False)
+    project = ProjectConfiguration(project_dir=str(out), logging_dir=str(out))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # accelerate warns that tracker packages other than tensorboard are missing
+        return Accelerator(cpu=cpu, mixed_precision=cfg.mixed_precision, log_with="tensorboard",
+                           gradient_accumulation_steps=cfg.gradient_accumulation_steps, project_config=project)
 
 
 class Trainer:
-    """Optimise the trainable parameters of ``module`` with ``loss_fn(step, device) -> scalar loss``.
+    """Optimise the trainable parameters of ``module`` with ``loss_fn(index, device) -> scalar loss``.
+
+    ``index`` is the micro-batch index ``step * gradient_accumulation_steps + k`` (the step itself when there
+    is no accumulation); the batch must be a pure function of it. ``loss_fn`` may also return
+    ``(loss, {name: float})``: the extra values are logged next to the loss.
 
     ``identity`` is a JSON-able dict describing the run (task, data, hyper-parameters); resuming a folder
     written with another identity is refused, so two runs never mix in one checkpoint folder.
+
+    By default one AdamW over the trainable parameters with a linear warm-up; a task with other needs passes
+    ``optimizers`` (name -> optimizer over parameters of ``module``) and ``lr_lambdas`` (name -> factor of
+    the step; default: the warm-up). ``cpu=True`` trains on the CPU even where a GPU exists.
     """
 
-    def __init__(self, module: nn.Module, loss_fn: Callable[[int, torch.device], torch.Tensor], config: LoopConfig,
-                 out: str | Path, identity: dict, progress: bool = True):
+    def __init__(self, module: nn.Module, loss_fn: LossFn, config: LoopConfig, out: str | Path, identity: dict,
+                 progress: bool = True, *, optimizers: Mapping[str, torch.optim.Optimizer] | None = None,
+                 lr_lambdas: Mapping[str, Callable[[int], float]] | None = None, cpu: bool = False):
         self.config = config
         self.out = Path(out)
         self.identity = json.loads(json.dumps(identity, default=str))
         self.loss_fn = loss_fn
-        self.accelerator = Accelerator(cpu=not torch.cuda.is_available())
+        self.accelerator = _accelerator(config, self.out, cpu)
         self.names = [n for n, p in module.named_parameters() if p.requires_grad]
         if not self.names:
             raise ConfigError("module has no trainable parameters")
         params = [p for n, p in module.named_parameters() if p.requires_grad]
-        self.optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, lambda s: min(1.0, (s + 1) / max(1, config.warmup_steps))
-        )
-        self.module, self.optimizer = self.accelerator.prepare(module, self.optimizer)
+        if optimizers is None:
+            optimizers = {"main": torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)}
+        lr_lambdas = dict(lr_lambdas or {})
+        self.schedulers = {
+            k: (torch.optim.lr_scheduler.LambdaLR(opt, lr_lambdas[k]) if k in lr_lambdas
+                else get_constant_schedule_with_warmup(opt, num_warmup_steps=config.warmup_steps))
+            for k, opt in optimizers.items()
+        }
+        prepared = self.accelerator.prepare(module, *optimizers.values())
+        self.module = prepared[0]
+        self.optimizers = dict(zip(optimizers, prepared[1:]))
         self._params = dict(zip(self.names, params))
-        self.ema = {n: p.detach().clone() for n, p in self._params.items()} if config.ema_decay > 0 else None
+        self.ema = None
+        if config.ema_decay > 0:
+            from diffusers.training_utils import EMAModel  # imports transformers: only when EMA is on
+
+            self.ema = EMAModel(params, decay=config.ema_decay, use_ema_warmup=False)
         self.step = 0
         self.progress = progress
         self.history: list[tuple[int, float]] = []
+
+    @property
+    def optimizer(self) -> torch.optim.Optimizer:
+        """The (first) optimizer."""
+        return next(iter(self.optimizers.values()))
+
+    @property
+    def scheduler(self):
+        return next(iter(self.schedulers.values()))
 
     # ------------------------------------------------------------------ checkpoints
     @property
@@ -102,76 +163,70 @@ class Trainer:
         return self.out / "checkpoints"
 
     def latest_checkpoint(self) -> Path | None:
-        pointer = self.ckpt_root / "latest"
-        if not pointer.is_file():
-            return None
-        path = self.ckpt_root / pointer.read_text().strip()
-        return path if (path / "state.json").is_file() else None
+        return latest_checkpoint(self.ckpt_root)
 
     def save_checkpoint(self) -> Path:
-        d = self.ckpt_root / f"step-{self.step:07d}"
-        tmp = self.ckpt_root / f".tmp-step-{self.step:07d}"
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-        save_file({n: p.detach().contiguous().cpu() for n, p in self._params.items()}, str(tmp / "trainable.safetensors"))
+        parts = {"trainable": {n: p.detach() for n, p in self._params.items()}, "optimizer": {}}
+        opt_rest = {}
+        for name, opt in self.optimizers.items():
+            tensors, opt_rest[name] = optimizer_state(name, opt)
+            parts["optimizer"].update(tensors)
+        ema_rest = None
         if self.ema is not None:
-            save_file({n: t.contiguous().cpu() for n, t in self.ema.items()}, str(tmp / "ema.safetensors"))
-        opt_state = self.optimizer.state_dict()
-        tensors, plain = {}, {}
-        for idx, st in opt_state["state"].items():
-            for k, v in st.items():
-                if torch.is_tensor(v):
-                    tensors[f"{idx}.{k}"] = v.contiguous().cpu()
-                else:
-                    plain[f"{idx}.{k}"] = v
-        save_file(tensors, str(tmp / "optimizer.safetensors"))
-        state = {"step": self.step, "identity": self.identity, "param_groups": opt_state["param_groups"],
-                 "optimizer_plain": plain, "scheduler": self.scheduler.state_dict(), "history": self.history[-2000:]}
-        (tmp / "state.json").write_text(json.dumps(state, default=str))
-        shutil.rmtree(d, ignore_errors=True)
-        tmp.rename(d)
-        atomic_write_text(self.ckpt_root / "latest", d.name + "\n")
-        kept = sorted(p for p in self.ckpt_root.glob("step-*") if p.is_dir())
-        for old in kept[: -self.config.keep_checkpoints]:
-            shutil.rmtree(old, ignore_errors=True)
-        return d
+            ema_sd = self.ema.state_dict()
+            parts["ema"] = dict(zip(self.names, ema_sd.pop("shadow_params")))
+            ema_rest = ema_sd
+        state = {"identity": self.identity, "optimizers": opt_rest, "ema": ema_rest,
+                 "schedulers": {k: s.state_dict() for k, s in self.schedulers.items()},
+                 "history": self.history[-2000:]}
+        if self.accelerator.scaler is not None:  # fp16 loss scale: plain numbers
+            state["grad_scaler"] = self.accelerator.scaler.state_dict()
+        if self.accelerator.is_main_process:
+            return write_checkpoint(self.ckpt_root, self.step, parts, state, keep=self.config.keep_checkpoints)
+        return self.ckpt_root / f"step-{self.step:07d}"
+
+    def _check_identity(self, state: dict) -> None:
+        why = identity_mismatch(_comparable(state.get("identity", {})), _comparable(self.identity))
+        if why is not None:
+            raise CheckpointError(f"out={self.out} holds a run with other settings ({why}): "
+                                  "use a new output folder, or the same settings and data to resume")
+
+    def check_resumable(self) -> Path | None:
+        """The checkpoint a :meth:`run` would resume from (None: a fresh run); refuses one of another run.
+
+        Tasks call it before writing anything of their own into ``out`` (e.g. the recorded split).
+        """
+        latest = self.latest_checkpoint()
+        if latest is not None:
+            try:
+                state = json.loads((latest / "state.json").read_text())
+            except (OSError, json.JSONDecodeError) as exc:
+                raise CheckpointError(f"checkpoint={latest}: unreadable state.json ({exc}); use a new output folder") from None
+            self._check_identity(state)
+        return latest
 
     def load_checkpoint(self, d: Path) -> None:
-        state = json.loads((d / "state.json").read_text())
-        saved, mine = _comparable(state["identity"]), _comparable(self.identity)
-        if saved != mine:
-            diff = sorted(k for k in set(saved) | set(mine) if saved.get(k) != mine.get(k))
-            raise CheckpointError(
-                f"--out {self.out} holds a run with other settings ({', '.join(diff[:5])} differ): "
-                "use a new --out, or the same settings to resume"
-            )
-        weights = load_file(str(d / "trainable.safetensors"))
+        state, parts = read_checkpoint(d)
+        self._check_identity(state)
+        if "optimizers" not in state:
+            raise CheckpointError(f"checkpoint={d}: written by an older version of the training loop; "
+                                  "start the run again in a new output folder")
+        device = self.accelerator.device
         with torch.no_grad():
             for n, p in self._params.items():
-                p.copy_(weights[n])
-            if self.ema is not None and (d / "ema.safetensors").is_file():
-                ema = load_file(str(d / "ema.safetensors"))
-                self.ema = {n: ema[n].clone() for n in self._params}
-        tensors = load_file(str(d / "optimizer.safetensors"))
-        opt_state: dict = {"state": {}, "param_groups": state["param_groups"]}
-        for key, v in list(tensors.items()) + list(state["optimizer_plain"].items()):
-            idx, k = key.split(".", 1)
-            opt_state["state"].setdefault(int(idx), {})[k] = v
-        self.optimizer.load_state_dict(opt_state)
-        self.scheduler.load_state_dict(state["scheduler"])
+                p.copy_(parts["trainable"][n])
+        if self.ema is not None and "ema" in parts:
+            self.ema.load_state_dict({**state["ema"], "shadow_params": [parts["ema"][n].to(device) for n in self.names]})
+        for name, opt in self.optimizers.items():  # load_state_dict puts each state tensor where torch wants it
+            restore_optimizer(name, opt, parts.get("optimizer", {}), state["optimizers"][name])
+        if self.accelerator.scaler is not None and state.get("grad_scaler"):
+            self.accelerator.scaler.load_state_dict(state["grad_scaler"])
+        for k, s in self.schedulers.items():
+            s.load_state_dict(state["schedulers"][k])
         self.step = int(state["step"])
         self.history = [tuple(h) for h in state.get("history", [])]
 
-    # ------------------------------------------------------------------ loop
-    def _update_ema(self):
-        if self.ema is None:
-            return
-        # warm EMA: short runs are not dominated by the initial weights
-        decay = min(self.config.ema_decay, (1 + self.step) / (10 + self.step))
-        with torch.no_grad():
-            for n, p in self._params.items():
-                self.ema[n].mul_(decay).add_(p.detach(), alpha=1 - decay)
-
+    # ------------------------------------------------------------------ EMA
     def copy_ema_into(self, module: nn.Module) -> nn.Module:
         """Write the EMA weights into ``module``'s parameters of the same names (what gets exported)."""
         ema = self.ema_state()
@@ -182,7 +237,33 @@ class Trainer:
         return module
 
     def ema_state(self) -> dict[str, torch.Tensor]:
-        return dict(self.ema) if self.ema is not None else {n: p.detach().clone() for n, p in self._params.items()}
+        if self.ema is None:
+            return {n: p.detach().clone() for n, p in self._params.items()}
+        return {n: t.detach().clone() for n, t in zip(self.names, self.ema.shadow_params)}
+
+    # ------------------------------------------------------------------ loop
+    def _micro_step(self, index: int, device) -> tuple[float, dict[str, float]]:
+        acc = self.accelerator
+        with acc.accumulate(self.module), acc.autocast():
+            result = self.loss_fn(index, device)
+            loss, extra = result if isinstance(result, tuple) else (result, {})
+            if not torch.isfinite(loss):
+                last = self.latest_checkpoint()
+                raise TrainingError(
+                    f"loss={loss.item()} at step {self.step}: training stopped; last good checkpoint: "
+                    f"{last if last else 'none yet'} (lower --lr or check the data)"
+                )
+        acc.backward(loss)
+        if acc.sync_gradients:
+            if self.config.grad_clip > 0:
+                acc.clip_grad_norm_(list(self._params.values()), self.config.grad_clip)
+            for opt in self.optimizers.values():
+                opt.step()
+            for s in self.schedulers.values():
+                s.step()
+            for opt in self.optimizers.values():
+                opt.zero_grad(set_to_none=True)
+        return float(loss.detach()), {k: float(v) for k, v in extra.items()}
 
     def run(self) -> dict:
         """Train to ``config.steps`` (resuming if a checkpoint exists); returns a summary dict."""
@@ -193,48 +274,52 @@ class Trainer:
         if latest is not None:
             self.load_checkpoint(latest)
             resumed_from = self.step
-        atomic_write_json(self.out / "run_config.json", self.identity)
+        main = self.accelerator.is_main_process
+        if main:
+            atomic_write_json(self.out / "run_config.json", self.identity)
         log_path = self.out / "log.csv"
-        if resumed_from is None and log_path.exists():
+        if main and resumed_from is None and log_path.exists():
             log_path.unlink()
-        elif resumed_from is not None:
+        elif main and resumed_from is not None:
             _drop_csv_rows_after(log_path, resumed_from)  # steps logged after the checkpoint are redone
-        writer = _TensorBoard(self.out / "tensorboard")
+        self.accelerator.init_trackers("tensorboard")
         t0 = time.time()
         window: list[float] = []
+        extras: dict[str, list[float]] = {}
         device = self.accelerator.device
-        bar = tqdm(total=cfg.steps, initial=self.step, desc="training", disable=not self.progress, dynamic_ncols=True)
+        k = cfg.gradient_accumulation_steps
+        bar = tqdm(total=cfg.steps, initial=self.step, desc="training", disable=not (self.progress and main),
+                   dynamic_ncols=True)
         stopped_early = False
         try:
             while self.step < cfg.steps:
                 self.module.train()
-                loss = self.loss_fn(self.step, device)
-                if not torch.isfinite(loss):
-                    last = self.latest_checkpoint()
-                    raise TrainingError(
-                        f"loss={loss.item()} at step {self.step}: training stopped; last good checkpoint: "
-                        f"{last if last else 'none yet'} (lower --lr or check the data)"
-                    )
-                self.accelerator.backward(loss)
-                if cfg.grad_clip > 0:
-                    self.accelerator.clip_grad_norm_(list(self._params.values()), cfg.grad_clip)
-                self.optimizer.step()
-                self.scheduler.step()
-                self.optimizer.zero_grad(set_to_none=True)
+                losses, stats = [], {}
+                for micro in range(k):
+                    value, extra = self._micro_step(self.step * k + micro, device)
+                    losses.append(value)
+                    for name, v in extra.items():
+                        stats.setdefault(name, []).append(v)
                 self.step += 1
-                self._update_ema()
-                value = float(loss.detach())
+                if self.ema is not None:
+                    self.ema.step(self._params.values())
+                value = sum(losses) / k
                 window.append(value)
+                for name, vs in stats.items():
+                    extras.setdefault(name, []).append(sum(vs) / len(vs))
                 self.history.append((self.step, value))
                 bar.update(1)
                 if self.step % cfg.log_every == 0 or self.step == cfg.steps:
                     mean = sum(window) / len(window)
-                    _append_csv(log_path, {"step": self.step, "loss": f"{mean:.6g}",
-                                           "lr": f"{self.scheduler.get_last_lr()[0]:.3g}",
-                                           "seconds": f"{time.time() - t0:.1f}"})
-                    writer.add_scalar("loss", mean, self.step)
+                    lr = self.scheduler.get_last_lr()[0]
+                    more = {name: sum(vs) / len(vs) for name, vs in extras.items()}
+                    if main:
+                        _append_csv(log_path, {"step": self.step, "loss": f"{mean:.6g}", "lr": f"{lr:.3g}",
+                                               "seconds": f"{time.time() - t0:.1f}",
+                                               **{name: f"{v:.6g}" for name, v in more.items()}})
+                    self.accelerator.log({"loss": mean, "lr": lr, **more}, step=self.step)
                     bar.set_postfix(loss=f"{mean:.4f}")
-                    window = []
+                    window, extras = [], {}
                 if self.step % cfg.checkpoint_every == 0 or self.step == cfg.steps:
                     self.save_checkpoint()
                 if cfg.max_minutes is not None and (time.time() - t0) > cfg.max_minutes * 60 and self.step < cfg.steps:
@@ -243,7 +328,7 @@ class Trainer:
                     break
         finally:
             bar.close()
-            writer.close()
+            self.accelerator.end_training()
         tail = [v for _, v in self.history[-50:]]
         return {"steps": self.step, "resumed_from": resumed_from, "stopped_early": stopped_early,
                 "wall_seconds": round(time.time() - t0, 1),
@@ -282,36 +367,4 @@ def _append_csv(path: Path, row: dict) -> None:
         w.writerow(row)
 
 
-class _TensorBoard:
-    """TensorBoard scalars when tensorboard is installed; silently CSV-only otherwise."""
-
-    def __init__(self, logdir: Path):
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-
-            self.w = SummaryWriter(str(logdir))
-        except Exception:  # tensorboard not installed
-            self.w = None
-
-    def add_scalar(self, tag, value, step):
-        if self.w is not None:
-            self.w.add_scalar(tag, value, step)
-
-    def close(self):
-        if self.w is not None:
-            self.w.close()
-
-
-def config_dict(cfg) -> dict:
-    return asdict(cfg)
-
-
-def atomic_dir_write(target: Path) -> Path:
-    """A temp sibling folder to build an export in before renaming it onto ``target``."""
-    tmp = target.parent / f".{target.name}.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    return tmp
-
-
-__all__ = ["LoopConfig", "Trainer", "step_generator", "atomic_path"]
+__all__ = ["LoopConfig", "Trainer", "MIXED_PRECISION", "run_identity", "step_generator"]

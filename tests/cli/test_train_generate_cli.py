@@ -109,3 +109,46 @@ def test_demo_end_to_end_on_a_tiny_base(tiny_base, tmp_path, capsys):
         assert v["outside_mask_max_abs_change"] == 0.0, t
         assert {"contrast_generated_mean", "grain_ratio_generated_median", "grain_ratio_real_heldout_median"} <= set(v)
     assert "grain_ratio" in (out / "report.html").read_text()
+
+
+def test_train_adapter_skips_broken_samples_with_a_warning_and_a_count(capsys, tmp_path, tiny_base, tiny_data):
+    import shutil
+
+    import numpy as np
+    from PIL import Image
+
+    data = tmp_path / "data"
+    shutil.copytree(tiny_data, data)
+    empty = data / "ground_truth" / "crack" / "000_mask.png"
+    Image.fromarray(np.zeros((64, 64), np.uint8)).save(empty)
+    out = tmp_path / "a"
+    code = main(["train-adapter", "--data", str(data), "--base", str(tiny_base), "--out", str(out), "--steps", "1",
+                 "--rank", "2", "--batch-size", "2", "--quiet"])
+    err = capsys.readouterr().err
+    assert code == 0, err
+    lines = [line for line in err.splitlines() if line.startswith("warning:")]
+    assert lines[0].startswith(f"warning: skipped [empty_mask] mask={empty}: ")
+    assert lines[1].startswith("warning: 1 file(s) with problems skipped") and "crack 2" in lines[1]
+    split = json.loads((out / "split.json").read_text())
+    assert "test/crack/000" not in split["train"]["crack"] + split["held_out"]["crack"]
+
+
+def test_train_adapter_refuses_a_type_left_with_no_usable_sample(capsys, tmp_path, tiny_base, tiny_data):
+    import shutil
+
+    import numpy as np
+    from PIL import Image
+
+    data = tmp_path / "data"
+    shutil.copytree(tiny_data, data)
+    for m in (data / "ground_truth" / "spot").iterdir():
+        Image.fromarray(np.zeros((64, 64), np.uint8)).save(m)
+    out = tmp_path / "a"
+    try:
+        code = main(["train-adapter", "--data", str(data), "--base", str(tiny_base), "--out", str(out), "--steps", "1"])
+    except SystemExit as exc:
+        code = exc.code
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err
+    assert err.strip().splitlines()[-1].startswith("counterfactory train-adapter: error: dataset=") and "'spot'" in err
+    assert not out.exists()

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import math
 
-from .downstream import METRICS, SETTING_TITLES, CropSampler
-from .report import HtmlReport
+from ..report import HtmlReport
+from .config import METRICS, SETTING_TITLES
+from .data import CropSampler
 
 
 def _fmt(d: dict) -> str:
@@ -14,29 +15,44 @@ def _fmt(d: dict) -> str:
     return f"{d['mean']:.3f} ± {d['std']:.3f}"
 
 
-def verdicts(summary: dict, metric: str = "pixel_AP") -> list[str]:
-    """Plain sentences: does each synthetic setting beat real-only on ``metric`` by more than the seed noise?"""
-    if "real" not in summary:
-        return []
-    base = summary["real"]["all"][metric]
+def _title(s: str) -> str:
+    return SETTING_TITLES.get(s, s)
+
+
+def verdicts(paired: list[dict], metric: str = "pixel_AP", group: str = "all") -> list[str]:
+    """Plain sentences from the paired differences: a gain (or loss) only where the 95 % interval excludes 0."""
     out = []
-    for s, groups in summary.items():
-        if s == "real":
+    for row in paired:
+        if row["metric"] != metric or row["group"] != group or row["n"] == 0:
             continue
-        m = groups["all"][metric]
-        if any(v is None or math.isnan(v) for v in (m["mean"], base["mean"])):
-            continue
-        diff = m["mean"] - base["mean"]
-        noise = math.sqrt(m["std"] ** 2 + base["std"] ** 2)
-        if diff > noise:
-            word = "helps"
-        elif diff < -noise:
-            word = "hurts"
-        else:
-            word = "does not change (within seed noise)"
-        out.append(f"{SETTING_TITLES.get(s, s)} {word} {metric}: {m['mean']:.3f} vs {base['mean']:.3f} real-only "
-                   f"(Δ {diff:+.3f}, seed noise ±{noise:.3f}, n={m['n']} seeds).")
+        lo, hi = row["ci_low"], row["ci_high"]
+        interval = "undefined (one seed)" if lo is None or math.isnan(lo) else f"[{lo:+.3f}, {hi:+.3f}]"
+        word = {"gain": "GAIN over", "loss": "is below"}.get(row["verdict"], "no clear difference to")
+        out.append(f"{_title(row['setting'])} {word} {_title(row['reference'])} on {metric} ({group}): "
+                   f"Δ {row['mean']:+.3f}, 95 % interval {interval}, n={row['n']} paired seeds.")
     return out
+
+
+def _diff_cell(row: dict | None) -> str:
+    if row is None or row["n"] == 0 or row["mean"] is None or math.isnan(row["mean"]):
+        return "–"
+    lo, hi = row["ci_low"], row["ci_high"]
+    if lo is None or math.isnan(lo):
+        return f"{row['mean']:+.3f}"
+    flag = {"gain": " gain", "loss": " loss"}.get(row["verdict"], "")
+    return f"{row['mean']:+.3f} [{lo:+.3f}, {hi:+.3f}]{flag}"
+
+
+def paired_rows(paired: list[dict], groups: list[str]) -> list[dict]:
+    """Table rows: one per (setting, reference, group), a Δ [95 % interval] cell per metric."""
+    index = {(r["setting"], r["reference"], r["group"], r["metric"]): r for r in paired}
+    keys = list(dict.fromkeys((r["setting"], r["reference"]) for r in paired))
+    rows = []
+    for group in groups:
+        for setting, ref in keys:
+            rows.append({"group": group, "setting": _title(setting), "minus": _title(ref),
+                         **{m: _diff_cell(index.get((setting, ref, group, m))) for m in METRICS}})
+    return rows
 
 
 def build_downstream_report(result: dict, data, cfg, examples: dict) -> HtmlReport:
@@ -52,19 +68,20 @@ def build_downstream_report(result: dict, data, cfg, examples: dict) -> HtmlRepo
         f"Dataset {info['dataset']} ({info['layout']}), split: {info['split']}. Training: real defects per type "
         f"{ {t: n for t, n in info['train'].items()} }. Evaluation: held-out defects per type and defect-free images "
         f"{ {t: n for t, n in info['eval'].items()} }. Budget per run: {cfg.steps} steps × {cfg.batch_size} crops of "
-        f"{cfg.crop} px ({cfg.defect_fraction:.0%} defect crops, of which {cfg.synthetic_fraction:.0%} synthetic in "
-        f"settings ii–iv), U-Net {list(cfg.channels)}, Adam lr {cfg.lr}; seeds {list(cfg.seeds)}; "
+        f"{cfg.crop} px ({cfg.defect_fraction:.0%} real defect crops; settings ii–iv: synthetic crops "
+        f"{cfg.synthetic_fraction:.0%} of those, mix '{cfg.mix}'), U-Net {list(cfg.channels)}, AdamW lr {cfg.lr} after "
+        f"{cfg.warmup_steps} warm-up steps, EMA {cfg.ema_decay} evaluated; seeds {list(cfg.seeds)} (paired); "
         f"{result['torch_threads']} CPU thread(s); total {result['seconds']} s wall, {result.get('cpu_seconds')} s CPU."
     )
     r.heading("Result")
     for metric in ("pixel_AP", "image_AUROC"):
-        for v in verdicts(summary, metric):
+        for v in verdicts(result.get("paired", []), metric):
             r.paragraph(v)
     rows = []
     for s, groups in summary.items():
         rows.append({"setting": SETTING_TITLES.get(s, s), **{m: _fmt(groups["all"][m]) for m in METRICS}})
     r.table(rows, columns=["setting", *METRICS])
-    r.paragraph("mean ± std over seeds. Pixel metrics pool every pixel of the held-out defect images and the evaluated "
+    r.paragraph("mean ± sample std (ddof = 1) over seeds. Pixel metrics pool every pixel of the held-out defect images and the evaluated "
                 "defect-free images; image AUROC uses the max of the average-pooled anomaly map.")
 
     fig, axes = plt.subplots(1, len(METRICS), figsize=(3.2 * len(METRICS), 3.0))
@@ -84,6 +101,12 @@ def build_downstream_report(result: dict, data, cfg, examples: dict) -> HtmlRepo
     fig.tight_layout()
     r.figure(fig, caption="Bars: mean over seeds ± std; dots: single seeds.")
 
+    r.heading("Paired differences (same seed: same initial weights, same real crops)")
+    r.paragraph("Δ = setting − reference, mean over seeds, with the Student-t 95 % interval; 'gain' / 'loss' only "
+                "where the interval excludes 0.")
+    r.table(paired_rows(result.get("paired", []), ["all", *info["types"]]),
+            columns=["group", "setting", "minus", *METRICS])
+
     r.heading("Per defect type")
     rows = []
     for t in info["types"]:
@@ -96,12 +119,12 @@ def build_downstream_report(result: dict, data, cfg, examples: dict) -> HtmlRepo
                 "few-shot crops are the synthetic ones.")
     for s in settings:
         sampler = CropSampler(data, s, cfg, seed=cfg.seeds[0])
-        x, y = sampler.batch()
-        n = sampler.n_def
+        x, y = sampler.batch(0)
+        n = sampler.n_real + sampler.n_syn
         cells = [x[i] for i in range(n)]
         masks = [y[i] for i in range(n)]
-        r.heading(SETTING_TITLES.get(s, s), level=3)
-        r.grid([cells, masks], col_titles=[("real" if i < n - sampler.n_syn else "synthetic") for i in range(n)],
+        r.heading(_title(s), level=3)
+        r.grid([cells, masks], col_titles=[("real" if i < sampler.n_real else "synthetic") for i in range(n)],
                row_titles=["crop", "mask"], cell_px=72)
 
     if examples:

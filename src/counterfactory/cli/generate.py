@@ -1,0 +1,152 @@
+"""``counterfactory generate``: N defect image + mask pairs per type from an adapter, resumable."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from ._args import (
+    check_fits,
+    check_out,
+    check_weights_folder,
+    float_range,
+    int_range,
+    positive_int,
+    seed_arg,
+    set_threads,
+    threads_arg,
+    unet_activation_bytes,
+)
+from .train import COMPACT_RESOLUTION, base_args, check_types_arg
+
+MAX_GUIDANCE = 50.0  # classifier-free guidance beyond this only saturates (and overflows towards 1e300)
+
+
+def _pipeline(args):
+    from ..pipelines.defect_inpaint import DefectInpaintPipeline
+
+    if args.base_kind == "sd":
+        from ..errors import input_error
+
+        if not args.base:
+            raise input_error("--base", None, "a local SD-1.5-inpainting diffusers folder with --base-kind sd")
+        return DefectInpaintPipeline.from_sd(args.base, args.adapter)
+    return DefectInpaintPipeline.from_compact(args.base, args.adapter)
+
+
+def _warn(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
+
+
+def cmd_generate(args) -> int:
+    import torch
+
+    from ..data import open_dataset
+    from ..data.splits import load_split
+    from ..errors import input_error
+    from ..pipelines.generate import GenerateConfig, folder_masks, generate, run_provenance, split_masks
+    from ..training.inpaint import ADAPTER_CONFIG, check_adapter_types
+
+    adapter = Path(args.adapter)
+    if not (adapter / ADAPTER_CONFIG).is_file():
+        raise input_error("--adapter", args.adapter, f"an adapter folder holding {ADAPTER_CONFIG} (from train-adapter)")
+    if not Path(args.data).is_dir():
+        raise input_error("--data", args.data, "an existing dataset folder (its defect-free images are the backgrounds)")
+    masks_folder = args.masks if args.masks not in ("held-out", "train") else None
+    check_out(args.out, inputs={"--adapter": args.adapter, "--data": args.data, "--base": args.base,
+                                "--split": args.split, "--masks": masks_folder})
+    check_fits("--batch-size", args.batch_size, unet_activation_bytes(args.batch_size, COMPACT_RESOLUTION) / 4,
+               f"denoising {args.batch_size} items together")
+    check_weights_folder(adapter, "--adapter")
+    if args.base:
+        check_weights_folder(args.base, "--base")
+    set_threads(args)
+    adapter_cfg = json.loads((adapter / ADAPTER_CONFIG).read_text())
+    types = check_types_arg(args.types) or adapter_cfg.get("types")
+    if not isinstance(types, list) or not types:
+        raise input_error("--adapter", args.adapter, f"an adapter whose {ADAPTER_CONFIG} lists its defect types")
+    from ..io.names import check_path_name
+
+    for t in adapter_cfg.get("types") or []:  # names from a file become folder names under --out
+        check_path_name(t, f"{adapter / ADAPTER_CONFIG} type")
+    check_adapter_types(adapter, types)
+    ds = open_dataset(args.data, skip_broken=True, warn=_warn)
+    split_file = Path(args.split) if args.split else adapter / "split.json"
+    split = load_split(split_file)
+    good_ids = set(split.train.get("good", [])) if args.backgrounds == "train" else set(
+        split.held_out.get("good", []) + split.train.get("good", []))
+    backgrounds = [s for s in ds.good() if s.source_id in good_ids]
+    if args.masks in ("held-out", "train"):
+        masks = split_masks(ds, split, types, args.masks.replace("-", "_"), with_images=True)
+    else:
+        masks = folder_masks(args.masks, types, warn=_warn)
+        sizes = {tuple(m.shape[-2:]) for pool in masks.values() for _, m in pool}
+        bg_sizes = {s.load_image().shape[-2:] for s in backgrounds[:1]}
+        if bg_sizes and sizes and sizes != {tuple(b) for b in bg_sizes}:
+            (bh, bw), = bg_sizes
+            ms = ", ".join(f"{w}x{h}" for h, w in sorted(sizes))
+            _warn(f"note: --masks {args.masks}: masks are {ms}, backgrounds {bw}x{bh}: each mask's defect is cut out, "
+                  "augmented and placed on the product (positions are not kept)")
+    pipe = _pipeline(args)
+    provenance = run_provenance(
+        adapter=adapter, base=args.base, base_kind=args.base_kind, data_root=ds.root, split=split,
+        split_file=split_file, masks=args.masks, backgrounds=args.backgrounds,
+    )
+    cfg = GenerateConfig(out=args.out, n_per_type=args.n, types=tuple(types), num_inference_steps=args.num_inference_steps,
+                         guidance_scale=args.guidance_scale, batch_size=args.batch_size, seed=args.seed,
+                         crop_margin=args.crop_margin, grain_transfer=args.grain_transfer, placement=args.placement,
+                         deform=not args.no_deform, strength=args.strength, paste=args.paste,
+                         refine_dilate=args.refine_dilate)
+    with torch.inference_mode():
+        summary = generate(pipe, backgrounds, masks, cfg, provenance=provenance, progress=not args.quiet)
+    print(json.dumps(summary))
+    return 0
+
+
+def register(sub) -> None:
+    p = sub.add_parser("generate", help="generate N defect image+mask pairs per type (anomalib Folder layout)",
+                       description="Paint each damage type into defect-free images using masks from the split's held-out "
+                                   "defects (augmented, placed on the product) or a mask folder. Writes "
+                                   "<out>/<type>/<id>.png, <out>/ground_truth/<type>/<id>_mask.png and manifest.jsonl; "
+                                   "a rerun resumes, and only with the same adapter, base, data and settings.")
+    p.add_argument("--adapter", required=True, help="adapter folder from train-adapter")
+    p.add_argument("--data", required=True, help="dataset folder whose defect-free images are the backgrounds")
+    p.add_argument("--out", required=True, help="output folder (outside the adapter, data and mask folders)")
+    base_args(p)
+    p.add_argument("--split", default=None, help="split file (default: the adapter's split.json)")
+    p.add_argument("--masks", default="train",
+                   help="'train' (default: the split's few-shot masks, so a model trained on the pairs never sees the "
+                        "held-out evaluation masks), 'held-out' (the split's held-out masks) or a folder of masks "
+                        "(<dir>/<type>/*.png)")
+    p.add_argument("--placement", default="learned", choices=["learned", "uniform"],
+                   help="learned (default): each mask keeps its shot's distance and orientation to the product edge "
+                        "(edge chips stay on the edge); uniform: anywhere on the product")
+    p.add_argument("--no-deform", action="store_true",
+                   help="use the shots' mask shapes as they are (default: new shapes by elastic + affine deformation)")
+    p.add_argument("--strength", type=float_range("--strength", 0.0, 1.0), default=1.0,
+                   help="1 (default): paint the defect from noise; below 1: paste the shot's own defect pixels at the "
+                        "placement and refine them from this noise level (0: the paste as is); needs the split's masks")
+    p.add_argument("--paste", default="plain", choices=["plain", "poisson"],
+                   help="how --strength < 1 pastes the shot's pixels (default plain)")
+    p.add_argument("--refine-dilate", type=int_range("--refine-dilate", 0, 64), default=3,
+                   help="px the refined region reaches beyond the pasted defect, 0..64 (default 3)")
+    p.add_argument("--backgrounds", default="train", choices=["train", "all"],
+                   help="defect-free images to paint on: the split's train part (default) or all")
+    p.add_argument("--n", type=positive_int("--n", 1_000_000), default=100, help="pairs per type (default 100)")
+    p.add_argument("--types", nargs="+", default=None, help="only these types (default: all of the adapter)")
+    p.add_argument("--num-inference-steps", type=positive_int("--num-inference-steps", 1000), default=25,
+                   help="denoising steps, 1..1000 (default 25)")
+    p.add_argument("--guidance-scale", type=float_range("--guidance-scale", 0.0, MAX_GUIDANCE), default=2.0,
+                   help=f"classifier-free guidance, 0..{MAX_GUIDANCE:g} (default 2)")
+    p.add_argument("--crop-margin", type=float_range("--crop-margin", 0.0, 10.0), default=0.5,
+                   help="context around the mask's box as a fraction of its side, 0..10 (default 0.5)")
+    p.add_argument("--batch-size", type=positive_int("--batch-size", 100_000), default=16,
+                   help="items denoised together (default 16); a resumed folder keeps the batch it was started with")
+    p.add_argument("--grain-transfer", type=float_range("--grain-transfer", 0.0, 2.0), default=0.0,
+                   help="add this much (0..2) of the background's own grain to each fill (default 0: the model's fill "
+                        "as is; 1 on Magnetic Tile: see docs/benchmarks.md)")
+    p.add_argument("--seed", type=seed_arg(), default=0)
+    threads_arg(p)
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_generate)

@@ -1,0 +1,1 @@
+"""Text counterfactuals: captions from measurement and caption perturbers."""

@@ -1,0 +1,259 @@
+"""The data-scarce composed-retrieval study on Morpho-MNIST: real-only vs real + synthetic triplets.
+
+Protocol (all on the fixed split of :func:`counterfactory.data.morphomnist.split_indices`):
+
+1. Every train and test digit is measured (:func:`counterfactory.editing.captions.measure`) and captioned.
+2. Real triplets are built inside each split (:func:`counterfactory.retrieval.real.build_real_triplets`).
+3. The dual encoder is fitted once on (image, caption) of the train split (seed ``encoder_seed``) and shared by
+   every run: it plays the part of the pretrained CLIP of CLIP4Cir.
+4. For each fraction f of the real training triplets and each seed s: a seeded subset of f × the train triplets
+   (nested: the 10 % subset lies inside the 30 % one for the same seed), with or without every synthetic
+   triplet of ``synthetic``, trains a Combiner and the text tower (same seed, same steps in both conditions,
+   so the two runs of a seed are paired).
+5. Evaluation on the test split's real triplets with the CIRR protocol: the gallery is every test digit, the
+   reference is removed from its ranking; Recall@1/5/10/50 and Recall_subset@1/2/3.
+
+Each run's result is written as it finishes (``runs/<condition>_f<percent>_s<seed>.json``); a rerun with the same
+``out`` skips finished runs, so a killed study resumes. ``results.json`` holds every run, mean ± sample std per
+setting and the paired difference (real + synthetic − real-only) per fraction and metric.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..errors import ConfigError, input_error
+from .cirr import Triplet, TripletFolder, read_triplet_folder, write_triplets
+from .metrics import cirr_recalls
+from .real import build_real_triplets, image_index
+
+METRICS = ("R@1", "R@5", "R@10", "R@50", "Rs@1", "Rs@2", "Rs@3")
+
+
+@dataclass(frozen=True)
+class StudyConfig:
+    fractions: tuple[float, ...] = (0.1, 0.3, 1.0)  # shares of the real training triplets
+    seeds: tuple[int, ...] = (0, 1, 2)  # paired seeds: subset choice and Combiner initialisation
+    encoder_seed: int = 0
+    encoder_steps: int = 600  # dual-encoder contrastive steps (batch 256)
+    combiner_steps: int = 400  # Combiner + text-tower steps per run (batch 128), the same for every setting
+    triplet_seed: int = 0  # seeds the real triplets' modification choice
+
+    def __post_init__(self):
+        object.__setattr__(self, "fractions", tuple(float(f) for f in self.fractions))
+        object.__setattr__(self, "seeds", tuple(int(s) for s in self.seeds))
+        if not self.fractions or any(not 0 < f <= 1 for f in self.fractions):
+            raise ConfigError(f"fractions={self.fractions}: shares in (0, 1]")
+        if len(set(self.seeds)) != len(self.seeds) or not self.seeds:
+            raise ConfigError(f"seeds={self.seeds}: one or more distinct integers")
+        for k in ("encoder_steps", "combiner_steps"):
+            if int(getattr(self, k)) < 1:
+                raise ConfigError(f"{k}={getattr(self, k)}: a positive integer")
+
+
+def _percent(f: float) -> str:
+    return f"{100 * f:g}"
+
+
+def subset(n: int, fraction: float, seed: int) -> np.ndarray:
+    """Nested seeded subsets: the first round(f·n) items of one seeded permutation (at least 2)."""
+    perm = np.random.default_rng([seed, 7919]).permutation(n)
+    return np.sort(perm[: max(2, int(round(fraction * n)))])
+
+
+def load_synthetic(folder: str | os.PathLike) -> tuple[torch.Tensor, list[str], torch.Tensor]:
+    """A CIRR-format triplet folder → reference images (N,1,28,28), texts, target images."""
+    from ..io.images import read_array
+
+    tf: TripletFolder = read_triplet_folder(folder)
+    usable = [t for t in tf.triplets if t.target_hard is not None]
+    if not usable:
+        raise input_error("synthetic", str(folder), "a triplet folder whose entries have target_hard")
+    cache: dict[str, np.ndarray] = {}
+
+    def img(name: str) -> np.ndarray:
+        if name not in cache:
+            a = read_array(tf.image_path(name), mode="L")
+            if a.shape != (28, 28):
+                raise input_error("synthetic image", str(tf.image_path(name)), f"a 28x28 gray digit (got {a.shape})")
+            cache[name] = a
+        return cache[name]
+
+    refs = torch.from_numpy(np.stack([img(t.reference) for t in usable]))[:, None]
+    tgts = torch.from_numpy(np.stack([img(t.target_hard) for t in usable]))[:, None]
+    return refs.float(), [t.caption for t in usable], tgts.float()
+
+
+@dataclass
+class PreparedData:
+    images: np.ndarray  # (N,28,28) uint8, the whole file
+    labels: np.ndarray
+    measurements: dict[str, np.ndarray]  # whole file
+    train: list[Triplet]
+    test: list[Triplet]
+    train_idx: np.ndarray
+    test_idx: np.ndarray
+
+
+def prepare(data_root, out: Path, triplet_seed: int = 0, log: Callable[[str], None] = print) -> PreparedData:
+    """Load Morpho-MNIST, measure it (cached in ``out/measurements.npz``), build and write the real triplets."""
+    from ..data.morphomnist import load_morphomnist, split_indices
+    from ..editing.captions import MEASURED, measure
+    from ..io.manifest import atomic_path
+
+    data = load_morphomnist(data_root)
+    n = len(data)
+    train_idx, test_idx = split_indices(n, "train"), split_indices(n, "test")
+    cache = out / "measurements.npz"
+    if cache.is_file():
+        with np.load(cache) as z:
+            m = {k: z[k] for k in MEASURED}
+    else:
+        t0 = time.time()
+        m = measure(data.images)
+        with atomic_path(cache) as tmp:
+            with open(tmp, "wb") as f:
+                np.savez(f, **m)
+        log(f"measured {n} digits in {time.time() - t0:.0f} s")
+    train = build_real_triplets(train_idx, data.labels, m, seed=triplet_seed)
+    test = build_real_triplets(test_idx, data.labels, m, seed=triplet_seed, first_pairid=len(train))
+    write_triplets(out / "triplets" / "cap.rc2.train.json", train)
+    write_triplets(out / "triplets" / "cap.rc2.test.json", test)
+    return PreparedData(data.images, data.labels, m, train, test, train_idx, test_idx)
+
+
+def _images(arr: np.ndarray, idx: Sequence[int]) -> torch.Tensor:
+    return torch.from_numpy(arr[np.asarray(idx)].astype(np.float32) / 255.0)[:, None]
+
+
+def evaluate_model(model, features: torch.Tensor, names: list[str], triplets: Sequence[Triplet]) -> dict[str, float]:
+    """CIRR recalls of ``model`` (a :class:`~counterfactory.retrieval.train.ComposedModel`) on ``triplets``."""
+    pos = {n: i for i, n in enumerate(names)}
+    refs = torch.stack([features[pos[t.reference]] for t in triplets])
+    q = model.query(refs, [t.caption for t in triplets])
+    return cirr_recalls(q, features, names, [t.reference for t in triplets], [t.target_hard for t in triplets],
+                        [t.members for t in triplets])
+
+
+def run_study(data_root, out, config: StudyConfig | None = None, synthetic=None,
+              log: Callable[[str], None] = print) -> dict:
+    from ..data.morphomnist import load_morphomnist
+    from ..editing.captions import MODIFICATION_WORDS, VOCABULARY, AttributeCaptioner
+    from ..evaluation.stats import paired_difference, summarize
+    from ..io.manifest import atomic_write_json
+    from .encoders import load_dual_encoder, save_dual_encoder
+    from .train import encode_images, train_combiner, train_dual_encoder
+
+    config = config or StudyConfig()
+    load_morphomnist(data_root)  # bad data or a bad synthetic folder fail before anything is written
+    syn = load_synthetic(synthetic) if synthetic is not None else None
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    settings = {"config": asdict(config), "synthetic": None if synthetic is None else str(Path(synthetic).resolve())}
+    settings_path = out / "study.json"
+    if settings_path.is_file():
+        old = json.loads(settings_path.read_text())
+        if old["config"] != json.loads(json.dumps(settings["config"])):
+            raise input_error("out", str(out), f"a new folder, or the settings it was started with ({old['config']})")
+        if synthetic is not None and old.get("synthetic") not in (None, settings["synthetic"]):
+            raise input_error("synthetic", synthetic, f"the folder this study used before ({old['synthetic']})")
+    atomic_write_json(settings_path, settings)
+
+    prep = prepare(data_root, out, config.triplet_seed, log)
+    log(f"real triplets: {len(prep.train)} train, {len(prep.test)} test")
+
+    enc_dir = out / "encoder"
+    if (enc_dir / "dual_encoder.safetensors").is_file():
+        encoder = load_dual_encoder(enc_dir)
+    else:
+        t0 = time.time()
+        captioner = AttributeCaptioner()
+        m_train = {k: v[prep.train_idx] for k, v in prep.measurements.items()}
+        captions = captioner.caption_measurements(m_train, prep.labels[prep.train_idx].tolist())
+        encoder = train_dual_encoder(_images(prep.images, prep.train_idx), captions,
+                                     list(VOCABULARY) + list(MODIFICATION_WORDS), steps=config.encoder_steps,
+                                     seed=config.encoder_seed)
+        save_dual_encoder(encoder, enc_dir)
+        log(f"dual encoder: {config.encoder_steps} steps in {time.time() - t0:.0f} s")
+
+    from .real import image_name
+
+    all_idx = np.concatenate([prep.train_idx, prep.test_idx])
+    feats = encode_images(encoder, _images(prep.images, all_idx))
+    fpos = {int(i): k for k, i in enumerate(all_idx)}
+    test_names = [image_name(i) for i in prep.test_idx]
+    test_feats = feats[[fpos[int(i)] for i in prep.test_idx]]
+    tr_ref = feats[[fpos[image_index(t.reference)] for t in prep.train]]
+    tr_tgt = feats[[fpos[image_index(t.target_hard)] for t in prep.train]]
+    tr_txt = [t.caption for t in prep.train]
+    if syn is not None:
+        sy_ref, sy_txt, sy_tgt = encode_images(encoder, syn[0]), syn[1], encode_images(encoder, syn[2])
+        log(f"synthetic triplets: {len(sy_txt)}")
+
+    conditions = ["real"] + (["real+synthetic"] if syn is not None else [])
+    runs_dir = out / "runs"
+    runs_dir.mkdir(exist_ok=True)
+    for f in config.fractions:
+        for s in config.seeds:
+            sel = subset(len(prep.train), f, s)
+            for cond in conditions:
+                path = runs_dir / f"{cond}_f{_percent(f)}_s{s}.json"
+                if path.is_file():
+                    continue
+                t0 = time.time()
+                ref, txt, tgt = tr_ref[sel], [tr_txt[i] for i in sel], tr_tgt[sel]
+                if cond == "real+synthetic":
+                    ref, txt, tgt = torch.cat([ref, sy_ref]), txt + list(sy_txt), torch.cat([tgt, sy_tgt])
+                model = train_combiner(encoder, ref, txt, tgt, steps=config.combiner_steps, seed=s)
+                metrics = evaluate_model(model, test_feats, test_names, prep.test)
+                rec = {"condition": cond, "fraction": f, "seed": s, "real_triplets": int(len(sel)),
+                       "synthetic_triplets": 0 if cond == "real" else len(sy_txt), "metrics": metrics,
+                       "seconds": round(time.time() - t0, 1)}
+                atomic_write_json(path, rec)
+                log(f"{cond:15s} {_percent(f):>4s}% seed {s}: R@1 {metrics['R@1']:.1f} R@5 {metrics['R@5']:.1f} "
+                    f"Rs@1 {metrics['Rs@1']:.1f} ({rec['seconds']} s)")
+
+    runs = [json.loads(p.read_text()) for p in sorted(runs_dir.glob("*.json"))]
+    runs = [r for r in runs if r["fraction"] in config.fractions and r["seed"] in config.seeds
+            and r["condition"] in conditions]
+    summary, paired = [], []
+    for f in config.fractions:
+        by = {c: {r["seed"]: r for r in runs if r["condition"] == c and r["fraction"] == f} for c in conditions}
+        for c in conditions:
+            row = {"condition": c, "fraction": f, "n_seeds": len(by[c])}
+            for k in METRICS:
+                st = summarize([by[c][s]["metrics"][k] for s in config.seeds if s in by[c]])
+                row[k] = {"mean": st["mean"], "std": st["std"]}
+            summary.append(row)
+        if len(conditions) == 2:
+            seeds = [s for s in config.seeds if s in by["real"] and s in by["real+synthetic"]]
+            paired.append({"fraction": f, **{k: paired_difference(
+                [by["real+synthetic"][s]["metrics"][k] for s in seeds], [by["real"][s]["metrics"][k] for s in seeds])
+                for k in METRICS}})
+    result = {"settings": settings, "real_triplets": {"train": len(prep.train), "test": len(prep.test)},
+              "gallery": len(prep.test_idx), "summary": summary, "paired_difference": paired, "runs": runs}
+    atomic_write_json(out / "results.json", result)
+    return result
+
+
+def format_table(result: dict) -> str:
+    """Markdown: mean ± sample std per setting, then the paired differences."""
+    lines = ["| condition | real triplets | " + " | ".join(METRICS) + " |", "|---|---|" + "---|" * len(METRICS)]
+    for row in result["summary"]:
+        cells = [f"{row[k]['mean']:.1f} ± {row[k]['std']:.1f}" for k in METRICS]
+        lines.append(f"| {row['condition']} | {_percent(row['fraction'])} % | " + " | ".join(cells) + " |")
+    if result["paired_difference"]:
+        lines += ["", "| paired difference (synthetic − real) | " + " | ".join(METRICS) + " |",
+                  "|---|" + "---|" * len(METRICS)]
+        for row in result["paired_difference"]:
+            cells = [f"{row[k]['mean']:+.1f} [{row[k]['ci_low']:+.1f}, {row[k]['ci_high']:+.1f}]" for k in METRICS]
+            lines.append(f"| {_percent(row['fraction'])} % | " + " | ".join(cells) + " |")
+    return "\n".join(lines)

@@ -1,0 +1,389 @@
+"""What the web app does, without the web: editor values → image + mask, pipeline runs, the files a run writes.
+
+Everything here is plain Python (no gradio import), so it is tested directly; :mod:`counterfactory.ui.app`
+only lays these functions out on a page. Every user mistake raises the library's one-line
+:class:`~counterfactory.errors.InputError`; the app shows that line.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from .. import __version__
+from ..errors import CheckpointError, input_error
+from ..io.images import pil_to_array, save_image
+from ..io.manifest import atomic_write_json
+from ..io.masks import bbox, check_box
+
+BARE_BASE = "shipped base, no adapter"  # the adapter choice that runs the base alone
+NO_TYPE = "(any: surface fill)"  # the only damage type of the bare base
+MAX_SEEDS = 16  # largest batch of variations one click may ask for
+DIFF_GAIN = 4  # difference view: |result - input| × 4, as in the demo report
+ALPHA_DRAWN = 128  # a brush pixel counts as drawn from half opacity (anti-aliased stroke edges do not)
+
+Progress = Callable[[float, str], None]
+
+
+def _no_progress(fraction: float, text: str) -> None:
+    return None
+
+
+# ---------------------------------------------------------------------------------------------------- inputs
+def editor_image(value, name: str = "image") -> np.ndarray:
+    """The background of an image-editor value (dict with ``background``/``layers``/``composite``, PIL or
+    numpy) as float32 (H,W,3) in [0,1]; an image that uses transparency is an error, as in the CLI."""
+    bg = value.get("background") if isinstance(value, dict) else value
+    if bg is None:
+        raise input_error(name, "none", "an uploaded image (PNG, JPEG, ...): drop one on the editor first")
+    if isinstance(bg, np.ndarray):
+        bg = Image.fromarray(bg)
+    return pil_to_array(bg, mode="RGB", name=name)
+
+
+def editor_mask(value, shape: tuple[int, int], name: str = "mask") -> np.ndarray:
+    """The union of everything drawn on the editor's layers as a {0,1} float32 (H,W) mask (1 = paint here)."""
+    mask = np.zeros(shape, dtype=bool)
+    layers = (value.get("layers") if isinstance(value, dict) else None) or []
+    for k, layer in enumerate(layers):
+        arr = np.asarray(layer)
+        if arr.shape[:2] != tuple(shape):
+            raise input_error(f"{name} layer {k} size", f"{arr.shape[1]}x{arr.shape[0]}",
+                              f"the image size {shape[1]}x{shape[0]} (draw on the uploaded image)")
+        if arr.ndim == 3 and arr.shape[2] in (2, 4):
+            drawn = arr[..., -1] >= ALPHA_DRAWN
+        else:  # a layer without alpha: anything not black was drawn
+            drawn = (arr.reshape(*shape, -1) > 0).any(axis=-1)
+        mask |= drawn
+    return mask.astype(np.float32)
+
+
+def uploaded_mask(mask, shape: tuple[int, int], name: str = "mask_image") -> np.ndarray:
+    """An uploaded mask file (PIL/numpy; white = paint) as a {0,1} float32 (H,W) mask of the image's size."""
+    if isinstance(mask, np.ndarray):
+        mask = Image.fromarray(mask)
+    arr = pil_to_array(mask, mode="L", alpha="drop", name=name)
+    if arr.shape != tuple(shape):
+        raise input_error(f"{name} size", f"{arr.shape[1]}x{arr.shape[0]}", f"the image size {shape[1]}x{shape[0]}")
+    return (arr >= 0.5).astype(np.float32)
+
+
+def check_mask(mask: np.ndarray, name: str = "mask") -> np.ndarray:
+    area = float(mask.mean())
+    if area == 0:
+        raise input_error(name, "empty", "a drawn region: paint over the image with the brush where the defect goes "
+                                         "(or upload a mask, white = paint)")
+    if area == 1:
+        raise input_error(name, "covers the whole image", "a region that leaves context around it")
+    return mask
+
+
+def parse_box(text: str, name: str = "box") -> tuple[int, int, int, int]:
+    """``"x0,y0,x1,y1"`` (pixels, end exclusive) → a tuple of four ints."""
+    allowed = "four integers x0,y0,x1,y1 (pixels, end exclusive), e.g. 10,20,50,60"
+    parts = [p.strip() for p in str(text).replace(" ", ",").split(",") if p.strip()]
+    try:
+        box = tuple(int(p) for p in parts)
+    except ValueError:
+        raise input_error(name, text, allowed) from None
+    if len(box) != 4:
+        raise input_error(name, text, allowed)
+    return box  # type: ignore[return-value]
+
+
+def resolve_box(typed: str | None, drawn: np.ndarray, shape: tuple[int, int]) -> tuple[int, int, int, int]:
+    """The box to fill: the typed one when given, else the bounding box of what was drawn."""
+    if typed and str(typed).strip():
+        return check_box(parse_box(typed), shape, name="box")
+    b = bbox(drawn)
+    if b is None:
+        raise input_error("box", "none", "a box: draw over the region on the image, or type x0,y0,x1,y1")
+    return check_box(b, shape, name="box")
+
+
+def check_seed(seed, n) -> tuple[int, int]:
+    if isinstance(seed, float) and seed.is_integer():
+        seed = int(seed)
+    if isinstance(n, float) and n.is_integer():
+        n = int(n)
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63:
+        raise input_error("seed", seed, "an integer >= 0")
+    if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= MAX_SEEDS:
+        raise input_error("variations", n, f"an integer in [1, {MAX_SEEDS}] (one result per seed, from seed upward)")
+    return seed, n
+
+
+def check_steps(steps) -> int:
+    if isinstance(steps, float) and steps.is_integer():
+        steps = int(steps)
+    if isinstance(steps, bool) or not isinstance(steps, int) or not 1 <= steps <= 1000:
+        raise input_error("num_inference_steps", steps, "an integer in [1, 1000]")
+    return steps
+
+
+def difference(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """|a - b| × DIFF_GAIN (float (H,W,3) in [0,1]): black where nothing changed."""
+    return np.clip(np.abs(a.astype(np.float32) - b.astype(np.float32)) * DIFF_GAIN, 0, 1)
+
+
+def to_u8(x: np.ndarray) -> np.ndarray:
+    return np.round(np.clip(x, 0, 1) * 255).astype(np.uint8)
+
+
+# ---------------------------------------------------------------------------------------------------- models
+class Models:
+    """Loaded pipelines, by (kind, adapter folder); the last few stay in memory so switching back is instant."""
+
+    def __init__(self, base: str | Path | None = None, keep: int = 3):
+        self.base = str(base) if base else None
+        self.keep = keep
+        self._cache: OrderedDict[tuple[str, str | None], object] = OrderedDict()
+        self.lock = threading.Lock()  # one generation at a time: torch's threads are shared
+
+    def _get(self, key, load):
+        if key in self._cache:
+            self._cache.move_to_end(key)
+            return self._cache[key]
+        pipe = load()
+        self._cache[key] = pipe
+        while len(self._cache) > self.keep:
+            self._cache.popitem(last=False)
+        return pipe
+
+    def defect(self, adapter: str | None):
+        from ..pipelines.defect_inpaint import DefectInpaintPipeline
+
+        adapter = _adapter_arg(adapter, "adapter")
+        return self._get(("defect", adapter), lambda: DefectInpaintPipeline.from_compact(self.base, adapter))
+
+    def reference(self, adapter: str | None):
+        from ..pipelines.reference_inpaint import ReferenceInpaintPipeline
+
+        adapter = _adapter_arg(adapter, "reference adapter")
+        if adapter is None:
+            raise input_error("reference adapter", "none", "a reference adapter folder (train one with "
+                                                           "`counterfactory train-reference --data DATASET --out DIR`)")
+        return self._get(("reference", adapter), lambda: ReferenceInpaintPipeline.from_compact(adapter, base=self.base))
+
+
+def _adapter_arg(adapter, name: str) -> str | None:
+    if adapter is None or str(adapter).strip() in ("", BARE_BASE):
+        return None
+    path = Path(str(adapter).strip()).expanduser()
+    if not path.is_dir():
+        raise input_error(name, str(adapter), "an existing adapter folder (with adapter_config.json)")
+    return str(path.resolve())
+
+
+def damage_types(models: Models, adapter: str | None) -> list[str]:
+    """The damage types an adapter paints (the bare base: one entry, an unconditioned surface fill)."""
+    if _adapter_arg(adapter, "adapter") is None:
+        return [NO_TYPE]
+    return list(models.defect(adapter).defect_types)
+
+
+def find_adapters(out_root: Path, extra: list[str | None] = ()) -> list[str]:
+    """Adapter choices: the given ones, the demo's (``demo_out/adapter``), the ones trained in the app, the bare base."""
+    found: list[str] = []
+    candidates = [*extra, "demo_out/adapter", *sorted(str(p.parent) for p in (out_root / "adapters").glob("*/adapter_config.json"))]
+    for c in candidates:
+        if c and (Path(c) / "adapter_config.json").is_file():
+            r = str(Path(c).resolve())
+            if r not in found:
+                found.append(r)
+    return [*found, BARE_BASE]
+
+
+# ---------------------------------------------------------------------------------------------------- runs
+@dataclass
+class RunResult:
+    """One click's output: the run folder, the views (uint8 arrays) and the files offered for download."""
+
+    folder: Path
+    input: np.ndarray
+    mask: np.ndarray
+    results: list[np.ndarray]
+    differences: list[np.ndarray]
+    files: list[Path]
+    settings: dict = field(default_factory=dict)
+    seconds: float = 0.0
+
+
+def _step_hook(pipe, progress: Progress, done: float, share: float, label: str, steps: int) -> dict:
+    """Per-step progress: the pipeline's ``callback_on_step_end`` when it has one (diffusers' convention);
+    otherwise the caller tracks the pipeline's own progress bar (gradio's ``track_tqdm``)."""
+    import inspect
+
+    if "callback_on_step_end" not in inspect.signature(pipe.__call__).parameters:
+        return {}
+
+    def callback(_pipe, step, _timestep, kwargs):
+        k = min(step + 1, steps)
+        progress(done + share * k / steps, f"{label}: step {k}/{steps}")
+        return kwargs
+
+    return {"callback_on_step_end": callback}
+
+
+def _new_run_folder(out_root: Path, kind: str) -> tuple[Path, Path]:
+    """(temporary folder to write into, final name): the final folder appears only once complete."""
+    runs = out_root / "runs"
+    runs.mkdir(parents=True, exist_ok=True)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    k = 0
+    while (runs / f"{kind}-{stamp}-{k}").exists() or (runs / f".{kind}-{stamp}-{k}.tmp").exists():
+        k += 1
+    tmp = runs / f".{kind}-{stamp}-{k}.tmp"
+    tmp.mkdir()
+    return tmp, runs / f"{kind}-{stamp}-{k}"
+
+
+def _finish(tmp: Path, final: Path, names: list[str]) -> list[Path]:
+    tmp.rename(final)
+    return [final / n for n in names]
+
+
+def _write_run(out_root: Path, kind: str, image: np.ndarray, mask: np.ndarray, results: list[np.ndarray],
+               seeds: list[int], settings: dict) -> tuple[Path, list[Path]]:
+    tmp, final = _new_run_folder(out_root, kind)
+    try:
+        names = []
+        for s, r in zip(seeds, results):
+            names.append(f"result_seed{s}.png")
+            save_image(r, tmp / names[-1])
+        save_image(to_u8(mask), tmp / "mask.png")
+        save_image(to_u8(image), tmp / "input.png")
+        settings = {**settings, "files": {"results": names, "mask": "mask.png", "input": "input.png"}}
+        atomic_write_json(tmp / "settings.json", settings)
+        files = _finish(tmp, final, [*names, "mask.png", "settings.json"])
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return final, files
+
+
+def run_defect(models: Models, out_root: str | Path, image: np.ndarray, mask: np.ndarray, adapter: str | None,
+               defect_type: str | None, num_inference_steps: int, guidance_scale: float, seed: int, n: int = 1,
+               progress: Progress = _no_progress) -> RunResult:
+    """Paint ``defect_type`` into ``mask`` of ``image`` once per seed (``seed``, ``seed+1``, ...), write
+    ``runs/defect-*/{result_seed*.png, mask.png, input.png, settings.json}`` and return the views."""
+    t0 = time.time()
+    check_mask(mask)
+    steps = check_steps(num_inference_steps)
+    seed, n = check_seed(seed, n)
+    if isinstance(guidance_scale, bool) or not isinstance(guidance_scale, (int, float)):
+        raise input_error("guidance_scale", guidance_scale, "a finite number >= 0 (1 = no guidance)")
+    progress(0.0, "loading the model")
+    pipe = models.defect(adapter)
+    bare = not pipe.defect_types
+    dtype = None if bare else defect_type
+    if not bare and (defect_type is None or defect_type == NO_TYPE):
+        raise input_error("damage type", defect_type, f"one of {list(pipe.defect_types)}")
+    x = torch.from_numpy(image).permute(2, 0, 1)[None].float()
+    m = torch.from_numpy(mask)[None, None].float()
+    seeds = list(range(seed, seed + n))
+    results = []
+    with models.lock, torch.inference_mode():
+        for i, s in enumerate(seeds):
+            label = f"seed {s} ({i + 1}/{n})"
+            progress(i / n, label)
+            out = pipe(x, m, defect_type=dtype, num_inference_steps=steps, guidance_scale=float(guidance_scale),
+                       generator=torch.Generator().manual_seed(s), output_type="np",
+                       **_step_hook(pipe, progress, i / n, 1 / n, label, steps))
+            results.append(out.images[0])
+    progress(1.0, "writing files")
+    inp = to_u8(image)
+    settings = {
+        "task": "defect", "counterfactory": __version__, "base": pipe.info.get("base"),
+        "adapter": pipe.info.get("adapter"), "defect_type": dtype, "num_inference_steps": steps,
+        "guidance_scale": float(guidance_scale), "seeds": seeds, "image_size": [image.shape[1], image.shape[0]],
+        "mask_pixels": int(mask.sum()), "crop_to_mask": True,
+    }
+    folder, files = _write_run(Path(out_root), "defect", image, mask, results, seeds, settings)
+    diffs = [to_u8(difference(r / 255.0, image)) for r in results]
+    return RunResult(folder, inp, to_u8(mask), results, diffs, files, settings, round(time.time() - t0, 2))
+
+
+def run_reference(models: Models, out_root: str | Path, image: np.ndarray, reference: np.ndarray,
+                  box: tuple[int, int, int, int], adapter: str | None, num_inference_steps: int,
+                  guidance_scale: float, seed: int, n: int = 1, progress: Progress = _no_progress) -> RunResult:
+    """Paint ``reference`` into ``box`` of ``image`` once per seed; same files as :func:`run_defect`."""
+    from ..io.masks import box_mask
+
+    t0 = time.time()
+    steps = check_steps(num_inference_steps)
+    seed, n = check_seed(seed, n)
+    if isinstance(guidance_scale, bool) or not isinstance(guidance_scale, (int, float)):
+        raise input_error("guidance_scale", guidance_scale, "a finite number >= 0 (1 = no guidance)")
+    progress(0.0, "loading the model")
+    pipe = models.reference(adapter)
+    x = torch.from_numpy(image).permute(2, 0, 1).float()
+    ref = torch.from_numpy(reference).permute(2, 0, 1).float()
+    seeds = list(range(seed, seed + n))
+    results = []
+    with models.lock, torch.inference_mode():
+        for i, s in enumerate(seeds):
+            label = f"seed {s} ({i + 1}/{n})"
+            progress(i / n, label)
+            out = pipe(x, ref, box=box, num_inference_steps=steps, guidance_scale=float(guidance_scale),
+                       generator=torch.Generator().manual_seed(s), output_type="np",
+                       **_step_hook(pipe, progress, i / n, 1 / n, label, steps))
+            results.append(out.images[0])
+    progress(1.0, "writing files")
+    mask = box_mask(box, image.shape[:2])[0].numpy().astype(np.float32)
+    settings = {
+        "task": "reference", "counterfactory": __version__, "base": pipe.info.get("base"),
+        "adapter": pipe.info.get("adapter"), "box": list(box), "num_inference_steps": steps,
+        "guidance_scale": float(guidance_scale), "seeds": seeds, "image_size": [image.shape[1], image.shape[0]],
+        "reference_size": [reference.shape[1], reference.shape[0]],
+    }
+    folder, files = _write_run(Path(out_root), "reference", image, mask, results, seeds, settings)
+    save_image(to_u8(reference), folder / "reference.png")
+    diffs = [to_u8(difference(r / 255.0, image)) for r in results]
+    return RunResult(folder, to_u8(image), to_u8(mask), results, diffs, files, settings, round(time.time() - t0, 2))
+
+
+def train_small_adapter(out_root: str | Path, data: str | None, steps: int, seed: int = 0,
+                        base: str | None = None) -> Path:
+    """Train a few-shot adapter from the app: on ``data`` (an MVTec-layout category folder) or, when empty,
+    on procedural surfaces with 4 damage types (written under ``out_root/data``). Returns the adapter folder.
+    Progress comes from the trainer's progress bar; a rerun with the same settings resumes."""
+    from ..data.surfaces import synth_dataset
+    from ..training.inpaint import AdapterTrainConfig, train_adapter
+    from ..training.trainer import LoopConfig
+
+    steps = check_steps(steps)
+    out_root = Path(out_root)
+    if data and str(data).strip():
+        root = Path(str(data).strip()).expanduser()
+        if not root.is_dir():
+            raise input_error("training data", str(data), "an existing dataset folder (MVTec layout: train/good, "
+                                                          "test/<type>, ground_truth/<type>), or empty for procedural surfaces")
+        name = f"{root.name}-{steps}steps-seed{seed}"
+    else:
+        root = out_root / "data" / f"seed{seed}" / "surface"
+        if not (root / "ground_truth").is_dir():
+            synth_dataset(root.parent, seed=seed, size=128, n_train_good=8, n_test_good=0, n_per_type=8)
+        name = f"procedural-{steps}steps-seed{seed}"
+    out = out_root / "adapters" / name
+    loop = LoopConfig(steps=steps, lr=1e-3, warmup_steps=min(20, max(1, steps // 5)), checkpoint_every=max(10, steps // 4),
+                      seed=seed)
+    train_adapter(AdapterTrainConfig(out=str(out), data=str(root), base=base, shots=5 if not data else None,
+                                     loop=loop), progress=True)
+    if not (out / "adapter_config.json").is_file():
+        raise CheckpointError(f"training stopped before the adapter was written to {out}: run it again to resume")
+    return out.resolve()
+
+
+def settings_text(result: RunResult) -> str:
+    return json.dumps(result.settings, indent=1)

@@ -1,0 +1,97 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from counterfactory.cli.main import main
+from counterfactory.errors import ConfigError, InputError
+from counterfactory.retrieval.study import StudyConfig, format_table, run_study, subset
+
+CFG = StudyConfig(fractions=(0.5, 1.0), seeds=(0, 1), encoder_steps=3, combiner_steps=3)
+
+
+def test_subsets_are_nested_and_seeded():
+    a, b = subset(100, 0.1, 0), subset(100, 0.3, 0)
+    assert len(a) == 10 and len(b) == 30 and set(a) <= set(b)
+    assert not np.array_equal(subset(100, 0.3, 1), b)
+    with pytest.raises(ConfigError, match=r"^fractions="):
+        StudyConfig(fractions=(0.0,))
+
+
+def test_study_runs_pairs_resumes_and_reads_a_synthetic_folder(tiny_morpho, tmp_path, capsys):
+    torch.set_num_threads(1)
+    # a synthetic folder in the triplet-folder format: the real test-split triplets of the tiny set
+    syn = tmp_path / "syn"
+    assert main(["cir", "triplets", "--data", str(tiny_morpho), "--split", "train", "--out", str(syn)]) == 0
+    assert (syn / "cap.rc2.train.json").is_file() and (syn / "split.rc2.train.json").is_file()
+
+    out = tmp_path / "study"
+    logs = []
+    r = run_study(tiny_morpho, out, CFG, synthetic=syn, log=logs.append)
+    assert len(r["runs"]) == 2 * 2 * 2
+    for row in r["summary"]:
+        assert row["n_seeds"] == 2 and 0.0 <= row["R@50"]["mean"] <= 100.0 and row["R@1"]["std"] >= 0
+    assert [p["fraction"] for p in r["paired_difference"]] == [0.5, 1.0]
+    pd = r["paired_difference"][0]["R@1"]
+    runs = {(x["condition"], x["fraction"], x["seed"]): x["metrics"]["R@1"] for x in r["runs"]}
+    diffs = [runs[("real+synthetic", 0.5, s)] - runs[("real", 0.5, s)] for s in (0, 1)]
+    assert pd["n"] == 2 and pd["mean"] == pytest.approx(np.mean(diffs))
+    assert "paired difference" in format_table(r)
+
+    # resume: finished runs are read back, not recomputed
+    before = {p.name: p.stat().st_mtime_ns for p in (out / "runs").glob("*.json")}
+    again = run_study(tiny_morpho, out, CFG, synthetic=syn, log=logs.append)
+    assert {p.name: p.stat().st_mtime_ns for p in (out / "runs").glob("*.json")} == before
+    assert again["summary"] == r["summary"]
+    # a rerun with other settings is refused
+    with pytest.raises(InputError, match=r"^out="):
+        run_study(tiny_morpho, out, StudyConfig(fractions=(1.0,), seeds=(0,), encoder_steps=4, combiner_steps=3))
+
+
+def test_same_seed_same_result(tiny_morpho, tmp_path):
+    torch.set_num_threads(1)
+    cfg = StudyConfig(fractions=(1.0,), seeds=(3,), encoder_steps=2, combiner_steps=2)
+    a = run_study(tiny_morpho, tmp_path / "a", cfg, log=lambda s: None)
+    b = run_study(tiny_morpho, tmp_path / "b", cfg, log=lambda s: None)
+    assert a["runs"][0]["metrics"] == b["runs"][0]["metrics"]
+    from safetensors.torch import load_file
+
+    wa, wb = load_file(str(tmp_path / "a/encoder/dual_encoder.safetensors")), load_file(str(tmp_path / "b/encoder/dual_encoder.safetensors"))
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+def test_cli_bad_input_is_one_line_exit_2(tiny_morpho, tmp_path, capsys):
+    assert main(["cir", "study", "--data", str(tmp_path / "nope"), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "data=" in err[0]
+    with pytest.raises(SystemExit) as e:
+        main(["cir", "study", "--out", str(tmp_path / "o"), "--fractions", "0,30"])
+    assert e.value.code == 2 and "--fractions='0,30'" in capsys.readouterr().err
+    bad = tmp_path / "syn_bad"
+    bad.mkdir()
+    (bad / "cap.rc2.train.json").write_text(json.dumps([{"pairid": 1, "reference": "x"}]))
+    (bad / "split.rc2.train.json").write_text("{}")
+    assert main(["cir", "study", "--data", str(tiny_morpho), "--out", str(tmp_path / "o2"), "--synthetic", str(bad),
+                 "--encoder-steps", "1", "--combiner-steps", "1", "--seeds", "0", "--fractions", "100"]) == 2
+    assert "missing caption" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists() and not (tmp_path / "o2").exists()  # nothing half-written
+
+
+def test_digit_classifier_round_trip_and_edit_filter(tiny_morpho, tmp_path, capsys):
+    from counterfactory.data.morphomnist import load_morphomnist
+    from counterfactory.editing.captions import check_edit
+    from counterfactory.retrieval.train import DigitClassifier
+
+    torch.set_num_threads(1)
+    assert main(["cir", "classifier", "--data", str(tiny_morpho), "--out", str(tmp_path / "clf"), "--steps", "40"]) == 0
+    acc = json.loads((tmp_path / "clf" / "accuracy.json").read_text())["test_accuracy"]
+    assert acc >= 0.75  # two easy classes (bar vs bar with a foot)
+    model = DigitClassifier.load(tmp_path / "clf")
+    d = load_morphomnist(tiny_morpho)
+    x = d.images[:8].astype(np.float32) / 255
+    assert np.array_equal(model.predict(x), DigitClassifier.load(tmp_path / "clf").predict(x))
+    r = check_edit(d.images[:8], d.images[:8], "thickness", 1, classifier=model.predict, labels=d.labels[:8])
+    assert r["moved"].sum() == 0 and r["others_ok"].all() and r["class_kept"].dtype == bool
+    with pytest.raises(Exception, match=r"classifier="):
+        DigitClassifier.load(tmp_path / "nope")

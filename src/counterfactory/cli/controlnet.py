@@ -6,11 +6,12 @@ import json
 from pathlib import Path
 
 from ._args import (
+    bound_loop_flags,
     check_out,
     check_weights_folder,
+    float_range,
     loop_args,
     loop_config,
-    nonneg_float,
     positive_int,
     set_threads,
 )
@@ -26,8 +27,6 @@ def cmd_train_controlnet(args) -> int:
         raise input_error("--base", None, "a local SD-1.5 diffusers folder (unet/, vae/) with --base-kind sd")
     if args.base is not None and not Path(args.base).is_dir():
         raise input_error("--base", args.base, "an existing base folder (compact weights or a local SD-1.5 diffusers folder)")
-    if not 0 <= args.outside_weight <= 1:
-        raise input_error("--outside-weight", args.outside_weight, "a number in [0, 1]")
     check_out(args.out, inputs={"--data": args.data, "--base": args.base, "--split": args.split})
     if args.base and args.base_kind == "compact":
         check_weights_folder(args.base, "--base")
@@ -58,10 +57,11 @@ def register(sub) -> None:
     p.add_argument("--split", default=None, help="split file (default: the field's first-third split)")
     p.add_argument("--shots", type=positive_int("--shots"), default=None, help="first k defects per type train")
     p.add_argument("--types", nargs="+", default=None, help="train only these defect types")
-    p.add_argument("--outside-weight", type=nonneg_float("--outside-weight"), default=0.5,
+    p.add_argument("--outside-weight", type=float_range("--outside-weight", 0.0, 1.0), default=0.5,
                    help="loss weight outside the mask, in [0, 1] (inside = 1; default 0.5)")
     p.add_argument("--no-hflip", action="store_true", help="no horizontal flips (orientation-sensitive products)")
     p.add_argument("--no-vflip", action="store_true", help="no vertical flips")
-    p.add_argument("--rotate", type=nonneg_float("--rotate"), default=20.0, help="max rotation in degrees (default 20)")
+    p.add_argument("--rotate", type=float_range("--rotate", 0.0, 180.0), default=20.0, help="max rotation in degrees (default 20)")
     loop_args(p, steps=400, lr=5e-4, batch=8, ckpt=50)
+    bound_loop_flags(p)
     p.set_defaults(func=cmd_train_controlnet)

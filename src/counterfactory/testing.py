@@ -20,7 +20,8 @@ import torch
 from .errors import ConfigError, input_error
 from .models.pretrained import SD_INPAINT_IN_CHANNELS, SD_SCHEDULER_CONFIG
 
-__all__ = ["save_tiny_backbone", "save_tiny_sd_inpaint", "tiny_clip_tokenizer", "tiny_sd_inpaint_components"]
+__all__ = ["save_tiny_backbone", "save_tiny_sd_inpaint", "tiny_clip_tokenizer", "tiny_sd_inpaint_components",
+           "tiny_sd_text2img_components"]
 
 _TOKENIZER_MAX_LENGTH = 16  # = the tiny text encoder's max_position_embeddings
 
@@ -229,3 +230,20 @@ def save_tiny_backbone(kind: str, path: str | os.PathLike, seed: int = 0, *, ima
             raise input_error("kind", kind, "'clip' or 'dinov2'", ConfigError)
     model.save_pretrained(Path(path))
     return Path(path)
+
+
+def tiny_sd_text2img_components(seed: int = 0, sample_size: int = 16, cross_attention_dim: int = 32) -> dict:
+    """A randomly initialised SD-1.5 text-to-image stack at toy size for tests: ``dict(unet=, vae=, scheduler=)``
+    (4-channel ``UNet2DConditionModel`` with cross-attention, the tiny 2x ``AutoencoderKL`` of
+    :func:`tiny_sd_inpaint_components`, SD's DDIM schedule); images are
+    ``2 * sample_size`` pixels. Every parameter is a function of ``seed``; the global RNG is left untouched."""
+    from diffusers import UNet2DConditionModel
+
+    parts = tiny_sd_inpaint_components(seed, sample_size=sample_size, cross_attention_dim=cross_attention_dim)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed + 7)
+        unet = UNet2DConditionModel(sample_size=sample_size, in_channels=4, out_channels=4, block_out_channels=(32, 64),
+                                    layers_per_block=1, down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+                                    up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+                                    cross_attention_dim=cross_attention_dim, attention_head_dim=8, norm_num_groups=32)
+    return {"unet": unet.eval(), "vae": parts["vae"], "scheduler": parts["scheduler"]}

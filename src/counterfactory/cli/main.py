@@ -17,6 +17,7 @@ from ..errors import CounterfactoryError
 COMMAND_MODULES = [
     "counterfactory.cli.data",
     "counterfactory.cli.train",
+    "counterfactory.cli.controlnet",
     "counterfactory.cli.generate",
     "counterfactory.cli.demo",
     "counterfactory.cli.cft",

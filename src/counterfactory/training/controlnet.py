@@ -30,8 +30,8 @@ from ..models.controlnet import (
     save_controlnet_folder,
 )
 from ..sampling.inpaint import PixelSpace, VaeSpace, masked_image, unet_input
-from .inpaint import _adapter_batch, _few_shot_items, record_split, split_digest
-from .trainer import LoopConfig, Trainer, run_identity, step_generator
+from .inpaint import _few_shot_items, few_shot_loss_fn, record_split, seeded_type_embedding, split_digest
+from .trainer import LoopConfig, Trainer, run_identity
 
 
 @dataclass(frozen=True)
@@ -125,8 +125,6 @@ def _load_base(base, kind: str):
 
 def train_controlnet(cfg: ControlNetTrainConfig, progress: bool = True) -> dict:
     """Train a ControlNet + damage-type embeddings on a frozen base; export a ControlNet folder into ``cfg.out``."""
-    from ..data.augment import AugmentConfig, MaskAwareAugment
-
     out = Path(cfg.out)
     if not Path(cfg.data).is_dir():
         raise input_error("data", cfg.data, "an existing dataset folder (MVTec or Magnetic Tile layout)")
@@ -136,25 +134,12 @@ def train_controlnet(cfg: ControlNetTrainConfig, progress: bool = True) -> dict:
     unet.requires_grad_(False)
     controlnet = build_controlnet(unet, space.scale_factor, seed=cfg.loop.seed)
     controlnet.train().requires_grad_(True)
-    n_tok = cfg.num_tokens or (base_tokens.shape[0] if base_tokens is not None else 4)
-    emb = DamageTypeEmbedding(types, num_tokens=n_tok, dim=unet.config.cross_attention_dim)
-    gen0 = torch.Generator().manual_seed(cfg.loop.seed)
-    if base_tokens is not None and base_tokens.shape[0] == n_tok:
-        emb.init_from_tokens(base_tokens, generator=gen0)
-    else:
-        with torch.no_grad():
-            emb.embeddings.copy_(torch.randn(emb.embeddings.shape, generator=gen0) * 0.5)
+    emb = seeded_type_embedding(types, cfg.num_tokens, unet.config.cross_attention_dim, base_tokens, cfg.loop.seed)
     model = ControlledUNet(unet, controlnet)
     module = _ControlNetModule(model, emb, vae)
-    augment = MaskAwareAugment(AugmentConfig(hflip=cfg.hflip, vflip=cfg.vflip, rotate_degrees=cfg.rotate_degrees,
-                                             scale=cfg.scale, translate=True))
-
-    def loss_fn(step: int, device) -> torch.Tensor:
-        x0, mask, y = _adapter_batch(items, types, res, cfg, augment, step)
-        gen = step_generator(cfg.loop.seed, step)
-        drop = torch.rand(len(y), generator=gen) < cfg.label_dropout
-        ctx = emb(y.to(device), drop=drop.to(device))
-        return controlnet_loss(model, train_s, space, x0.to(device), mask.to(device), ctx, gen, cfg.outside_weight)
+    loss_fn = few_shot_loss_fn(items, types, res, cfg, emb,
+                               lambda x0, mask, ctx, gen: controlnet_loss(model, train_s, space, x0, mask, ctx, gen,
+                                                                          cfg.outside_weight))
 
     identity = run_identity("train-controlnet", cfg, data=data_id, split=split_digest(split), types=types,
                             shots={t: sum(1 for it in items if it[3] == i) for i, t in enumerate(types)})

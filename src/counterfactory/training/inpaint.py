@@ -22,6 +22,7 @@ import torch
 from diffusers import DDPMScheduler
 from torch import nn
 
+from ..data.augment import AugmentConfig, MaskAwareAugment
 from ..data.random_masks import random_mask
 from ..data.sample import GOOD, Sample
 from ..errors import CheckpointError, ConfigError, input_error
@@ -313,7 +314,6 @@ def _adapter_batch(items, types, res, cfg: AdapterTrainConfig, augment, step: in
 
 def train_adapter(cfg: AdapterTrainConfig, progress: bool = True) -> dict:
     """Train LoRA + damage-type embeddings on a frozen base; export a diffusers-format adapter folder."""
-    from ..data.augment import AugmentConfig, MaskAwareAugment
     from ..models.lora import add_lora, save_lora
 
     unet, space, train_s, _, res, base_tokens, base_file = load_base(cfg.base, cfg.base_kind)
@@ -322,25 +322,11 @@ def train_adapter(cfg: AdapterTrainConfig, progress: bool = True) -> dict:
     unet.requires_grad_(False)
     targets = cfg.lora_targets if cfg.base_kind == "compact" else tuple(t for t in cfg.lora_targets if t in ATTENTION_TARGETS)
     add_lora(unet, rank=cfg.lora_rank, alpha=cfg.lora_alpha, target_modules=targets, seed=cfg.loop.seed)
-    dim = unet.config.cross_attention_dim
-    n_tok = cfg.num_tokens or (base_tokens.shape[0] if base_tokens is not None else 4)
-    emb = DamageTypeEmbedding(types, num_tokens=n_tok, dim=dim)
-    gen0 = torch.Generator().manual_seed(cfg.loop.seed)
-    if base_tokens is not None and base_tokens.shape[0] == n_tok:
-        emb.init_from_tokens(base_tokens, generator=gen0)
-    else:
-        with torch.no_grad():
-            emb.embeddings.copy_(torch.randn(emb.embeddings.shape, generator=gen0) * 0.5)
+    emb = seeded_type_embedding(types, cfg.num_tokens, unet.config.cross_attention_dim, base_tokens, cfg.loop.seed)
     module = _AdapterModule(unet, emb)
-    augment = MaskAwareAugment(AugmentConfig(hflip=cfg.hflip, vflip=cfg.vflip, rotate_degrees=cfg.rotate_degrees,
-                                             scale=cfg.scale, translate=True))
-
-    def loss_fn(step: int, device) -> torch.Tensor:
-        x0, mask, y = _adapter_batch(items, types, res, cfg, augment, step)
-        gen = step_generator(cfg.loop.seed, step)
-        drop = torch.rand(len(y), generator=gen) < cfg.label_dropout
-        ctx = emb(y.to(device), drop=drop.to(device))
-        return inpaint_loss(unet, train_s, space, x0.to(device), mask.to(device), ctx, gen, cfg.outside_weight)
+    loss_fn = few_shot_loss_fn(items, types, res, cfg, emb,
+                               lambda x0, mask, ctx, gen: inpaint_loss(unet, train_s, space, x0, mask, ctx, gen,
+                                                                       cfg.outside_weight))
 
     identity = run_identity("train-adapter", cfg, data=data_id, split=split_digest(split), types=types,
                             shots={t: sum(1 for it in items if it[3] == i) for i, t in enumerate(types)})
@@ -373,6 +359,37 @@ def train_adapter(cfg: AdapterTrainConfig, progress: bool = True) -> dict:
     emb.save(out)
     atomic_write_json(out / ADAPTER_CONFIG, adapter_cfg)  # written last: its presence marks a complete adapter
     return {**summary, "types": types, "shots": identity["shots"], "adapter": str(out)}
+
+
+def seeded_type_embedding(types: list[str], num_tokens: int | None, dim: int, base_tokens: torch.Tensor | None,
+                          seed: int) -> DamageTypeEmbedding:
+    """The damage-type table a few-shot trainer starts from: the base's own tokens (plus seeded noise) when it has
+    them, else seeded random rows; ``num_tokens`` defaults to the base's token count (4 without one)."""
+    n_tok = num_tokens or (base_tokens.shape[0] if base_tokens is not None else 4)
+    emb = DamageTypeEmbedding(types, num_tokens=n_tok, dim=dim)
+    gen0 = torch.Generator().manual_seed(seed)
+    if base_tokens is not None and base_tokens.shape[0] == n_tok:
+        emb.init_from_tokens(base_tokens, generator=gen0)
+    else:
+        with torch.no_grad():
+            emb.embeddings.copy_(torch.randn(emb.embeddings.shape, generator=gen0) * 0.5)
+    return emb
+
+
+def few_shot_loss_fn(items, types: list[str], res: int, cfg, emb: DamageTypeEmbedding, denoising_loss):
+    """The Trainer ``loss_fn`` of a few-shot trainer: the augmented shot batch of ``step`` (a pure function of
+    ``(seed, step)``), label dropout for classifier-free guidance, then ``denoising_loss(x0, mask, context, gen)``."""
+    augment = MaskAwareAugment(AugmentConfig(hflip=cfg.hflip, vflip=cfg.vflip, rotate_degrees=cfg.rotate_degrees,
+                                             scale=cfg.scale, translate=True))
+
+    def loss_fn(step: int, device) -> torch.Tensor:
+        x0, mask, y = _adapter_batch(items, types, res, cfg, augment, step)
+        gen = step_generator(cfg.loop.seed, step)
+        drop = torch.rand(len(y), generator=gen) < cfg.label_dropout
+        ctx = emb(y.to(device), drop=drop.to(device))
+        return denoising_loss(x0.to(device), mask.to(device), ctx, gen)
+
+    return loss_fn
 
 
 def _move_space(space, device) -> None:

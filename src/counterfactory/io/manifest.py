@@ -101,3 +101,17 @@ def sha256_file(path: str | os.PathLike) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
+
+
+def check_trained_on(recorded_sha256: str | None, base_file, what: str, name) -> None:
+    """CheckpointError when ``what`` (an adapter, a ControlNet) ``name`` records the sha256 of another base file than
+    ``base_file``; nothing to check when it records none or the base file is absent."""
+    from ..errors import CheckpointError
+
+    if not recorded_sha256 or base_file is None or not Path(base_file).is_file():
+        return
+    have = sha256_file(base_file)
+    if have != recorded_sha256:
+        raise CheckpointError(
+            f"{what} {name} was trained on another base (sha256 {recorded_sha256[:12]}..., this base "
+            f"{have[:12]}...): pass the base it was trained on (base=, --base), or train a new {what}")

@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from ..errors import CheckpointError
-from ..io.manifest import atomic_write_json, sha256_file
+from ..io.manifest import atomic_write_json, check_trained_on
 from .conditioning import DamageTypeEmbedding
 
 CONTROLNET_CONFIG = "controlnet_config.json"
@@ -160,12 +160,7 @@ def load_controlnet_folder(folder, expected_kind: str, base_file: Path | None):
         raise CheckpointError(f"{cfg_file}: format {cfg.get('format')!r}, not {CONTROLNET_FORMAT!r}")
     if cfg.get("base_kind") != expected_kind:
         raise CheckpointError(f"ControlNet {folder} was trained on a {cfg.get('base_kind')!r} base, not a {expected_kind!r} one")
-    if cfg.get("base_sha256") and base_file is not None and Path(base_file).is_file():
-        have = sha256_file(base_file)
-        if have != cfg["base_sha256"]:
-            raise CheckpointError(
-                f"ControlNet {folder} was trained on another base (sha256 {cfg['base_sha256'][:12]}..., this base "
-                f"{have[:12]}...): pass the base it was trained on (base=, --base), or train a new ControlNet")
+    check_trained_on(cfg.get("base_sha256"), base_file, "ControlNet", folder)
     try:
         net = ControlNetModel.from_pretrained(folder, use_safetensors=True, local_files_only=True)
     except Exception as exc:

@@ -350,16 +350,10 @@ def _load_scheduler(folder: Path):
 
 def check_base_hash(cfg: dict, base, adapter, what: str = "adapter") -> None:
     """CheckpointError when an adapter records the sha256 of another compact base than ``base``."""
-    from ..io.manifest import sha256_file
+    from ..io.manifest import check_trained_on
     from ..models.compact import DEFAULT_WEIGHTS_DIR, WEIGHTS_FILE
 
-    if not cfg.get("base_sha256"):
-        return
-    base_sha = sha256_file(Path(base or DEFAULT_WEIGHTS_DIR) / WEIGHTS_FILE)
-    if cfg["base_sha256"] != base_sha:
-        raise CheckpointError(
-            f"{what} {adapter} was trained on another base (sha256 {cfg['base_sha256'][:12]}..., this base "
-            f"{base_sha[:12]}...): pass the base it was trained on (base=, --base), or train a new {what}")
+    check_trained_on(cfg.get("base_sha256"), Path(base or DEFAULT_WEIGHTS_DIR) / WEIGHTS_FILE, what, adapter)
 
 
 __all__ = ["MaskedInpaintPipeline", "check_number", "check_int", "parse_device", "base_kind_of",

@@ -42,3 +42,13 @@ def test_masks_sample_bad_type_is_one_line(tmp_path, tiny_data, capsys):
                "--types", "dent"])
     err = capsys.readouterr().err
     assert rc == 2 and "--types" in err and "dent" in err and len(err.strip().splitlines()) == 1
+
+
+def test_masks_sample_draws_the_masks_generate_places(tmp_path, tiny_base, tiny_adapter, tiny_data):
+    split = str(tiny_adapter / "split.json")
+    assert main(["masks", "sample", "--data", str(tiny_data), "--split", split, "--out", str(tmp_path / "m"),
+                 "--n", "2", "--quiet"]) == 0
+    assert main(["generate", "--adapter", str(tiny_adapter), "--base", str(tiny_base), "--data", str(tiny_data),
+                 "--out", str(tmp_path / "g"), "--n", "2", "--num-inference-steps", "1", "--quiet"]) == 0
+    sampled, generated = _digest(tmp_path / "m"), _digest(tmp_path / "g")
+    assert sampled == generated and len(sampled) == 4

@@ -10,17 +10,13 @@ from ._args import check_out, positive_int, seed_arg
 
 
 def cmd_sample(args) -> int:
-    import numpy as np
-    import torch
-    from PIL import Image
-
     from ..data import open_dataset
-    from ..data.placement import MaskSampler, PlacementModel, product_region
     from ..data.splits import load_split
     from ..errors import input_error
-    from ..io.images import load_image
+    from ..io.images import save_image
     from ..io.manifest import Manifest
     from ..io.names import check_path_name
+    from ..pipelines.generate import MaskSource, draw_item, split_masks
 
     if not Path(args.data).is_dir():
         raise input_error("--data", args.data, "an existing dataset folder")
@@ -32,22 +28,16 @@ def cmd_sample(args) -> int:
         check_path_name(t, "--types")
         if t not in split.defect_types:
             raise input_error("--types", t, f"defect types of the split: {split.defect_types}")
-    shots = {}
-    for t in types:
-        items = []
-        for s in split.samples(ds, "train", t):
-            m = s.load_mask()[0].numpy() > 0.5
-            if m.any():
-                items.append((m, product_region(load_image(s.image_path))))
-        shots[t] = items
-    model = PlacementModel(shots, placement=args.placement, sampler=None if args.no_deform else MaskSampler())
     good_ids = set(split.train.get("good", []))
     backgrounds = [s for s in ds.good() if s.source_id in good_ids]
     if not backgrounds:
         raise input_error("--split", args.split, "a split with defect-free training images (the backgrounds)")
+    # the same shots, placement and per-item draw as `generate --masks train` (default overlap 0.9)
+    mask_source = MaskSource(split_masks(ds, split, types, "train", with_images=True), 0.9, args.placement,
+                             deform=not args.no_deform)
     manifest = Manifest(out / "manifest.jsonl")
     done = {r["id"] for r in manifest.read() if "id" in r}
-    products: dict[str, np.ndarray] = {}
+    cache: dict = {}
     from tqdm.auto import tqdm
 
     items = [(t, i) for t in types for i in range(args.n)]
@@ -55,16 +45,9 @@ def cmd_sample(args) -> int:
         mid = f"{t}_{i:05d}"
         if mid in done:
             continue
-        g = torch.Generator().manual_seed(args.seed * 1_000_003 + i * 7919 + types.index(t) * 104_729)
-        bg = backgrounds[int(torch.randint(len(backgrounds), (1,), generator=g))]
-        if bg.source_id not in products:
-            products[bg.source_id] = product_region(load_image(bg.image_path))
-        mask, meta = model.place(t, products[bg.source_id], g)
+        _, bg, _, mask, _, meta = draw_item(args.seed, t, i, backgrounds, mask_source, cache)
         path = out / "ground_truth" / t / f"{mid}_mask.png"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp.png")
-        Image.fromarray((mask * 255).astype(np.uint8)).save(tmp)
-        tmp.replace(path)
+        save_image(mask, path)
         manifest.append({"id": mid, "type": t, "index": i, "mask": str(path.relative_to(out)),
                          "source_image": str(bg.image_path), "source_id": bg.source_id, **meta})
     print(json.dumps({"out": str(out), "masks": len(items), "types": types, "placement": args.placement}))
@@ -79,7 +62,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                                     "defect-free training images at the same distance and orientation to the product "
                                     "edge as the shots (--placement learned), or anywhere on the product (uniform). "
                                     "Writes OUT/ground_truth/<type>/<id>_mask.png and OUT/manifest.jsonl (source "
-                                    "image per mask); reruns resume.")
+                                    "image per mask) -- the masks `generate --masks train` would place with the same --seed; reruns resume.")
     s.add_argument("--data", required=True, metavar="DATASET", help="dataset folder (MVTec-AD or Magnetic Tile layout)")
     s.add_argument("--split", required=True, metavar="FILE", help="split file from `counterfactory data split`")
     s.add_argument("--out", required=True, metavar="DIR", help="output folder")

@@ -121,6 +121,21 @@ class MaskSource:
         return (torch.from_numpy(mask)[None].float(), None if pixels is None else torch.from_numpy(pixels), meta)
 
 
+def draw_item(seed: int, defect_type: str, index: int, backgrounds: list[Sample], mask_source: MaskSource,
+              cache: dict[str, torch.Tensor]):
+    """The background and placed mask of item ``(defect_type, index)``: ``(item seed, background sample, its image,
+    mask (1,H,W), shot pixels or None, record)``, a pure function of the seed (``counterfactory masks sample`` draws
+    the same masks as ``generate``)."""
+    s = item_seed(seed, defect_type, index)
+    g = torch.Generator().manual_seed(s)
+    bg = backgrounds[int(torch.randint(len(backgrounds), (1,), generator=g))]
+    if bg.source_id not in cache:
+        cache[bg.source_id] = load_image(bg.image_path)
+    img = cache[bg.source_id]
+    m, pixels, meta = mask_source(defect_type, img, g, key=bg.source_id)
+    return s, bg, img, m, pixels, meta
+
+
 def paste_and_dilate(image: torch.Tensor, pixels: torch.Tensor, mask: torch.Tensor, mode: str,
                      dilate_px: int) -> tuple[torch.Tensor, torch.Tensor]:
     """The shot's pixels pasted where ``mask`` is set (``mode`` plain or poisson) and the region to refine: the mask
@@ -308,13 +323,7 @@ def generate(pipe: DefectInpaintPipeline, backgrounds: list[Sample], masks: dict
             continue
         imgs, msks, refine, gens, metas = [], [], [], [], []
         for t, i in chunk:
-            s = item_seed(cfg.seed, t, i)
-            g = torch.Generator().manual_seed(s)
-            bg = backgrounds[int(torch.randint(len(backgrounds), (1,), generator=g))]
-            if bg.source_id not in cache:
-                cache[bg.source_id] = load_image(bg.image_path)
-            img = cache[bg.source_id]
-            m, pixels, meta = mask_source(t, img, g, key=bg.source_id)
+            s, bg, img, m, pixels, meta = draw_item(cfg.seed, t, i, backgrounds, mask_source, cache)
             if cfg.strength < 1:
                 img, region = paste_and_dilate(img, pixels, m, cfg.paste, cfg.refine_dilate)
             else:

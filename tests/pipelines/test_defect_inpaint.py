@@ -258,3 +258,36 @@ def test_grain_transfer_adds_the_inputs_grain_inside_the_mask_only(case):
     assert torch.equal(grain[~inside], plain[~inside])
     with pytest.raises(InputError, match="grain_transfer"):
         pipe(img, mask, t, num_inference_steps=STEPS, grain_transfer=3.0)
+
+
+def test_tile_windows_cover_a_long_thin_region_at_bounded_size():
+    from counterfactory.io.masks import tile_windows
+
+    mask = np.zeros((300, 300), np.float32)
+    mask[150:152, 10:290] = 1  # a 2 px crack, 280 px long: one window would be 560 px, shrunk 9x to 64 px
+    assert len(tile_windows(mask, (300, 300), 0.5, 32, None)) == 1
+    wins = tile_windows(mask, (300, 300), 0.5, 32, 64)
+    assert len(wins) > 1 and all(w.size <= 64 and w.region is not None for w in wins)
+    painted = torch.zeros(1, 300, 300)
+    for w in wins:
+        x0, y0, x1, y1 = w.box
+        painted[..., y0:y1, x0:x1] += w.paint_mask(torch.from_numpy(mask)[None])
+    assert torch.equal(painted, torch.from_numpy(mask)[None])  # every mask pixel painted by exactly one tile
+
+
+def test_max_window_scale_tiles_large_regions_and_keeps_the_outside(case):
+    pipe, t = case
+    img = _image(5, size=160)
+    mask = torch.zeros(1, 1, 160, 160)
+    mask[:, :, 78:81, 10:150] = 1  # long thin region
+    one = pipe(img, mask, t, num_inference_steps=STEPS, generator=_gen(0))
+    tiled = pipe(img, mask, t, num_inference_steps=STEPS, generator=_gen(0), max_window_scale=1.0)
+    again = pipe(img, mask, t, num_inference_steps=STEPS, generator=_gen(0), max_window_scale=1.0)
+    assert len(one.windows[0]) == 1 and len(tiled.windows[0]) > 1
+    assert all(x1 - x0 <= pipe.resolution for x0, _, x1, _ in tiled.windows[0])
+    assert torch.equal(tiled.images, again.images)  # same seed, same bits
+    keep = (mask == 0).expand_as(img)
+    assert torch.equal(tiled.images[keep], img[keep])
+    assert (tiled.images[~keep] - img[~keep]).abs().mean() > 0.02 and not torch.equal(tiled.images, one.images)
+    with pytest.raises(InputError, match="max_window_scale"):
+        pipe(img, mask, t, num_inference_steps=STEPS, max_window_scale=0.5)

@@ -54,6 +54,12 @@ def float_range(name: str, lo: float, hi: float, lo_open: bool = False):
     return _checked(name, float, ok, f"a number in {left}{_fmt(lo)}, {_fmt(hi)}]")
 
 
+def zero_or_range(name: str, lo: float, hi: float):
+    """0 (off) or a finite number in ``[lo, hi]``."""
+    return _checked(name, float, lambda v: v == 0 or (math.isfinite(v) and lo <= v <= hi),
+                    f"0 (off) or a number in [{_fmt(lo)}, {_fmt(hi)}]")
+
+
 def positive_int(name: str, hi: int = 1_000_000):
     return int_range(name, 1, hi)
 

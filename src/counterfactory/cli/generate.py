@@ -17,6 +17,7 @@ from ._args import (
     set_threads,
     threads_arg,
     unet_activation_bytes,
+    zero_or_range,
 )
 from .train import COMPACT_RESOLUTION, base_args, check_types_arg
 
@@ -97,7 +98,7 @@ def cmd_generate(args) -> int:
                          guidance_scale=args.guidance_scale, batch_size=args.batch_size, seed=args.seed,
                          crop_margin=args.crop_margin, grain_transfer=args.grain_transfer, placement=args.placement,
                          deform=not args.no_deform, strength=args.strength, paste=args.paste,
-                         refine_dilate=args.refine_dilate)
+                         refine_dilate=args.refine_dilate, max_window_scale=args.max_window_scale or None)
     with torch.inference_mode():
         summary = generate(pipe, backgrounds, masks, cfg, provenance=provenance, progress=not args.quiet)
     print(json.dumps(summary))
@@ -131,6 +132,9 @@ def register(sub) -> None:
                    help="how --strength < 1 pastes the shot's pixels (default plain)")
     p.add_argument("--refine-dilate", type=int_range("--refine-dilate", 0, 64), default=3,
                    help="px the refined region reaches beyond the pasted defect, 0..64 (default 3)")
+    p.add_argument("--max-window-scale", type=zero_or_range("--max-window-scale", 1.0, 64.0), default=0.0,
+                   help="paint a region whose context window is wider than this many working resolutions in tiles "
+                        "of at most that size, so thin defects keep their native pixel scale (0 = off, default)")
     p.add_argument("--backgrounds", default="train", choices=["train", "all"],
                    help="defect-free images to paint on: the split's train part (default) or all")
     p.add_argument("--n", type=positive_int("--n", 1_000_000), default=100, help="pairs per type (default 100)")

@@ -18,6 +18,7 @@ from ._args import (
     positive_int,
     set_threads,
     unet_activation_bytes,
+    zero_or_range,
 )
 
 COMPACT_RESOLUTION = 64  # the shipped compact base's working resolution (memory estimates for train-adapter)
@@ -86,7 +87,8 @@ def cmd_train_adapter(args) -> int:
         out=args.out, data=args.data, base=args.base, base_kind=args.base_kind, split=args.split, shots=args.shots,
         types=tuple(types) if types else None, lora_rank=args.rank, lora_targets=targets,
         batch_size=args.batch_size, outside_weight=args.outside_weight, hflip=not args.no_hflip,
-        vflip=not args.no_vflip, rotate_degrees=args.rotate, loop=loop_config(args, warmup=20),
+        vflip=not args.no_vflip, rotate_degrees=args.rotate, max_window_scale=args.max_window_scale or None,
+        loop=loop_config(args, warmup=20),
     )
     summary = train_adapter(cfg, progress=not args.quiet)
     print(json.dumps(summary))
@@ -146,6 +148,9 @@ def register(sub) -> None:
     p.add_argument("--no-vflip", action="store_true", help="no vertical flips")
     p.add_argument("--rotate", type=float_range("--rotate", 0.0, 180.0), default=20.0,
                    help="max rotation in degrees, 0..180 (default 20)")
+    p.add_argument("--max-window-scale", type=zero_or_range("--max-window-scale", 1.0, 64.0), default=0.0,
+                   help="train on tiles of defects whose context window is wider than this many working resolutions, "
+                        "at their pixel scale, as generate --max-window-scale paints them (0 = off, default)")
     loop_args(p, steps=400, lr=1e-3, batch=8, ckpt=50)
     bound_loop_flags(p)
     p.set_defaults(func=cmd_train_adapter)

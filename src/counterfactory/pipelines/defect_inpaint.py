@@ -28,7 +28,7 @@ from diffusers.utils import BaseOutput
 from ..data.sample import GOOD
 from ..errors import CheckpointError, input_error
 from ..io.images import convert_output, high_pass
-from ..io.masks import CropWindow, group_windows
+from ..io.masks import CropWindow, tile_windows
 from ..models.conditioning import DamageTypeEmbedding
 from .base import MaskedInpaintPipeline, check_base_hash, check_number
 
@@ -117,12 +117,14 @@ class DefectInpaintPipeline(MaskedInpaintPipeline):
     def check_inputs(self, image, mask_image, defect_type, num_inference_steps=25, guidance_scale=2.0,
                      output_type="pt", crop_margin=0.5, mask_threshold=0.5, crop_to_mask=True, batch_size=16,
                      generator=None, grain_transfer=0.0, strength=1.0, callback_on_step_end=None,
-                     callback_on_step_end_tensor_inputs=None) -> None:
+                     callback_on_step_end_tensor_inputs=None, max_window_scale=None) -> None:
         """Validate every argument of :meth:`__call__`; raises :class:`~counterfactory.errors.InputError` naming the
         first bad one. Converts nothing and keeps no state."""
         self.check_common(num_inference_steps, guidance_scale, output_type, crop_margin, mask_threshold, batch_size,
                           strength, callback_on_step_end, callback_on_step_end_tensor_inputs)
         check_number("grain_transfer", grain_transfer, 0, 2, "a number in [0, 2]")
+        if max_window_scale is not None:
+            check_number("max_window_scale", max_window_scale, 1, 64, "None or a number in [1, 64]")
         images = self.prepare_images(image)
         self.check_image_size(images)
         b, (h, w) = images.shape[0], images.shape[-2:]
@@ -174,6 +176,7 @@ class DefectInpaintPipeline(MaskedInpaintPipeline):
         callback_on_step_end: Callable | None = None,
         callback_on_step_end_tensor_inputs: list[str] | None = None,
         return_dict: bool = True,
+        max_window_scale: float | None = None,
     ) -> DefectInpaintOutput:
         """Paint ``defect_type`` into the masked region of each image.
 
@@ -193,6 +196,11 @@ class DefectInpaintPipeline(MaskedInpaintPipeline):
             crop_to_mask: inpaint a context window around each mask component at working resolution (True), or the
                 whole image at its own size (False; H and W must be multiples of the model's downsampling).
             crop_margin: context on each side of a component's box, as a fraction of the box's larger side.
+            max_window_scale: largest context window side, as a multiple of the working resolution (``crop_to_mask``).
+                A region whose window would be larger is painted in tiles of at most that size, one after the
+                other, each seeing the tiles before it (:func:`~counterfactory.io.masks.tile_windows`), so thin
+                structures are painted close to their native pixel scale instead of shrunk away. None (default):
+                one window per region, whatever its size.
             reinject_known_region: re-inject the known region (noised to the current level) after every step.
             batch_size: windows denoised together (one U-Net batch). 1 makes every window's result independent of
                 the other images in the call, bit for bit (slower: about 1.5x on 2 CPU threads).
@@ -217,7 +225,7 @@ class DefectInpaintPipeline(MaskedInpaintPipeline):
         """
         self.check_inputs(image, mask_image, defect_type, num_inference_steps, guidance_scale, output_type, crop_margin,
                           mask_threshold, crop_to_mask, batch_size, generator, grain_transfer, strength,
-                          callback_on_step_end, callback_on_step_end_tensor_inputs)
+                          callback_on_step_end, callback_on_step_end_tensor_inputs, max_window_scale)
         images = self.prepare_images(image)
         h, w = images.shape[-2:]
         masks = self.prepare_masks(mask_image, images.shape[0], (h, w), mask_threshold)
@@ -228,7 +236,8 @@ class DefectInpaintPipeline(MaskedInpaintPipeline):
             if t == GOOD:
                 continue
             if crop_to_mask:
-                wins = group_windows(masks[i, 0].numpy(), (h, w), crop_margin, min_size=min(self.resolution, max(h, w)))
+                max_size = None if max_window_scale is None else int(max_window_scale * self.resolution)
+                wins = tile_windows(masks[i, 0].numpy(), (h, w), crop_margin, min(self.resolution, max(h, w)), max_size)
             else:
                 wins = [CropWindow((0, 0, w, h))]
             for win in wins:

@@ -62,6 +62,7 @@ class GenerateConfig:
     strength: float = 1.0  # 1: generate from noise; < 1: paste the shot's pixels and refine from this noise level
     paste: str = "plain"  # how strength < 1 pastes: "plain" or "poisson"
     refine_dilate: int = 3  # px the refined region extends beyond the pasted defect (strength < 1)
+    max_window_scale: float | None = None  # tile regions whose window exceeds this × the working resolution
 
     def __post_init__(self):
         from ..data.placement import PLACEMENTS
@@ -81,6 +82,8 @@ class GenerateConfig:
             raise input_error("foreground_overlap", self.foreground_overlap, "a fraction in [0, 1]")
         if not 0 <= self.grain_transfer <= 2:
             raise input_error("grain_transfer", self.grain_transfer, "a number in [0, 2]")
+        if self.max_window_scale is not None and not 1 <= self.max_window_scale <= 64:
+            raise input_error("max_window_scale", self.max_window_scale, "None or a number in [1, 64]")
 
 
 def item_seed(seed: int, defect_type: str, index: int) -> int:
@@ -255,7 +258,8 @@ def _settings(cfg: GenerateConfig) -> dict:
     """The sampling settings every record carries (compared on resume)."""
     return {"steps": cfg.num_inference_steps, "guidance": cfg.guidance_scale, "grain_transfer": cfg.grain_transfer,
             "crop_margin": cfg.crop_margin, "foreground_overlap": cfg.foreground_overlap, "placement": cfg.placement,
-            "deform": cfg.deform, "strength": cfg.strength, "paste": cfg.paste, "refine_dilate": cfg.refine_dilate}
+            "deform": cfg.deform, "strength": cfg.strength, "paste": cfg.paste, "refine_dilate": cfg.refine_dilate,
+            "max_window_scale": cfg.max_window_scale}
 
 
 def _check_same_run(records: list[dict], cfg: GenerateConfig, provenance: dict, out: Path) -> None:
@@ -265,7 +269,7 @@ def _check_same_run(records: list[dict], cfg: GenerateConfig, provenance: dict, 
     # fields that records written before they were recorded lack: the value they were made with
     # (placement: older folders were placed by another rule, so they cannot be extended with this one)
     absent = {"grain_transfer": 0.0, "crop_margin": 0.5, "foreground_overlap": 0.9, "placement": "augment (older)",
-              "deform": False, "strength": 1.0, "paste": "plain", "refine_dilate": 3}
+              "deform": False, "strength": 1.0, "paste": "plain", "refine_dilate": 3, "max_window_scale": None}
     diff: dict[str, tuple] = {}
     for r in records:
         for k, v in expected.items():
@@ -348,7 +352,7 @@ def generate(pipe: DefectInpaintPipeline, backgrounds: list[Sample], masks: dict
                        [metas[k]["type"] for k in ks], num_inference_steps=cfg.num_inference_steps,
                        guidance_scale=cfg.guidance_scale, generator=[gens[k] for k in ks],
                        crop_margin=cfg.crop_margin, batch_size=group, grain_transfer=cfg.grain_transfer,
-                       strength=cfg.strength)
+                       strength=cfg.strength, max_window_scale=cfg.max_window_scale)
             for k, r in zip(ks, res.images):
                 results[k] = r
         for k, meta in enumerate(metas):

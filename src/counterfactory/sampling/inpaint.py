@@ -239,6 +239,17 @@ def denoise_latents(unet, scheduler, space, x01: torch.Tensor, mask: torch.Tenso
     return latents
 
 
+def _next_chunk(jobs, start: int, batch_size: int) -> list:
+    """Up to ``batch_size`` jobs from ``start``, ending before a job whose window overlaps an earlier window of the
+    same image in the chunk (tiles of one region are denoised one after the other)."""
+    chunk: list = []
+    for job in jobs[start : start + batch_size]:
+        if any(i == job[0] and win.overlaps(job[1]) for i, win, _ in chunk):
+            break
+        chunk.append(job)
+    return chunk
+
+
 def inpaint_windows(images: torch.Tensor, masks: torch.Tensor, jobs: Sequence[tuple[int, CropWindow, object]],
                     denoise_fn: Callable, resolution: int, crop_to_mask: bool, generator,
                     batch_size: int) -> torch.Tensor:
@@ -254,13 +265,15 @@ def inpaint_windows(images: torch.Tensor, masks: torch.Tensor, jobs: Sequence[tu
     an item outside its original batch, e.g. a resumed ``generate``, keep the batches fixed instead).
     """
     out = images.clone()
-    for start in range(0, len(jobs), batch_size):
-        chunk = jobs[start : start + batch_size]
+    start = 0
+    while start < len(jobs):
+        chunk = _next_chunk(jobs, start, batch_size)
+        start += len(chunk)
         xs, ms = [], []
         for i, win, _ in chunk:
             x0, y0, x1, y1 = win.box
-            xi = images[i : i + 1, :, y0:y1, x0:x1]
-            mi = masks[i : i + 1, :, y0:y1, x0:x1]
+            xi = out[i : i + 1, :, y0:y1, x0:x1]  # tiles see the tiles painted before them
+            mi = win.paint_mask(masks[i : i + 1])
             if crop_to_mask:
                 xi, mi = to_working_resolution(xi, mi, resolution)
             xs.append(xi)
@@ -272,5 +285,5 @@ def inpaint_windows(images: torch.Tensor, masks: torch.Tensor, jobs: Sequence[tu
             if patch.shape[-2:] != (y1 - y0, x1 - x0):
                 patch = F.interpolate(patch[None], size=(y1 - y0, x1 - x0), mode="bilinear", antialias=True,
                                       align_corners=False)[0].clamp(0, 1)
-            out[i] = paste_back(out[i], patch, masks[i, :, y0:y1, x0:x1], win.box)
+            out[i] = paste_back(out[i], patch, win.paint_mask(masks[i]), win.box)
     return out

@@ -28,7 +28,7 @@ from ..data.sample import GOOD, Sample
 from ..errors import CheckpointError, ConfigError, input_error
 from ..io.images import to_model_space
 from ..io.manifest import atomic_write_json, sha256_file
-from ..io.masks import bbox, window_around
+from ..io.masks import CropWindow, bbox, window_around
 from ..models.compact import CompactConfig, build_compact, load_compact, save_compact
 from ..models.conditioning import DamageTypeEmbedding
 from ..sampling.inpaint import PixelSpace, VaeSpace, masked_image, to_working_resolution, unet_input
@@ -221,6 +221,7 @@ class AdapterTrainConfig:
     vflip: bool = True
     rotate_degrees: float = 20.0
     scale: tuple[float, float] = (0.9, 1.1)
+    max_window_scale: float | None = None  # as generate's: train on tiles of large regions, at their pixel scale
     loop: LoopConfig = field(default_factory=lambda: LoopConfig(steps=400, lr=1e-3, warmup_steps=20, checkpoint_every=50))
 
     def __post_init__(self):
@@ -232,6 +233,8 @@ class AdapterTrainConfig:
             raise ConfigError(f"label_dropout={self.label_dropout}: in [0, 1)")
         if not 0 <= self.margin_range[0] <= self.margin_range[1]:
             raise ConfigError(f"margin_range={self.margin_range}: 0 <= low <= high")
+        if self.max_window_scale is not None and not 1 <= self.max_window_scale <= 64:
+            raise ConfigError(f"max_window_scale={self.max_window_scale}: None or a number in [1, 64]")
 
 
 class _AdapterModule(nn.Module):
@@ -289,6 +292,22 @@ def _few_shot_items(cfg: AdapterTrainConfig):
     return types, items, data_identity(cfg.data, members), split
 
 
+def _tile_around(mask: torch.Tensor, hw: tuple[int, int], margin: float, res: int, max_size: int, rng) -> CropWindow:
+    """A training tile of a large region, as :func:`~counterfactory.io.masks.tile_windows` cuts them at sampling: a
+    cell around a random mask pixel, painted with the rest of the region as context."""
+    ys, xs = np.nonzero(mask.numpy() > 0.5)
+    k = int(rng.integers(len(xs)))
+    cell = max(1, int(max_size // (1 + 2 * margin)))
+    h, w = hw
+    cx0 = min(max(int(xs[k]) - cell // 2, 0), max(w - cell, 0))
+    cy0 = min(max(int(ys[k]) - cell // 2, 0), max(h - cell, 0))
+    region = (cx0, cy0, min(cx0 + cell, w), min(cy0 + cell, h))
+    inner = torch.zeros_like(mask)
+    inner[region[1] : region[3], region[0] : region[2]] = mask[region[1] : region[3], region[0] : region[2]]
+    win = window_around(bbox(inner), hw, margin, min_size=min(res, max_size, max(h, w)))
+    return CropWindow(win.box, region=region)
+
+
 def _adapter_batch(items, types, res, cfg: AdapterTrainConfig, augment, step: int):
     rng = np.random.default_rng([cfg.loop.seed, step, 2])
     per_type: dict[int, list[int]] = {}
@@ -304,8 +323,11 @@ def _adapter_batch(items, types, res, cfg: AdapterTrainConfig, augment, step: in
             box = (0, 0, mask.shape[-1], mask.shape[-2])
         h, w = mask.shape[-2:]
         margin = float(rng.uniform(*cfg.margin_range))
-        x0, y0, x1, y1 = window_around(box, (h, w), margin, min_size=min(res, max(h, w))).box
-        xi, mi = to_working_resolution(img[None, :, y0:y1, x0:x1], mask[None, :, y0:y1, x0:x1], res)
+        win = window_around(box, (h, w), margin, min_size=min(res, max(h, w)))
+        if cfg.max_window_scale is not None and win.size > cfg.max_window_scale * res:
+            win = _tile_around(mask[0], (h, w), margin, res, int(cfg.max_window_scale * res), rng)
+        x0, y0, x1, y1 = win.box
+        xi, mi = to_working_resolution(img[None, :, y0:y1, x0:x1], win.paint_mask(mask[None]), res)
         xs.append(xi)
         ms.append(mi)
         ys.append(ti)
@@ -330,6 +352,8 @@ def train_adapter(cfg: AdapterTrainConfig, progress: bool = True) -> dict:
 
     identity = run_identity("train-adapter", cfg, data=data_id, split=split_digest(split), types=types,
                             shots={t: sum(1 for it in items if it[3] == i) for i, t in enumerate(types)})
+    if cfg.max_window_scale is None:  # runs started before the option existed stay resumable
+        identity.pop("max_window_scale")
     trainer = Trainer(module, loss_fn, cfg.loop, cfg.out, identity, progress=progress)
     trainer.check_resumable()
     record_split(split, cfg.out)

@@ -101,6 +101,12 @@ def cmd_generate(args) -> int:
                          refine_dilate=args.refine_dilate, max_window_scale=args.max_window_scale or None)
     with torch.inference_mode():
         summary = generate(pipe, backgrounds, masks, cfg, provenance=provenance, progress=not args.quiet)
+    if args.filter_iou:
+        from ..evaluation.downstream.filter import filter_by_iou
+
+        kept = filter_by_iou(args.out, ds.root, split_file, args.filter_iou, seed=args.seed, progress=not args.quiet,
+                             log=_warn)
+        summary["filter"] = kept["per_type"]
     print(json.dumps(summary))
     return 0
 
@@ -135,6 +141,9 @@ def register(sub) -> None:
     p.add_argument("--max-window-scale", type=zero_or_range("--max-window-scale", 1.0, 64.0), default=0.0,
                    help="paint a region whose context window is wider than this many working resolutions in tiles "
                         "of at most that size, so thin defects keep their native pixel scale (0 = off, default)")
+    p.add_argument("--filter-iou", type=zero_or_range("--filter-iou", 0.01, 1.0), default=0.0,
+                   help="keep a pair only if a segmenter trained on the real shots finds its mask with at least this "
+                        "IoU; rejected pairs move to <out>/.rejected (0 = off, default)")
     p.add_argument("--backgrounds", default="train", choices=["train", "all"],
                    help="defect-free images to paint on: the split's train part (default) or all")
     p.add_argument("--n", type=positive_int("--n", 1_000_000), default=100, help="pairs per type (default 100)")

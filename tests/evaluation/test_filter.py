@@ -36,7 +36,7 @@ def test_filter_moves_rejected_pairs_and_records_every_iou(tiny_real, tiny_gener
     assert _count(gen) == kept  # the folder holds exactly the kept pairs
     rejected = [p for p in (gen / REJECTED).rglob("*.png") if "judge" not in p.parts and "_mask" not in p.name]
     assert len(rejected) == n - kept
-    for key, s in res["pairs"].items():
+    for s in res["pairs"].values():
         assert 0.0 <= s["iou"] <= 1.0 and s["kept"] == (s["iou"] >= 0.05)
     # a rerun with the same settings changes nothing; other settings are refused
     again = filter_by_iou(gen, tiny_real, None, 0.05, steps=2, progress=False, log=lambda *_: None)

@@ -90,6 +90,6 @@ def filter_by_iou(generated: str | os.PathLike, data: str | os.PathLike, split: 
         c["kept"] += int(s["kept"])
     result = {"settings": settings, "per_type": per_type, "pairs": dict(sorted(scores.items()))}
     atomic_write_json(record_file, result)
-    log(f"filter: kept " + ", ".join(f"{t} {c['kept']}/{c['total']}" for t, c in sorted(per_type.items()))
+    log("filter: kept " + ", ".join(f"{t} {c['kept']}/{c['total']}" for t, c in sorted(per_type.items()))
         + f" (IoU >= {threshold:g}); rejected pairs in {root / REJECTED}")
     return result

@@ -45,8 +45,10 @@ def train_segmenter(data: DownstreamData, setting: str, seed: int, cfg: Downstre
         raise input_error("steps", steps, f"at least the {trained} steps already trained in {folder} (or another out folder)")
     model = build_segmenter(cfg.channels, seed)
     sampler = CropSampler(data, setting, cfg, seed)
+    # training never reads the evaluation images: a run is the same whatever it is evaluated on (the learning
+    # curve's real-only runs, evaluated on fewer defect-free images, are the table's)
     identity = {"task": "downstream-segmenter", "setting": setting, "seed": seed,
-                "config": json.loads(cfg.run_key(setting)), "data": data.info,
+                "config": json.loads(cfg.run_key(setting)), "data": {k: v for k, v in data.info.items() if k != "eval"},
                 "loop": {"steps": steps}}
     trainer = Trainer(model, segmenter_loss_fn(model, sampler), loop_config(cfg, seed, steps, checkpoint_every),
                       out=folder, identity=identity, progress=False)

@@ -196,7 +196,7 @@ def train_base(cfg: BaseTrainConfig, progress: bool = True) -> dict:
                      **({"init_sha256": init_sha} if init_sha else {})}
         export.config = CompactConfig.from_dict({**cfg.model.to_dict(), "extra": cfg_extra})
         save_compact(export, out)
-        atomic_write_json(out / "train_summary.json", {**summary, "config": identity})
+        atomic_write_json(out / "train_summary.json", {**summary, "config": trainer.identity})
     trainer.wait()
     return summary
 

@@ -116,7 +116,7 @@ def train_text2image(cfg: Text2ImageTrainConfig, progress: bool = True) -> dict:
                  "batch_size": cfg.batch_size, "caption_dropout": cfg.caption_dropout,
                  "final_loss": summary["final_loss"]}
         export.save(out / "model", extra=extra)
-        atomic_write_json(out / "train_summary.json", {**summary, "config": identity})
+        atomic_write_json(out / "train_summary.json", {**summary, "config": trainer.identity})
     trainer.wait()
     return summary
 

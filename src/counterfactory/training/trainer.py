@@ -378,7 +378,10 @@ class Trainer:
                     break
         finally:
             bar.close()
-            self.accelerator.end_training()
+            # the trackers only: accelerate's end_training would also end the process group, which the task's
+            # own exports after the run and the next run of a multi-stage task still need
+            for tracker in self.accelerator.trackers:
+                tracker.finish()
         self.wait()  # every rank returns once the last checkpoint is on disk
         tail = [v for _, v in self.history[-50:]]
         return {"steps": self.step, "resumed_from": resumed_from, "stopped_early": stopped_early,

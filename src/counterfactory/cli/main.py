@@ -19,6 +19,7 @@ COMMAND_MODULES = [
     "counterfactory.cli.train",
     "counterfactory.cli.controlnet",
     "counterfactory.cli.generate",
+    "counterfactory.cli.shards",
     "counterfactory.cli.demo",
     "counterfactory.cli.cft",
     "counterfactory.cli.evaluate",

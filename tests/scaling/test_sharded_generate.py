@@ -38,15 +38,32 @@ def reference(setup, tmp_path_factory):
     return out
 
 
-def test_two_shards_by_flag_are_byte_identical_to_one_process(setup, reference, tmp_path, capsys):
-    out = tmp_path / "g"
-    assert main(_argv(setup, out, "--num-shards", "2", "--shard", "1")) == 0
-    first = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    assert first["shard"] == "1/2" and first["merged"] is False and not (out / "manifest.jsonl").exists()
+@pytest.fixture(scope="module")
+def shard0(setup, tmp_path_factory):
+    """A folder where shard 0 of 2 finished (6 pairs in groups of 2: shard 0 takes groups 0 and 2)."""
+    out = tmp_path_factory.mktemp("shard0") / "g"
     assert main(_argv(setup, out, "--num-shards", "2", "--shard", "0")) == 0
-    second = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    # 6 pairs in groups of 2: shard 0 takes groups 0 and 2, shard 1 group 1
-    assert (first["generated"], second["generated"], second["merged"]) == (2, 4, True)
+    return out
+
+
+def _copy(folder: Path, tmp_path: Path) -> Path:
+    import shutil
+
+    return Path(shutil.copytree(folder, tmp_path / "g"))
+
+
+def _summary(capsys) -> dict:
+    return json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+
+
+def test_two_shards_by_flag_are_byte_identical_to_one_process(setup, reference, shard0, tmp_path, capsys):
+    out = _copy(shard0, tmp_path)
+    assert len((out / "manifest-shard0-of2.jsonl").read_text().splitlines()) == 4
+    assert not (out / "manifest.jsonl").exists()
+    # another --batch-size: the folder keeps the groups it was started with
+    assert main(_argv(setup, out, "--num-shards", "2", "--shard", "1", "--batch-size", "4")) == 0
+    summary = _summary(capsys)
+    assert (summary["shard"], summary["generated"], summary["batch_size"], summary["merged"]) == ("1/2", 2, 2, True)
     assert _pairs(out) == _pairs(reference) and len(_pairs(out)) == 12
     assert (out / "manifest.jsonl").read_bytes() == (reference / "manifest.jsonl").read_bytes()
 
@@ -60,23 +77,20 @@ def test_two_launcher_ranks_are_byte_identical_to_one_process(setup, reference, 
     assert (out / "manifest.jsonl").read_bytes() == (reference / "manifest.jsonl").read_bytes()
 
 
-def test_a_shard_killed_mid_run_resumes_to_the_same_bytes(setup, reference, tmp_path, capsys):
-    out = tmp_path / "g"
-    assert main(_argv(setup, out, "--num-shards", "2", "--shard", "0")) == 0
-    shard0 = out / "manifest-shard0-of2.jsonl"
-    lines = shard0.read_text().splitlines(keepends=True)
-    assert len(lines) == 4
+def test_a_shard_killed_mid_run_resumes_to_the_same_bytes(setup, reference, shard0, tmp_path, capsys):
+    out = _copy(shard0, tmp_path)
+    manifest0 = out / "manifest-shard0-of2.jsonl"
+    lines = manifest0.read_text().splitlines(keepends=True)
     # the kill: the last group half listed, its last record torn mid-line, an image of an unlisted pair left behind
-    lost = [json.loads(line) for line in lines[2:]]
-    shard0.write_text(lines[0] + lines[1] + lines[2] + lines[3][:20])
-    (out / lost[1]["image"]).write_bytes(b"half a png")
+    lost = json.loads(lines[3])
+    manifest0.write_text(lines[0] + lines[1] + lines[2] + lines[3][:20])
+    (out / lost["image"]).write_bytes(b"half a png")
     assert main(_argv(setup, out, "--num-shards", "2", "--shard", "1")) == 0
-    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["merged"] is False
+    assert _summary(capsys)["merged"] is False and not (out / "manifest.jsonl").exists()
+    fails_one_line(capsys, ["merge-manifests", str(out)], "1 of 6 items missing", lost["id"])
     assert not (out / "manifest.jsonl").exists()
-    assert main(["merge-manifests", str(out)]) == 2  # shard 0 is not finished: named, nothing written
-    assert "missing" in capsys.readouterr().err and not (out / "manifest.jsonl").exists()
     assert main(_argv(setup, out, "--num-shards", "2", "--shard", "0")) == 0
-    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    summary = _summary(capsys)
     assert summary["generated"] == 1 and summary["merged"] is True
     assert _pairs(out) == _pairs(reference)
     assert (out / "manifest.jsonl").read_bytes() == (reference / "manifest.jsonl").read_bytes()
@@ -102,25 +116,15 @@ def test_bad_shard_and_device_flags(setup, tmp_path, capsys, flags, words):
 
 @pytest.mark.parametrize("flags,named", [
     (["--num-shards", "3", "--shard", "1"], "num_shards: 2 there, 3 now"),
-    (["--num-shards", "2", "--shard", "1", "--guidance-scale", "3"], "guidance"),
+    (["--num-shards", "2", "--shard", "1", "--guidance-scale", "3"], "guidance: 2.0 there, 3.0 now"),
     (["--num-shards", "2", "--shard", "1", "--n", "4"], "n_per_type: 3 there, 4 now"),
-    (["--num-shards", "2", "--shard", "1", "--seed", "5"], "seed"),
+    (["--num-shards", "2", "--shard", "1", "--seed", "5"], "seed: another seed there, 5 now"),
 ])
-def test_shards_started_with_other_settings_are_refused(setup, tmp_path, capsys, flags, named):
-    out = tmp_path / "g"
-    assert main(_argv(setup, out, "--num-shards", "2", "--shard", "0")) == 0
-    capsys.readouterr()
-    before = sorted(p.name for p in out.rglob("*"))
+def test_shards_started_with_other_settings_are_refused(setup, shard0, tmp_path, capsys, flags, named):
+    out = _copy(shard0, tmp_path)
+    before = {p: p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()}
     fails_one_line(capsys, _argv(setup, out, *flags), named)
-    assert sorted(p.name for p in out.rglob("*")) == before
-
-
-def test_a_second_shard_keeps_the_batch_the_folder_was_started_with(setup, reference, tmp_path, capsys):
-    out = tmp_path / "g"
-    assert main(_argv(setup, out, "--num-shards", "2", "--shard", "0")) == 0
-    assert main(_argv(setup, out, "--num-shards", "2", "--shard", "1", "--batch-size", "4")) == 0
-    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["batch_size"] == 2
-    assert (out / "manifest.jsonl").read_bytes() == (reference / "manifest.jsonl").read_bytes()
+    assert {p: p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()} == before
 
 
 def test_merge_manifests_bad_folders(tmp_path, capsys, reference):

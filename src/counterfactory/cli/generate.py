@@ -87,7 +87,14 @@ def cmd_generate(args) -> int:
     from ..data import open_dataset
     from ..data.splits import load_split
     from ..errors import input_error
-    from ..pipelines.generate import GenerateConfig, folder_masks, generate, run_provenance, split_masks
+    from ..pipelines.generate import (
+        GenerateConfig,
+        check_resume,
+        folder_masks,
+        generate,
+        run_provenance,
+        split_masks,
+    )
     from ..training.inpaint import ADAPTER_CONFIG, check_adapter_types
 
     adapter = Path(args.adapter)
@@ -132,7 +139,6 @@ def cmd_generate(args) -> int:
             ms = ", ".join(f"{w}x{h}" for h, w in sorted(sizes))
             _warn(f"note: --masks {args.masks}: masks are {ms}, backgrounds {bw}x{bh}: each mask's defect is cut out, "
                   "augmented and placed on the product (positions are not kept)")
-    pipe = _pipeline(args).to(device)
     provenance = run_provenance(
         adapter=adapter, base=args.base, base_kind=args.base_kind, data_root=ds.root, split=split,
         split_file=split_file, masks=args.masks, backgrounds=args.backgrounds,
@@ -142,6 +148,10 @@ def cmd_generate(args) -> int:
                          crop_margin=args.crop_margin, grain_transfer=args.grain_transfer, placement=args.placement,
                          deform=not args.no_deform, strength=args.strength, paste=args.paste,
                          refine_dilate=args.refine_dilate)
+    check_resume(cfg, types, provenance, shard)  # a folder of another run is refused before the model loads
+    pipe = _pipeline(args)
+    if pipe.device != device:
+        pipe = pipe.to(device)
     with torch.inference_mode():
         summary = generate(pipe, backgrounds, masks, cfg, provenance=provenance, progress=not args.quiet, shard=shard)
     if shard.count > 1 or is_main_process():

@@ -167,15 +167,18 @@ def read_all(out: str | os.PathLike) -> list[dict[str, Any]]:
 
 
 def claim_shards(out: str | os.PathLike, settings: dict[str, Any], adopt: Iterable[str] = (),
-                 argument: str = "out") -> dict[str, Any]:
+                 argument: str = "out", write: bool = True) -> dict[str, Any]:
     """Record ``settings`` in ``<out>/shards.json`` if no shard did yet (atomically: of two shards starting at
     once, one claims and the other compares), else compare and refuse a difference with every differing
-    setting named. Keys in ``adopt`` are taken from the folder instead of compared (returned: the folder's)."""
+    setting named. Keys in ``adopt`` are taken from the folder instead of compared (returned: the folder's).
+    ``write=False`` only compares (a check before the work starts)."""
     from ..errors import input_error
 
     out = Path(out)
     path = out / SHARDS_FILE
     mine = json.loads(json.dumps(settings, sort_keys=True, default=str))
+    if not path.is_file() and not write:
+        return mine
     if not path.is_file():
         out.mkdir(parents=True, exist_ok=True)
         tmp = out / f".{SHARDS_FILE}.{os.getpid()}.{uuid.uuid4().hex[:12]}.tmp"

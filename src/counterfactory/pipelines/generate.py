@@ -293,6 +293,28 @@ def _short(v) -> str:
     return t[:12] + "..." if len(t) > 16 and all(c in "0123456789abcdef" for c in t) else t
 
 
+def check_resume(cfg: GenerateConfig, types: list[str], provenance: dict | None, shard: Shard | None = None,
+                 claim: bool = False) -> tuple[list[dict], int]:
+    """``(records of every shard, group size)`` of ``cfg.out``; InputError naming each setting that differs from
+    what the folder (or its other shards) was started with. ``claim``: a shard records the shared settings.
+
+    Items are denoised in fixed groups of ``group`` consecutive items: kernels round differently at different
+    batch compositions, so a resumed run redoes a partly finished group whole (writing only its missing items)
+    with the group size the folder was started with, and every pair comes out bit-identical.
+    """
+    shard = shard or Shard()
+    out = Path(cfg.out)
+    records = read_all(out)  # every shard's records: the same-run check and what is done
+    _check_same_run(records, cfg, dict(provenance or {}), out)
+    recorded = {int(r["batch"]) for r in records if "batch" in r}
+    group = recorded.pop() if len(recorded) == 1 else cfg.batch_size
+    if shard.count > 1:  # the shards share the item list and its groups: refuse one started otherwise
+        group = claim_shards(out, {"writer": "generate", "num_shards": shard.count, "seed": cfg.seed,
+                                   "n_per_type": cfg.n_per_type, "types": list(types), "batch": group,
+                                   **_settings(cfg), **(provenance or {})}, adopt=("batch",), write=claim)["batch"]
+    return records, group
+
+
 def item_ids(types: list[str], n_per_type: int) -> list[str]:
     """The ids of a run's pairs in the order a one-process run lists them."""
     return [f"{t}_{i:05d}" for t in types for i in range(n_per_type)]
@@ -325,18 +347,8 @@ def generate(pipe: DefectInpaintPipeline, backgrounds: list[Sample], masks: dict
     if not backgrounds:
         raise input_error("backgrounds", 0, "at least one defect-free image")
     manifest = Manifest(shard.manifest_path(out))
-    records = read_all(out)  # every shard's records: the same-run check and what is done
-    _check_same_run(records, cfg, dict(provenance or {}), out)
+    records, group = check_resume(cfg, types, provenance, shard, claim=True)
     done = {str(r["id"]) for r in records if "id" in r}
-    # Items are denoised in fixed groups of ``group`` consecutive items: kernels round differently at different
-    # batch compositions, so a resumed run redoes a partly finished group whole (writing only its missing items)
-    # with the group size the folder was started with, and every pair comes out bit-identical.
-    recorded = {int(r["batch"]) for r in records if "batch" in r}
-    group = recorded.pop() if len(recorded) == 1 else cfg.batch_size
-    if shard.count > 1:  # the shards share the item list and its groups: refuse one started otherwise
-        group = claim_shards(out, {"writer": "generate", "num_shards": shard.count, "seed": cfg.seed,
-                                   "n_per_type": cfg.n_per_type, "types": types, "batch": group,
-                                   **_settings(cfg), **(provenance or {})}, adopt=("batch",))["batch"]
     items = [(t, i) for t in types for i in range(cfg.n_per_type)]
     mine = [it for g, start in enumerate(range(0, len(items), group)) if shard.takes(g)
             for it in items[start : start + group]]

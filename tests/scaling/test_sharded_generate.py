@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from counterfactory.cli.main import main
-
 from tests.cli.helpers import fails_one_line
+
 from .helpers import run_ranks
 
 

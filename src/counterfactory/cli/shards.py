@@ -22,20 +22,18 @@ def cmd_merge_manifests(args) -> int:
         raise input_error("OUT", args.out, f"a folder written by sharded runs (it has no {SHARDS_FILE}: a one-process "
                                            "run writes manifest.jsonl itself)")
     writer = json.loads(header.read_text()).get("writer")
-    if writer == "generate":
-        from ..pipelines.generate import merge_generated as merge
-    elif writer == "triplets":
-        from ..pipelines.triplets import merge_triplets as merge
-    else:
-        raise input_error("OUT", args.out, f"a folder of generate or triplets shards ({SHARDS_FILE} names {writer!r})")
-    path = merge(out)
+    if writer != "generate":
+        raise input_error("OUT", args.out, f"a folder of generate shards ({SHARDS_FILE} names {writer!r})")
+    from ..pipelines.generate import merge_generated
+
+    path = merge_generated(out)
     n = sum(1 for _ in path.open())
     print(json.dumps({"manifest": str(path), "records": n}))
     return 0
 
 
 def register(sub) -> None:
-    p = sub.add_parser("merge-manifests", help="one manifest.jsonl from the shards of a sharded generate/triplets run",
+    p = sub.add_parser("merge-manifests", help="one manifest.jsonl from the shards of a sharded generate run",
                        description="Checks that every shard of OUT finished (each lists its items in "
                                    "manifest-shard<i>-of<K>.jsonl) and writes OUT/manifest.jsonl with the records in "
                                    "the order of a one-process run. The last shard to finish does this by itself; run "

@@ -280,6 +280,11 @@ def loop_config(args, warmup: int):
                       mixed_precision=args.mixed_precision, gradient_accumulation_steps=args.gradient_accumulation_steps)
 
 
+def is_main_process() -> bool:
+    """False on the ranks other than 0 of a launcher (``accelerate launch``, ``torchrun``): they print nothing."""
+    return os.environ.get("RANK", "0") == "0"
+
+
 def set_threads(args) -> None:
     if getattr(args, "threads", None):
         import torch

@@ -12,6 +12,7 @@ from ._args import (
     check_weights_folder,
     float_range,
     int_range,
+    is_main_process,
     positive_int,
     seed_arg,
     set_threads,
@@ -40,13 +41,61 @@ def _warn(text: str) -> None:
     print(text, file=sys.stderr, flush=True)
 
 
+MAX_SHARDS = 100_000
+
+
+def shard_of(args):
+    """The shard of this process from ``--num-shards`` / ``--shard`` and the launcher's ranks (one line if wrong)."""
+    from ..errors import input_error
+    from ..io.manifest import current_shard
+
+    if args.shard is not None and args.num_shards is None:
+        raise input_error("--shard", args.shard, "used with --num-shards K (this process's part of K)")
+    k = args.num_shards or 1
+    i = args.shard if args.shard is not None else 0
+    if args.num_shards is not None and args.shard is None and k > 1:
+        raise input_error("--num-shards", k, "used with --shard i (which of the K parts this process writes)")
+    if i >= k:
+        raise input_error("--shard", i, f"an integer in [0, {k - 1}] (below --num-shards {k})")
+    return current_shard(k, i)
+
+
+def device_of(text: str):
+    """``--device``: ``auto`` is this process's GPU when there is one (under a launcher: GPU ``LOCAL_RANK``), else
+    the CPU; any other string must be a device torch can use here."""
+    import os
+
+    import torch
+
+    from ..errors import InputError
+    from ..pipelines.base import parse_device
+
+    local = os.environ.get("LOCAL_RANK", "0")
+    local = int(local) if local.isdigit() else 0
+    if text == "auto":
+        text = "cuda" if torch.cuda.is_available() else "cpu"
+    if text == "cuda" and torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1") or 1) > 1:
+        text = f"cuda:{local % torch.cuda.device_count()}"
+    try:
+        return parse_device(text)
+    except InputError as exc:
+        raise InputError(f"--{exc}") from None
+
+
 def cmd_generate(args) -> int:
     import torch
 
     from ..data import open_dataset
     from ..data.splits import load_split
     from ..errors import input_error
-    from ..pipelines.generate import GenerateConfig, folder_masks, generate, run_provenance, split_masks
+    from ..pipelines.generate import (
+        GenerateConfig,
+        check_resume,
+        folder_masks,
+        generate,
+        run_provenance,
+        split_masks,
+    )
     from ..training.inpaint import ADAPTER_CONFIG, check_adapter_types
 
     adapter = Path(args.adapter)
@@ -62,6 +111,11 @@ def cmd_generate(args) -> int:
     check_weights_folder(adapter, "--adapter")
     if args.base:
         check_weights_folder(args.base, "--base")
+    shard = shard_of(args)
+    if args.filter_iou and shard.count > 1:
+        raise input_error("--filter-iou", args.filter_iou, "0 while generating in shards (filter the merged folder: "
+                                                           "rerun generate on it with --filter-iou and no shards)")
+    device = device_of(args.device)
     set_threads(args)
     adapter_cfg = json.loads((adapter / ADAPTER_CONFIG).read_text())
     types = check_types_arg(args.types) or adapter_cfg.get("types")
@@ -89,7 +143,6 @@ def cmd_generate(args) -> int:
             ms = ", ".join(f"{w}x{h}" for h, w in sorted(sizes))
             _warn(f"note: --masks {args.masks}: masks are {ms}, backgrounds {bw}x{bh}: each mask's defect is cut out, "
                   "augmented and placed on the product (positions are not kept)")
-    pipe = _pipeline(args)
     provenance = run_provenance(
         adapter=adapter, base=args.base, base_kind=args.base_kind, data_root=ds.root, split=split,
         split_file=split_file, masks=args.masks, backgrounds=args.backgrounds,
@@ -99,15 +152,20 @@ def cmd_generate(args) -> int:
                          crop_margin=args.crop_margin, grain_transfer=args.grain_transfer, placement=args.placement,
                          deform=not args.no_deform, strength=args.strength, paste=args.paste,
                          refine_dilate=args.refine_dilate, max_window_scale=args.max_window_scale or None)
+    check_resume(cfg, types, provenance, shard)  # a folder of another run is refused before the model loads
+    pipe = _pipeline(args)
+    if pipe.device != device:
+        pipe = pipe.to(device)
     with torch.inference_mode():
-        summary = generate(pipe, backgrounds, masks, cfg, provenance=provenance, progress=not args.quiet)
-    if args.filter_iou:
+        summary = generate(pipe, backgrounds, masks, cfg, provenance=provenance, progress=not args.quiet, shard=shard)
+    if args.filter_iou and shard.count == 1:
         from ..evaluation.downstream.filter import filter_by_iou
 
         kept = filter_by_iou(args.out, ds.root, split_file, args.filter_iou, seed=args.seed, progress=not args.quiet,
                              log=_warn)
         summary["filter"] = kept["per_type"]
-    print(json.dumps(summary))
+    if shard.count > 1 or is_main_process():
+        print(json.dumps(summary))
     return 0
 
 
@@ -160,6 +218,19 @@ def register(sub) -> None:
                    help="add this much (0..2) of the background's own grain to each fill (default 0: the model's fill "
                         "as is; 1 on Magnetic Tile: see docs/benchmarks.md)")
     p.add_argument("--seed", type=seed_arg(), default=0)
+    shard_args(p)
+    p.add_argument("--device", default="auto",
+                   help="where to denoise: auto (default: this process's GPU if there is one, else the CPU), cpu, "
+                        "cuda, cuda:1, mps, ...")
     threads_arg(p)
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_generate)
+
+
+def shard_args(p) -> None:
+    p.add_argument("--num-shards", type=positive_int("--num-shards", MAX_SHARDS), default=None, metavar="K",
+                   help="split the items over K processes or machines writing into the same --out (each resumes on "
+                        "its own; the last to finish writes manifest.jsonl). Under accelerate launch every rank is "
+                        "a shard already")
+    p.add_argument("--shard", type=int_range("--shard", 0, MAX_SHARDS - 1), default=None, metavar="i",
+                   help="which of the --num-shards parts this process writes, 0..K-1")

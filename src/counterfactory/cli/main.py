@@ -19,6 +19,7 @@ COMMAND_MODULES = [
     "counterfactory.cli.train",
     "counterfactory.cli.controlnet",
     "counterfactory.cli.generate",
+    "counterfactory.cli.shards",
     "counterfactory.cli.demo",
     "counterfactory.cli.cft",
     "counterfactory.cli.evaluate",
@@ -65,7 +66,16 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"counterfactory {args.command}: interrupted (finished work is kept; rerun to resume)", file=sys.stderr)
         return 130
+    finally:
+        _end_process_group()
     return int(result or 0)
+
+
+def _end_process_group() -> None:
+    """Under ``accelerate launch`` a command joined the processes' group: leave it before exiting."""
+    dist = sys.modules.get("torch.distributed")
+    if dist is not None and dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ from ._args import (
     check_out,
     check_weights_folder,
     float_range,
+    is_main_process,
     loop_args,
     loop_config,
     lora_activation_bytes,
@@ -49,7 +50,8 @@ def cmd_train_base(args) -> int:
                           pool_size=args.pool_size, max_crop=args.max_crop, model=model, init=args.init,
                           loop=loop_config(args, warmup=50))
     summary = train_base(cfg, progress=not args.quiet)
-    print(json.dumps(summary))
+    if is_main_process():
+        print(json.dumps(summary))
     return 0
 
 
@@ -91,7 +93,8 @@ def cmd_train_adapter(args) -> int:
         loop=loop_config(args, warmup=20),
     )
     summary = train_adapter(cfg, progress=not args.quiet)
-    print(json.dumps(summary))
+    if is_main_process():
+        print(json.dumps(summary))
     return 0
 
 

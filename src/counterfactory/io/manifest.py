@@ -3,6 +3,11 @@
 A record is written only after its files are complete (each file is written to a temp name, then renamed),
 so "the id is in the manifest" means "its outputs exist and are whole". A torn last line (the writer was
 killed mid-append) is ignored on read and overwritten by the next append.
+
+Shards: a bulk writer split over K processes or machines (:class:`Shard`) writes one
+``manifest-shard<i>-of<K>.jsonl`` per shard into the same folder, next to ``shards.json`` (the settings every
+shard must share, claimed by the first shard to start: :func:`claim_shards`). When every item is listed,
+:func:`merge_shards` writes ``manifest.jsonl`` with the records in the order of a one-process run.
 """
 
 from __future__ import annotations
@@ -12,7 +17,8 @@ import hashlib
 import json
 import os
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -92,6 +98,137 @@ class Manifest:
             f.write(line)
             f.flush()
             os.fsync(f.fileno())
+
+
+# ---------------------------------------------------------------------------------------------------- shards
+MANIFEST = "manifest.jsonl"
+SHARDS_FILE = "shards.json"
+
+
+@dataclass(frozen=True)
+class Shard:
+    """Shard ``index`` of ``count``: the work items (or groups of items) ``k`` with ``k % count == index``."""
+
+    index: int = 0
+    count: int = 1
+
+    def __post_init__(self):
+        if isinstance(self.count, bool) or not isinstance(self.count, int) or self.count < 1:
+            from ..errors import input_error
+
+            raise input_error("num_shards", self.count, "an integer >= 1")
+        if isinstance(self.index, bool) or not isinstance(self.index, int) or not 0 <= self.index < self.count:
+            from ..errors import input_error
+
+            raise input_error("shard", self.index, f"an integer in [0, {self.count - 1}] (below num_shards={self.count})")
+
+    def takes(self, k: int) -> bool:
+        return k % self.count == self.index
+
+    def manifest_path(self, out: str | os.PathLike) -> Path:
+        """Where this shard lists its finished items (``manifest.jsonl`` itself for a single shard)."""
+        if self.count == 1:
+            return Path(out) / MANIFEST
+        return Path(out) / f"manifest-shard{self.index}-of{self.count}.jsonl"
+
+    def __str__(self) -> str:
+        return f"{self.index}/{self.count}"
+
+
+def launcher_rank() -> tuple[int, int]:
+    """``(rank, world size)`` of this process under a launcher (``accelerate launch``, ``torchrun``: the
+    ``RANK`` / ``WORLD_SIZE`` variables they set); ``(0, 1)`` otherwise."""
+    try:
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+        rank = int(os.environ.get("RANK", "0"))
+    except ValueError:
+        return 0, 1
+    return (rank, world) if world > 1 and 0 <= rank < world else (0, 1)
+
+
+def current_shard(num_shards: int = 1, shard: int = 0) -> Shard:
+    """The shard of this process: ``shard`` of ``num_shards`` (machines without a common launcher) times the
+    launcher's ranks: under ``accelerate launch`` with W processes, shard ``shard * W + rank`` of ``num_shards * W``."""
+    base = Shard(shard, num_shards)
+    rank, world = launcher_rank()
+    return Shard(base.index * world + rank, base.count * world)
+
+
+def shard_manifests(out: str | os.PathLike) -> list[Path]:
+    """``manifest.jsonl`` (when present) and every shard manifest of ``out``."""
+    out = Path(out)
+    found = sorted(out.glob("manifest-shard*-of*.jsonl"))
+    return ([out / MANIFEST] if (out / MANIFEST).is_file() else []) + found
+
+
+def read_all(out: str | os.PathLike) -> list[dict[str, Any]]:
+    """The records of every manifest of ``out`` (the merged one and the shards'), merged first."""
+    return [r for p in shard_manifests(out) for r in Manifest(p).read()]
+
+
+def claim_shards(out: str | os.PathLike, settings: dict[str, Any], adopt: Iterable[str] = (),
+                 argument: str = "out", write: bool = True) -> dict[str, Any]:
+    """Record ``settings`` in ``<out>/shards.json`` if no shard did yet (atomically: of two shards starting at
+    once, one claims and the other compares), else compare and refuse a difference with every differing
+    setting named. Keys in ``adopt`` are taken from the folder instead of compared (returned: the folder's).
+    ``write=False`` only compares (a check before the work starts)."""
+    from ..errors import input_error
+
+    out = Path(out)
+    path = out / SHARDS_FILE
+    mine = json.loads(json.dumps(settings, sort_keys=True, default=str))
+    if not path.is_file() and not write:
+        return mine
+    if not path.is_file():
+        out.mkdir(parents=True, exist_ok=True)
+        tmp = out / f".{SHARDS_FILE}.{os.getpid()}.{uuid.uuid4().hex[:12]}.tmp"
+        tmp.write_text(json.dumps(mine, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+        try:
+            os.link(tmp, path)  # fails when another shard claimed first: then compare with its settings
+        except FileExistsError:
+            pass
+        finally:
+            tmp.unlink(missing_ok=True)
+    have = json.loads(path.read_text(encoding="utf-8"))
+    adopted = set(adopt)
+    diff = sorted(k for k in set(have) | set(mine) if k not in adopted and have.get(k) != mine.get(k))
+    if diff:
+        named = "; ".join(f"{k}: {_brief(have.get(k))} there, {_brief(mine.get(k))} now" for k in diff)
+        raise input_error(argument, str(out), f"the settings its other shards were started with ({named}), or a new "
+                                              "folder")
+    return {**mine, **{k: have[k] for k in adopted if k in have}}
+
+
+def _brief(v: Any) -> str:
+    t = json.dumps(v, sort_keys=True) if not isinstance(v, str) else v
+    return t if len(t) <= 40 else t[:37] + "..."
+
+
+def merge_shards(out: str | os.PathLike, ids: list[str], key: str = "id") -> Path:
+    """Write ``<out>/manifest.jsonl``: the records of ``ids`` in that order (the order of a one-process run),
+    each line as its shard wrote it. InputError naming what is missing when a shard is not finished."""
+    from ..errors import input_error
+
+    out = Path(out)
+    lines: dict[str, str] = {}
+    for p in shard_manifests(out):
+        with p.open("r", encoding="utf-8") as f:
+            for line in f:
+                if not line.endswith("\n") or not line.strip():
+                    continue
+                rid = str(json.loads(line).get(key))
+                lines.setdefault(rid, line)
+    missing = [i for i in ids if i not in lines]
+    if missing:
+        header = out / SHARDS_FILE
+        count = json.loads(header.read_text()).get("num_shards") if header.is_file() else None
+        where = f" of {count} shards" if count else ""
+        raise input_error("out", str(out), f"a folder whose shards{where} are all finished ({len(missing)} of "
+                                           f"{len(ids)} items missing, first {missing[0]}): run the unfinished "
+                                           "shards again (they resume), then merge")
+    with atomic_path(out / MANIFEST) as tmp, tmp.open("w", encoding="utf-8") as f:
+        f.writelines(lines[i] for i in ids)
+    return out / MANIFEST
 
 
 def sha256_file(path: str | os.PathLike) -> str:

@@ -19,6 +19,13 @@ orientation to the product edge (an edge chip stays on the edge), ``"uniform"`` 
 cloning), then the adapter re-denoises a slightly dilated region from noise level ``strength``; ``strength=1``
 generates the defect from noise, ``strength=0`` is the plain paste.
 
+Sharding (``shard=``, ``--num-shards K --shard i`` or the ranks of ``accelerate launch``): items are denoised in
+fixed groups of ``batch_size`` consecutive items, and shard ``i`` of ``K`` takes groups ``i, i + K, ...`` (whole
+groups: a group's batch composition is what makes its pixels bit-identical to a one-process run). Each shard lists
+its pairs in ``manifest-shard<i>-of<K>.jsonl`` and resumes on its own; the settings every shard must share are in
+``shards.json``; the shard that finds every item done writes ``manifest.jsonl`` in the order of a one-process run
+(``counterfactory merge-manifests OUT`` does the same by hand).
+
 A folder holds one run: every record carries the run's provenance (base and adapter hashes, dataset, split, mask
 source) and sampling settings, and a rerun into a folder made with anything else is refused with the
 difference named, so two runs are never mixed. Type names come from the adapter's files and become folder
@@ -39,7 +46,7 @@ from tqdm.auto import tqdm
 from ..data.sample import GOOD, Sample
 from ..errors import input_error
 from ..io.images import IMAGE_EXTENSIONS, load_image, save_image
-from ..io.manifest import Manifest, sha256_file
+from ..io.manifest import Manifest, Shard, claim_shards, merge_shards, read_all, sha256_file
 from ..io.masks import bbox, read_mask
 from ..io.names import check_path_name
 from .defect_inpaint import DefectInpaintPipeline
@@ -290,9 +297,49 @@ def _short(v) -> str:
     return t[:12] + "..." if len(t) > 16 and all(c in "0123456789abcdef" for c in t) else t
 
 
+def check_resume(cfg: GenerateConfig, types: list[str], provenance: dict | None, shard: Shard | None = None,
+                 claim: bool = False) -> tuple[list[dict], int]:
+    """``(records of every shard, group size)`` of ``cfg.out``; InputError naming each setting that differs from
+    what the folder (or its other shards) was started with. ``claim``: a shard records the shared settings.
+
+    Items are denoised in fixed groups of ``group`` consecutive items: kernels round differently at different
+    batch compositions, so a resumed run redoes a partly finished group whole (writing only its missing items)
+    with the group size the folder was started with, and every pair comes out bit-identical.
+    """
+    shard = shard or Shard()
+    out = Path(cfg.out)
+    records = read_all(out)  # every shard's records: the same-run check and what is done
+    _check_same_run(records, cfg, dict(provenance or {}), out)
+    recorded = {int(r["batch"]) for r in records if "batch" in r}
+    group = recorded.pop() if len(recorded) == 1 else cfg.batch_size
+    if shard.count > 1:  # the shards share the item list and its groups: refuse one started otherwise
+        group = claim_shards(out, {"writer": "generate", "num_shards": shard.count, "seed": cfg.seed,
+                                   "n_per_type": cfg.n_per_type, "types": list(types), "batch": group,
+                                   **_settings(cfg), **(provenance or {})}, adopt=("batch",), write=claim)["batch"]
+    return records, group
+
+
+def item_ids(types: list[str], n_per_type: int) -> list[str]:
+    """The ids of a run's pairs in the order a one-process run lists them."""
+    return [f"{t}_{i:05d}" for t in types for i in range(n_per_type)]
+
+
+def merge_generated(out: str | os.PathLike) -> Path:
+    """``manifest.jsonl`` of a sharded folder from its shards' manifests (InputError while a shard is unfinished)."""
+    from ..io.manifest import SHARDS_FILE
+
+    header = json.loads((Path(out) / SHARDS_FILE).read_text())
+    return merge_shards(out, item_ids(header["types"], header["n_per_type"]))
+
+
 def generate(pipe: DefectInpaintPipeline, backgrounds: list[Sample], masks: dict[str, list[tuple[str, torch.Tensor]]],
-             cfg: GenerateConfig, provenance: dict | None = None, progress: bool = True) -> dict:
-    """Generate ``cfg.n_per_type`` pairs per type; resumes from ``<out>/manifest.jsonl``."""
+             cfg: GenerateConfig, provenance: dict | None = None, progress: bool = True,
+             shard: Shard | None = None) -> dict:
+    """Generate ``cfg.n_per_type`` pairs per type; resumes from ``<out>/manifest.jsonl``.
+
+    ``shard``: only this shard's groups of items (module doc); its manifest is ``manifest-shard<i>-of<K>.jsonl``.
+    """
+    shard = shard or Shard()
     out = Path(cfg.out)
     types = list(cfg.types or pipe.defect_types)
     for t in types:
@@ -303,27 +350,23 @@ def generate(pipe: DefectInpaintPipeline, backgrounds: list[Sample], masks: dict
             raise input_error("masks", t, f"masks for every requested type {types}")
     if not backgrounds:
         raise input_error("backgrounds", 0, "at least one defect-free image")
-    manifest = Manifest(out / "manifest.jsonl")
-    records = manifest.read()
-    _check_same_run(records, cfg, dict(provenance or {}), out)
+    manifest = Manifest(shard.manifest_path(out))
+    records, group = check_resume(cfg, types, provenance, shard, claim=True)
     done = {str(r["id"]) for r in records if "id" in r}
-    # Items are denoised in fixed groups of ``group`` consecutive items: kernels round differently at different
-    # batch compositions, so a resumed run redoes a partly finished group whole (writing only its missing items)
-    # with the group size the folder was started with, and every pair comes out bit-identical.
-    recorded = {int(r["batch"]) for r in records if "batch" in r}
-    group = recorded.pop() if len(recorded) == 1 else cfg.batch_size
     items = [(t, i) for t in types for i in range(cfg.n_per_type)]
-    todo = [it for it in items if f"{it[0]}_{it[1]:05d}" not in done]
+    mine = [it for g, start in enumerate(range(0, len(items), group)) if shard.takes(g)
+            for it in items[start : start + group]]
+    todo = [it for it in mine if f"{it[0]}_{it[1]:05d}" not in done]
     pipe.set_progress_bar_config(disable=True)
-    bar = tqdm(total=len(items), initial=len(items) - len(todo), desc="generating", disable=not progress)
+    bar = tqdm(total=len(mine), initial=len(mine) - len(todo), desc="generating", disable=not progress)
     cache: dict[str, torch.Tensor] = {}
     if cfg.strength < 1 and any(len(e) < 3 for pool in masks.values() for e in pool):
         raise input_error("strength", cfg.strength, "1 with a mask folder (strength < 1 pastes the shots' own pixels: "
                                                     "use the split's masks)")
     mask_source = MaskSource(masks, cfg.foreground_overlap, cfg.placement, cfg.deform)
-    for start in range(0, len(items), group):
+    for g, start in enumerate(range(0, len(items), group)):
         chunk = items[start : start + group]
-        if all(f"{t}_{i:05d}" in done for t, i in chunk):
+        if not shard.takes(g) or all(f"{t}_{i:05d}" in done for t, i in chunk):
             continue
         imgs, msks, refine, gens, metas = [], [], [], [], []
         for t, i in chunk:
@@ -367,4 +410,12 @@ def generate(pipe: DefectInpaintPipeline, backgrounds: list[Sample], masks: dict
                              **_settings(cfg), "batch": group, **(provenance or {})})
             bar.update(1)
     bar.close()
-    return {"generated": len(todo), "skipped": len(items) - len(todo), "out": str(out), "batch_size": group}
+    summary = {"generated": len(todo), "skipped": len(mine) - len(todo), "out": str(out), "batch_size": group}
+    if shard.count > 1:
+        summary["shard"] = str(shard)
+        # the shard that finds every item listed writes manifest.jsonl (two at once write the same bytes)
+        finished = {str(r["id"]) for r in read_all(out) if "id" in r} >= {f"{t}_{i:05d}" for t, i in items}
+        summary["merged"] = finished
+        if finished:
+            merge_generated(out)
+    return summary

@@ -145,7 +145,8 @@ def train_controlnet(cfg: ControlNetTrainConfig, progress: bool = True) -> dict:
                             shots={t: sum(1 for it in items if it[3] == i) for i, t in enumerate(types)})
     trainer = Trainer(module, loss_fn, cfg.loop, cfg.out, identity, progress=progress)
     trainer.check_resumable()
-    record_split(split, cfg.out)
+    if trainer.is_main_process:
+        record_split(split, cfg.out)
     summary = trainer.run()
     trainer.copy_ema_into(module)
     meta = {
@@ -162,7 +163,9 @@ def train_controlnet(cfg: ControlNetTrainConfig, progress: bool = True) -> dict:
         "data": data_id["path"],
         "data_fingerprint": data_id["fingerprint"],
     }
-    save_controlnet_folder(out, controlnet.eval(), emb.eval(), meta)  # also after --max-minutes: rerun resumes
+    if trainer.is_main_process:  # one writer under several processes
+        save_controlnet_folder(out, controlnet.eval(), emb.eval(), meta)  # also after --max-minutes: rerun resumes
+    trainer.wait()
     return {**summary, "types": types, "shots": identity["shots"], "controlnet": str(out)}
 
 

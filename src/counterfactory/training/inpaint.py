@@ -185,17 +185,19 @@ def train_base(cfg: BaseTrainConfig, progress: bool = True) -> dict:
         identity["init_sha256"] = init_sha
     trainer = Trainer(model, loss_fn, cfg.loop, out, identity, progress=progress)
     summary = trainer.run()
-    with torch.no_grad():
-        ema = trainer.ema_state()
-        export = copy.deepcopy(model)
-        for n, p in export.named_parameters():
-            p.copy_(ema[n])
-    cfg_extra = {"data": cfg.data if cfg.data == "procedural" else data_id["path"], "steps": summary["steps"],
-                 "seed": cfg.loop.seed, "final_loss": summary["final_loss"],
-                 **({"init_sha256": init_sha} if init_sha else {})}
-    export.config = CompactConfig.from_dict({**cfg.model.to_dict(), "extra": cfg_extra})
-    save_compact(export, out)
-    atomic_write_json(out / "train_summary.json", {**summary, "config": identity})
+    if trainer.is_main_process:  # one writer under several processes
+        with torch.no_grad():
+            ema = trainer.ema_state()
+            export = copy.deepcopy(model)
+            for n, p in export.named_parameters():
+                p.copy_(ema[n])
+        cfg_extra = {"data": cfg.data if cfg.data == "procedural" else data_id["path"], "steps": summary["steps"],
+                     "seed": cfg.loop.seed, "final_loss": summary["final_loss"],
+                     **({"init_sha256": init_sha} if init_sha else {})}
+        export.config = CompactConfig.from_dict({**cfg.model.to_dict(), "extra": cfg_extra})
+        save_compact(export, out)
+        atomic_write_json(out / "train_summary.json", {**summary, "config": trainer.identity})
+    trainer.wait()
     return summary
 
 
@@ -356,7 +358,8 @@ def train_adapter(cfg: AdapterTrainConfig, progress: bool = True) -> dict:
         identity.pop("max_window_scale")
     trainer = Trainer(module, loss_fn, cfg.loop, cfg.out, identity, progress=progress)
     trainer.check_resumable()
-    record_split(split, cfg.out)
+    if trainer.is_main_process:
+        record_split(split, cfg.out)
     _move_space(space, trainer.accelerator.device)
     summary = trainer.run()
     trainer.copy_ema_into(module)
@@ -379,9 +382,11 @@ def train_adapter(cfg: AdapterTrainConfig, progress: bool = True) -> dict:
         "data": data_id["path"],
         "data_fingerprint": data_id["fingerprint"],
     }
-    save_lora(unet, out, metadata={"counterfactory": json.dumps(adapter_cfg)})
-    emb.save(out)
-    atomic_write_json(out / ADAPTER_CONFIG, adapter_cfg)  # written last: its presence marks a complete adapter
+    if trainer.is_main_process:  # one writer under several processes
+        save_lora(unet, out, metadata={"counterfactory": json.dumps(adapter_cfg)})
+        emb.save(out)
+        atomic_write_json(out / ADAPTER_CONFIG, adapter_cfg)  # written last: its presence marks a complete adapter
+    trainer.wait()
     return {**summary, "types": types, "shots": identity["shots"], "adapter": str(out)}
 
 

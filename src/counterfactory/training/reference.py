@@ -389,7 +389,8 @@ def train_reference(cfg: ReferenceTrainConfig, progress: bool = True) -> dict:
                             defects={t: sum(1 for it in items if it.defect_type == t) for t in types})
     trainer = Trainer(module, loss_fn, cfg.loop, cfg.out, identity, progress=progress)
     trainer.check_resumable()
-    record_split(split, cfg.out)
+    if trainer.is_main_process:
+        record_split(split, cfg.out)
     _move_space(space, trainer.accelerator.device)
     summary = trainer.run()
     trainer.copy_ema_into(module)
@@ -415,7 +416,9 @@ def train_reference(cfg: ReferenceTrainConfig, progress: bool = True) -> dict:
         "data": data_id["path"],
         "data_fingerprint": data_id["fingerprint"],
     }
-    save_lora(unet, out, metadata={"counterfactory": json.dumps(adapter_cfg)})
-    save_reference_encoder(encoder, out)
-    atomic_write_json(out / REFERENCE_ADAPTER_CONFIG, adapter_cfg)  # written last: marks a complete export
+    if trainer.is_main_process:  # one writer under several processes
+        save_lora(unet, out, metadata={"counterfactory": json.dumps(adapter_cfg)})
+        save_reference_encoder(encoder, out)
+        atomic_write_json(out / REFERENCE_ADAPTER_CONFIG, adapter_cfg)  # written last: marks a complete export
+    trainer.wait()
     return {**summary, "types": types, "defects": identity["defects"], "adapter": str(out)}

@@ -109,13 +109,15 @@ def train_text2image(cfg: Text2ImageTrainConfig, progress: bool = True) -> dict:
     identity = run_identity("train-text2image", cfg, n_images=n)
     trainer = Trainer(model, loss_fn, cfg.loop, out, identity, progress=progress)
     summary = trainer.run()
-    export = copy.deepcopy(model)
-    trainer.copy_ema_into(export)
-    extra = {"data": "Morpho-MNIST train split", "n_images": n, "steps": summary["steps"], "seed": cfg.loop.seed,
-             "batch_size": cfg.batch_size, "caption_dropout": cfg.caption_dropout,
-             "final_loss": summary["final_loss"]}
-    export.save(out / "model", extra=extra)
-    atomic_write_json(out / "train_summary.json", {**summary, "config": identity})
+    if trainer.is_main_process:  # one writer under several processes
+        export = copy.deepcopy(model)
+        trainer.copy_ema_into(export)
+        extra = {"data": "Morpho-MNIST train split", "n_images": n, "steps": summary["steps"], "seed": cfg.loop.seed,
+                 "batch_size": cfg.batch_size, "caption_dropout": cfg.caption_dropout,
+                 "final_loss": summary["final_loss"]}
+        export.save(out / "model", extra=extra)
+        atomic_write_json(out / "train_summary.json", {**summary, "config": trainer.identity})
+    trainer.wait()
     return summary
 
 

@@ -6,8 +6,17 @@ checkpoint (:mod:`counterfactory.training.checkpoint`) holds the trainable weigh
 the schedulers and the step. So a run killed at any point and restarted produces the same losses as an
 uninterrupted one (bit-identical on CPU).
 
+Several processes (``accelerate launch --num_processes N -m counterfactory train-...``): rank ``r`` computes the
+micro-batch of global index ``(step * gradient_accumulation_steps + k) * N + r``, so the ranks draw different
+samples and one optimisation step sees ``N`` times the per-rank batch; the loss is computed inside the module
+accelerate prepared (``DistributedDataParallel``), so accelerate averages the gradients across ranks; only the
+main process writes checkpoints, logs and exports; every rank resumes from the same checkpoint. A run on ``N``
+processes sees exactly the micro-batches of a one-process run with ``N`` times the gradient accumulation (same
+losses up to the order of floating-point sums).
+
 Library pieces: accelerate's ``Accelerator`` (device, ``mixed_precision``, ``gradient_accumulation_steps``,
-TensorBoard through ``log_with``), diffusers' ``EMAModel`` and ``get_constant_schedule_with_warmup``.
+TensorBoard through ``log_with``, ``DistributedDataParallel`` and collectives), diffusers' ``EMAModel`` and
+``get_constant_schedule_with_warmup``.
 """
 
 from __future__ import annotations
@@ -25,7 +34,7 @@ from pathlib import Path
 import torch
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState, PartialState
-from accelerate.utils import ProjectConfiguration
+from accelerate.utils import DistributedDataParallelKwargs, ProjectConfiguration
 from diffusers.optimization import get_constant_schedule_with_warmup
 from torch import nn
 from tqdm.auto import tqdm
@@ -94,10 +103,27 @@ def _accelerator(cfg: LoopConfig, out: Path, cpu: bool = False) -> Accelerator:
     elif AcceleratorState._shared_state.get("_mixed_precision", cfg.mixed_precision) != cfg.mixed_precision:
         AcceleratorState._reset_state(reset_partial_state=False)
     project = ProjectConfiguration(project_dir=str(out), logging_dir=str(out))
+    # a task may leave some trainable parameters without a gradient in a step (a stage, a dropped label):
+    # DistributedDataParallel then has to look for them instead of waiting for their gradients forever
+    ddp = DistributedDataParallelKwargs(find_unused_parameters=True)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # accelerate warns that tracker packages other than tensorboard are missing
         return Accelerator(cpu=cpu, mixed_precision=cfg.mixed_precision, log_with="tensorboard",
-                           gradient_accumulation_steps=cfg.gradient_accumulation_steps, project_config=project)
+                           gradient_accumulation_steps=cfg.gradient_accumulation_steps, project_config=project,
+                           kwargs_handlers=[ddp])
+
+
+class _LossModule(nn.Module):
+    """The trained module with its ``loss_fn`` as ``forward``: what accelerate prepares, so that under several
+    processes the loss is computed through ``DistributedDataParallel`` and its gradients are averaged."""
+
+    def __init__(self, module: nn.Module, loss_fn: LossFn):
+        super().__init__()
+        self.module = module
+        self.loss_fn = loss_fn
+
+    def forward(self, index: int, device):
+        return self.loss_fn(index, device)
 
 
 class Trainer:
@@ -113,6 +139,10 @@ class Trainer:
     By default one AdamW over the trainable parameters with a linear warm-up; a task with other needs passes
     ``optimizers`` (name -> optimizer over parameters of ``module``) and ``lr_lambdas`` (name -> factor of
     the step; default: the warm-up). ``cpu=True`` trains on the CPU even where a GPU exists.
+
+    Under ``accelerate launch`` with ``N`` processes, ``index`` is the global micro-batch index
+    ``(step * gradient_accumulation_steps + k) * N + rank`` (see the module doc); tasks write their own
+    files (exports, summaries) only where :attr:`is_main_process` is true, then call :meth:`wait`.
     """
 
     def __init__(self, module: nn.Module, loss_fn: LossFn, config: LoopConfig, out: str | Path, identity: dict,
@@ -123,6 +153,10 @@ class Trainer:
         self.identity = json.loads(json.dumps(identity, default=str))
         self.loss_fn = loss_fn
         self.accelerator = _accelerator(config, self.out, cpu)
+        self.num_processes = self.accelerator.num_processes
+        self.rank = self.accelerator.process_index
+        if self.num_processes > 1:  # the data each step sees depends on it: resuming with another count is refused
+            self.identity["num_processes"] = self.num_processes
         self.names = [n for n, p in module.named_parameters() if p.requires_grad]
         if not self.names:
             raise ConfigError("module has no trainable parameters")
@@ -135,7 +169,7 @@ class Trainer:
                 else get_constant_schedule_with_warmup(opt, num_warmup_steps=config.warmup_steps))
             for k, opt in optimizers.items()
         }
-        prepared = self.accelerator.prepare(module, *optimizers.values())
+        prepared = self.accelerator.prepare(_LossModule(module, loss_fn), *optimizers.values())
         self.module = prepared[0]
         self.optimizers = dict(zip(optimizers, prepared[1:]))
         self._params = dict(zip(self.names, params))
@@ -147,6 +181,15 @@ class Trainer:
         self.step = 0
         self.progress = progress
         self.history: list[tuple[int, float]] = []
+
+    @property
+    def is_main_process(self) -> bool:
+        """True on the one process that writes files (always true in a one-process run)."""
+        return self.accelerator.is_main_process
+
+    def wait(self) -> None:
+        """Wait until every process gets here (after the main process wrote its files); nothing on one process."""
+        self.accelerator.wait_for_everyone()
 
     @property
     def optimizer(self) -> torch.optim.Optimizer:
@@ -245,12 +288,18 @@ class Trainer:
     def _micro_step(self, index: int, device) -> tuple[float, dict[str, float]]:
         acc = self.accelerator
         with acc.accumulate(self.module), acc.autocast():
-            result = self.loss_fn(index, device)
+            result = self.module(index, device)
             loss, extra = result if isinstance(result, tuple) else (result, {})
-            if not torch.isfinite(loss):
+            logged = loss.detach()
+            if self.num_processes > 1:  # every rank logs (and checks) the mean over ranks, so all stop together
+                values = torch.stack([logged.float().reshape(()),
+                                      *[torch.as_tensor(float(v)) for v in extra.values()]]).to(logged.device)
+                values = acc.reduce(values, reduction="mean")
+                logged, extra = values[0], dict(zip(extra, values[1:].tolist()))
+            if not torch.isfinite(logged):
                 last = self.latest_checkpoint()
                 raise TrainingError(
-                    f"loss={loss.item()} at step {self.step}: training stopped; last good checkpoint: "
+                    f"loss={logged.item()} at step {self.step}: training stopped; last good checkpoint: "
                     f"{last if last else 'none yet'} (lower --lr or check the data)"
                 )
         acc.backward(loss)
@@ -263,7 +312,7 @@ class Trainer:
                 s.step()
             for opt in self.optimizers.values():
                 opt.zero_grad(set_to_none=True)
-        return float(loss.detach()), {k: float(v) for k, v in extra.items()}
+        return float(logged), {k: float(v) for k, v in extra.items()}
 
     def run(self) -> dict:
         """Train to ``config.steps`` (resuming if a checkpoint exists); returns a summary dict."""
@@ -296,7 +345,8 @@ class Trainer:
                 self.module.train()
                 losses, stats = [], {}
                 for micro in range(k):
-                    value, extra = self._micro_step(self.step * k + micro, device)
+                    index = (self.step * k + micro) * self.num_processes + self.rank
+                    value, extra = self._micro_step(index, device)
                     losses.append(value)
                     for name, v in extra.items():
                         stats.setdefault(name, []).append(v)
@@ -322,17 +372,30 @@ class Trainer:
                     window, extras = [], {}
                 if self.step % cfg.checkpoint_every == 0 or self.step == cfg.steps:
                     self.save_checkpoint()
-                if cfg.max_minutes is not None and (time.time() - t0) > cfg.max_minutes * 60 and self.step < cfg.steps:
+                if cfg.max_minutes is not None and self._time_is_up(t0) and self.step < cfg.steps:
                     self.save_checkpoint()
                     stopped_early = True
                     break
         finally:
             bar.close()
-            self.accelerator.end_training()
+            # the trackers only: accelerate's end_training would also end the process group, which the task's
+            # own exports after the run and the next run of a multi-stage task still need
+            for tracker in self.accelerator.trackers:
+                tracker.finish()
+        self.wait()  # every rank returns once the last checkpoint is on disk
         tail = [v for _, v in self.history[-50:]]
         return {"steps": self.step, "resumed_from": resumed_from, "stopped_early": stopped_early,
                 "wall_seconds": round(time.time() - t0, 1),
                 "final_loss": sum(tail) / len(tail) if tail else None}
+
+
+    def _time_is_up(self, t0: float) -> bool:
+        """``max_minutes`` has passed (on any rank: the ranks stop at the same step)."""
+        up = (time.time() - t0) > self.config.max_minutes * 60
+        if self.num_processes == 1:
+            return up
+        flag = torch.tensor([1.0 if up else 0.0], device=self.accelerator.device)
+        return bool(self.accelerator.reduce(flag, reduction="sum").item() > 0)
 
 
 def _drop_csv_rows_after(path: Path, step: int) -> None:

@@ -101,6 +101,8 @@ class PreparedData:
     test: list[Triplet]
     train_idx: np.ndarray
     test_idx: np.ndarray
+    val: list[Triplet]
+    val_idx: np.ndarray
 
 
 def prepare(data_root, out: Path, triplet_seed: int = 0, log: Callable[[str], None] = print) -> PreparedData:
@@ -111,7 +113,7 @@ def prepare(data_root, out: Path, triplet_seed: int = 0, log: Callable[[str], No
 
     data = load_morphomnist(data_root)
     n = len(data)
-    train_idx, test_idx = split_indices(n, "train"), split_indices(n, "test")
+    train_idx, test_idx, val_idx = (split_indices(n, s) for s in ("train", "test", "val"))
     cache = out / "measurements.npz"
     if cache.is_file():
         with np.load(cache) as z:
@@ -127,7 +129,8 @@ def prepare(data_root, out: Path, triplet_seed: int = 0, log: Callable[[str], No
     test = build_real_triplets(test_idx, data.labels, m, seed=triplet_seed, first_pairid=len(train))
     write_triplets(out / "triplets" / "cap.rc2.train.json", train)
     write_triplets(out / "triplets" / "cap.rc2.test.json", test)
-    return PreparedData(data.images, data.labels, m, train, test, train_idx, test_idx)
+    val = build_real_triplets(val_idx, data.labels, m, seed=triplet_seed, first_pairid=len(train) + len(test))
+    return PreparedData(data.images, data.labels, m, train, test, train_idx, test_idx, val, val_idx)
 
 
 def _images(arr: np.ndarray, idx: Sequence[int]) -> torch.Tensor:
@@ -143,46 +146,66 @@ def evaluate_model(model, features: torch.Tensor, names: list[str], triplets: Se
                         [t.members for t in triplets])
 
 
-def run_study(data_root, out, config: StudyConfig | None = None, synthetic=None,
-              log: Callable[[str], None] = print) -> dict:
-    from ..data.morphomnist import load_morphomnist
+def _encoder(prep: PreparedData, out: Path, config: StudyConfig, encoder, log):
+    """The frozen dual encoder: ``encoder`` (a saved folder) when given, else fitted once and kept in out/encoder."""
     from ..editing.captions import MODIFICATION_WORDS, VOCABULARY, AttributeCaptioner
+    from .encoders import load_dual_encoder, save_dual_encoder
+    from .train import train_dual_encoder
+
+    if encoder is not None:
+        return load_dual_encoder(encoder)
+    enc_dir = out / "encoder"
+    if (enc_dir / "dual_encoder.safetensors").is_file():
+        return load_dual_encoder(enc_dir)
+    t0 = time.time()
+    m_train = {k: v[prep.train_idx] for k, v in prep.measurements.items()}
+    captions = AttributeCaptioner().caption_measurements(m_train, prep.labels[prep.train_idx].tolist())
+    model = train_dual_encoder(_images(prep.images, prep.train_idx), captions,
+                               list(VOCABULARY) + list(MODIFICATION_WORDS), steps=config.encoder_steps,
+                               seed=config.encoder_seed)
+    save_dual_encoder(model, enc_dir)
+    log(f"dual encoder: {config.encoder_steps} steps in {time.time() - t0:.0f} s")
+    return model
+
+
+def _check_settings(out: Path, settings: dict) -> None:
+    from ..io.manifest import atomic_write_json
+
+    path = out / "study.json"
+    if path.is_file():
+        old = json.loads(path.read_text())
+        if old["config"] != json.loads(json.dumps(settings["config"])) or old.get("encoder") != settings["encoder"]:
+            raise input_error("out", str(out), f"a new folder, or the settings it was started with ({old['config']}, "
+                              f"encoder {old.get('encoder')})")
+        if settings.get("synthetic") is not None and old.get("synthetic") not in (None, settings["synthetic"]):
+            raise input_error("synthetic", settings["synthetic"], f"the folder this study used before ({old['synthetic']})")
+    atomic_write_json(path, settings)
+
+
+def run_study(data_root, out, config: StudyConfig | None = None, synthetic=None,
+              log: Callable[[str], None] = print, encoder=None) -> dict:
+    """The study of the module doc. ``encoder``: a saved dual-encoder folder to use (frozen) instead of fitting one."""
+    from ..data.morphomnist import load_morphomnist
     from ..evaluation.stats import paired_difference, summarize
     from ..io.manifest import atomic_write_json
-    from .encoders import load_dual_encoder, save_dual_encoder
-    from .train import encode_images, train_combiner, train_dual_encoder
+    from .train import encode_images, train_combiner
 
     config = config or StudyConfig()
     load_morphomnist(data_root)  # bad data or a bad synthetic folder fail before anything is written
     syn = load_synthetic(synthetic) if synthetic is not None else None
+    if encoder is not None:
+        from .encoders import load_dual_encoder
+
+        load_dual_encoder(encoder)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    settings = {"config": asdict(config), "synthetic": None if synthetic is None else str(Path(synthetic).resolve())}
-    settings_path = out / "study.json"
-    if settings_path.is_file():
-        old = json.loads(settings_path.read_text())
-        if old["config"] != json.loads(json.dumps(settings["config"])):
-            raise input_error("out", str(out), f"a new folder, or the settings it was started with ({old['config']})")
-        if synthetic is not None and old.get("synthetic") not in (None, settings["synthetic"]):
-            raise input_error("synthetic", synthetic, f"the folder this study used before ({old['synthetic']})")
-    atomic_write_json(settings_path, settings)
+    settings = {"config": asdict(config), "synthetic": None if synthetic is None else str(Path(synthetic).resolve()),
+                "encoder": None if encoder is None else str(Path(encoder).resolve())}
+    _check_settings(out, settings)
 
     prep = prepare(data_root, out, config.triplet_seed, log)
     log(f"real triplets: {len(prep.train)} train, {len(prep.test)} test")
-
-    enc_dir = out / "encoder"
-    if (enc_dir / "dual_encoder.safetensors").is_file():
-        encoder = load_dual_encoder(enc_dir)
-    else:
-        t0 = time.time()
-        captioner = AttributeCaptioner()
-        m_train = {k: v[prep.train_idx] for k, v in prep.measurements.items()}
-        captions = captioner.caption_measurements(m_train, prep.labels[prep.train_idx].tolist())
-        encoder = train_dual_encoder(_images(prep.images, prep.train_idx), captions,
-                                     list(VOCABULARY) + list(MODIFICATION_WORDS), steps=config.encoder_steps,
-                                     seed=config.encoder_seed)
-        save_dual_encoder(encoder, enc_dir)
-        log(f"dual encoder: {config.encoder_steps} steps in {time.time() - t0:.0f} s")
+    encoder = _encoder(prep, out, config, encoder, log)
 
     from .real import image_name
 
@@ -242,6 +265,91 @@ def run_study(data_root, out, config: StudyConfig | None = None, synthetic=None,
               "gallery": len(prep.test_idx), "summary": summary, "paired_difference": paired, "runs": runs}
     atomic_write_json(out / "results.json", result)
     return result
+
+
+def learning_curve(data_root, out, fraction: float = 0.3, seeds: Sequence[int] = (0,), steps: int = 1000,
+                   every: int = 100, config: StudyConfig | None = None, encoder=None,
+                   log: Callable[[str], None] = print) -> dict:
+    """Recall on the *validation* split's real triplets every ``every`` Combiner steps, real triplets only.
+
+    One Combiner run of ``steps`` steps (cosine schedule over ``steps``) per seed, on the same seeded subset of
+    ``fraction`` × the real training triplets as the study uses; the points show whether the baseline still
+    improves, and so which ``combiner_steps`` budget the study needs. Each seed's curve is written as it
+    finishes (``curve_f<percent>_s<seed>.json``); a rerun skips finished seeds. Returns and writes
+    ``curve.json``: per step, mean ± sample std over seeds of every metric.
+    """
+    from ..data.morphomnist import load_morphomnist
+    from ..evaluation.stats import summarize
+    from ..io.manifest import atomic_write_json
+    from .real import image_name
+    from .train import encode_images, train_combiner
+
+    config = config or StudyConfig()
+    if not 0 < fraction <= 1:
+        raise input_error("fraction", fraction, "a share in (0, 1]")
+    for name, v in (("steps", steps), ("every", every)):
+        if int(v) < 1:
+            raise input_error(name, v, "a positive integer")
+    load_morphomnist(data_root)
+    if encoder is not None:
+        from .encoders import load_dual_encoder
+
+        load_dual_encoder(encoder)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    settings = {"config": asdict(config), "encoder": None if encoder is None else str(Path(encoder).resolve()),
+                "synthetic": None}
+    _check_settings(out, settings)
+    prep = prepare(data_root, out, config.triplet_seed, log)
+    enc = _encoder(prep, out, config, encoder, log)
+    idx = np.concatenate([prep.train_idx, prep.val_idx])
+    feats = encode_images(enc, _images(prep.images, idx))
+    fpos = {int(i): k for k, i in enumerate(idx)}
+    val_names = [image_name(i) for i in prep.val_idx]
+    val_feats = feats[[fpos[int(i)] for i in prep.val_idx]]
+    tr_ref = feats[[fpos[image_index(t.reference)] for t in prep.train]]
+    tr_tgt = feats[[fpos[image_index(t.target_hard)] for t in prep.train]]
+    curves = {}
+    for s in seeds:
+        path = out / f"curve_f{_percent(fraction)}_s{s}.json"
+        if path.is_file():
+            curves[s] = json.loads(path.read_text())
+            continue
+        sel = subset(len(prep.train), fraction, s)
+        points: list[dict] = []
+        t0 = time.time()
+
+        def record(step, model, points=points, t0=t0, s=s):
+            m = evaluate_model(model, val_feats, val_names, prep.val)
+            points.append({"step": step, "seconds": round(time.time() - t0, 1), "metrics": m})
+            log(f"seed {s} step {step}: val R@1 {m['R@1']:.1f} R@5 {m['R@5']:.1f} R@50 {m['R@50']:.1f} "
+                f"Rs@1 {m['Rs@1']:.1f} ({time.time() - t0:.0f} s)")
+
+        train_combiner(enc, tr_ref[sel], [prep.train[i].caption for i in sel], tr_tgt[sel], steps=steps, seed=s,
+                       evaluate=record, eval_every=every)
+        curves[s] = {"fraction": fraction, "seed": s, "steps": steps, "real_triplets": int(len(sel)),
+                     "points": points}
+        atomic_write_json(path, curves[s])
+    steps_seen = [p["step"] for p in curves[seeds[0]]["points"]]
+    table = []
+    for k, st in enumerate(steps_seen):
+        row = {"step": st}
+        for m in METRICS:
+            v = summarize([curves[s]["points"][k]["metrics"][m] for s in seeds])
+            row[m] = {"mean": v["mean"], "std": v["std"]}
+        table.append(row)
+    result = {"fraction": fraction, "seeds": list(seeds), "steps": steps, "every": every,
+              "val_queries": len(prep.val), "gallery": len(prep.val_idx), "curve": table}
+    atomic_write_json(out / "curve.json", result)
+    return result
+
+
+def format_curve(result: dict) -> str:
+    lines = ["| Combiner steps | " + " | ".join(METRICS) + " |", "|---|" + "---|" * len(METRICS)]
+    for row in result["curve"]:
+        lines.append(f"| {row['step']} | " + " | ".join(f"{row[m]['mean']:.1f} ± {row[m]['std']:.1f}" for m in METRICS)
+                     + " |")
+    return "\n".join(lines)
 
 
 def format_table(result: dict) -> str:

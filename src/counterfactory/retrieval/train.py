@@ -94,10 +94,16 @@ class ComposedModel:
 
 def train_combiner(encoder: DualEncoder, reference_features: torch.Tensor, texts: Sequence[str],
                    target_features: torch.Tensor, steps: int = 400, batch_size: int = 128, lr: float = 1e-3,
-                   seed: int = 0, projection_dim: int = 256, hidden_dim: int = 512, progress=None) -> ComposedModel:
+                   seed: int = 0, projection_dim: int = 256, hidden_dim: int = 512, progress=None,
+                   evaluate=None, eval_every: int = 0) -> ComposedModel:
     """CLIP4Cir stage 2 on precomputed image features: the Combiner and a copy of the text tower are trained
-    with an in-batch contrastive loss (query vs the batch's targets, logits × 100)."""
+    with an in-batch contrastive loss (query vs the batch's targets, logits × 100).
+
+    ``evaluate(step, model)`` is called every ``eval_every`` steps with the model in eval mode (a learning
+    curve); it draws no random numbers, so the trained weights are the same with or without it."""
     _check_steps(steps=steps, batch_size=batch_size)
+    if evaluate is not None:
+        _check_steps(eval_every=eval_every)
     n = len(texts)
     if not (len(reference_features) == n == len(target_features)) or n < 2:
         raise input_error("triplets", f"{len(reference_features)} references, {n} texts, {len(target_features)} targets",
@@ -127,6 +133,11 @@ def train_combiner(encoder: DualEncoder, reference_features: torch.Tensor, texts
             sched.step()
             if progress is not None:
                 progress(step + 1, float(loss))
+            if evaluate is not None and ((step + 1) % eval_every == 0 or step + 1 == steps):
+                with torch.random.fork_rng(devices=[]):
+                    evaluate(step + 1, ComposedModel(enc.eval(), comb.eval()))
+                comb.train()
+                enc.text.train()
     return ComposedModel(enc.eval(), comb.eval())
 
 

@@ -135,3 +135,25 @@ def test_encoder_command_curve_and_shared_encoder(tiny_morpho, tmp_path, capsys)
     with pytest.raises(SystemExit) as ex:
         main(["cir", "curve", "--data", str(tiny_morpho), "--out", str(tmp_path / "c2"), "--fraction", "0"])
     assert ex.value.code == 2 and "--fraction" in capsys.readouterr().err
+
+
+def test_finetuned_image_tower_trains_and_reencodes_the_gallery(tiny_morpho, tmp_path):
+    from counterfactory.retrieval.encoders import load_dual_encoder
+
+    torch.set_num_threads(1)
+    enc = tmp_path / "enc"
+    assert main(["cir", "encoder", "--data", str(tiny_morpho), "--out", str(enc), "--steps", "2"]) == 0
+    cfg = StudyConfig(fractions=(1.0,), seeds=(0,), encoder_steps=2, combiner_steps=3, finetune_image=True)
+    r = run_study(tiny_morpho, tmp_path / "s", cfg, encoder=enc, log=lambda s: None)
+    assert r["settings"]["config"]["finetune_image"] is True and 0 <= r["runs"][0]["metrics"]["R@1"] <= 100
+    from counterfactory.retrieval.train import train_combiner
+
+    e = load_dual_encoder(enc)
+    x = torch.rand(6, 1, 28, 28, generator=torch.Generator().manual_seed(0))
+    m = train_combiner(e, x, ["make it thicker"] * 6, x.flip(0), steps=2, seed=0, finetune_image=True)
+    assert m.finetuned_image
+    assert not torch.equal(m.encoder.image.proj.weight, e.image.proj.weight)  # the copy trained
+    assert torch.equal(load_dual_encoder(enc).image.proj.weight, e.image.proj.weight)  # the original did not
+    frozen = train_combiner(e, e.encode_image(x).detach(), ["make it thicker"] * 6, e.encode_image(x.flip(0)).detach(),
+                            steps=2, seed=0)
+    assert torch.equal(frozen.encoder.image.proj.weight, e.image.proj.weight)

@@ -54,6 +54,8 @@ def register(sub) -> None:
     s.add_argument("--threads", type=positive_int("--threads"), default=1, help="torch CPU threads (default 1)")
     s.add_argument("--encoder", default=None,
                    help="a saved dual encoder (`cir encoder`, or weights/cir_encoder) to use instead of fitting one")
+    s.add_argument("--finetune-image", action="store_true",
+                   help="also train a copy of the image tower on the triplets (CLIP4Cir stage-1 style)")
     s.set_defaults(func=run_study)
 
     v = cmds.add_parser("curve", help="baseline learning curve: validation recall every N Combiner steps, real only")
@@ -66,6 +68,8 @@ def register(sub) -> None:
     v.add_argument("--every", type=positive_int("--every"), default=100, help="evaluate every N steps (default 100)")
     v.add_argument("--encoder-steps", type=positive_int("--encoder-steps"), default=300)
     v.add_argument("--encoder", default=None, help="a saved dual encoder to use instead of fitting one")
+    v.add_argument("--finetune-image", action="store_true",
+                   help="also train a copy of the image tower on the triplets (CLIP4Cir stage-1 style)")
     v.add_argument("--threads", type=positive_int("--threads"), default=1, help="torch CPU threads (default 1)")
     v.set_defaults(func=run_curve)
 
@@ -118,7 +122,8 @@ def run_study(args) -> int:
 
     torch.set_num_threads(args.threads)
     cfg = StudyConfig(fractions=tuple(f / 100 for f in args.fractions), seeds=tuple(args.seeds),
-                      encoder_steps=args.encoder_steps, combiner_steps=args.combiner_steps)
+                      encoder_steps=args.encoder_steps, combiner_steps=args.combiner_steps,
+                      finetune_image=args.finetune_image)
     result = _run(args.data, args.out, cfg, synthetic=args.synthetic, log=_log, encoder=args.encoder)
     print(format_table(result))
     print(f"results: {Path(args.out) / 'results.json'}")
@@ -132,7 +137,7 @@ def run_curve(args) -> int:
     from ..retrieval.study import StudyConfig, format_curve, learning_curve
 
     torch.set_num_threads(args.threads)
-    cfg = StudyConfig(seeds=tuple(args.seeds), encoder_steps=args.encoder_steps)
+    cfg = StudyConfig(seeds=tuple(args.seeds), encoder_steps=args.encoder_steps, finetune_image=args.finetune_image)
     result = learning_curve(args.data, args.out, fraction=args.fraction / 100, seeds=tuple(args.seeds),
                             steps=args.steps, every=args.every, config=cfg, encoder=args.encoder, log=_log)
     print(format_curve(result))

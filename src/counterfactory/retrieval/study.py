@@ -46,6 +46,7 @@ class StudyConfig:
     encoder_steps: int = 600  # dual-encoder contrastive steps (batch 256)
     combiner_steps: int = 400  # Combiner + text-tower steps per run (batch 128), the same for every setting
     triplet_seed: int = 0  # seeds the real triplets' modification choice
+    finetune_image: bool = False  # also train (a copy of) the image tower on the triplets, CLIP4Cir stage-1 style
 
     def __post_init__(self):
         object.__setattr__(self, "fractions", tuple(float(f) for f in self.fractions))
@@ -137,8 +138,18 @@ def _images(arr: np.ndarray, idx: Sequence[int]) -> torch.Tensor:
     return torch.from_numpy(arr[np.asarray(idx)].astype(np.float32) / 255.0)[:, None]
 
 
-def evaluate_model(model, features: torch.Tensor, names: list[str], triplets: Sequence[Triplet]) -> dict[str, float]:
-    """CIRR recalls of ``model`` (a :class:`~counterfactory.retrieval.train.ComposedModel`) on ``triplets``."""
+def evaluate_model(model, features: torch.Tensor, names: list[str], triplets: Sequence[Triplet],
+                   images: torch.Tensor | None = None) -> dict[str, float]:
+    """CIRR recalls of ``model`` (a :class:`~counterfactory.retrieval.train.ComposedModel`) on ``triplets``.
+
+    ``features``: the gallery under the frozen encoder; a model with a fine-tuned image tower re-encodes
+    ``images`` (the gallery's pixels, same order) instead."""
+    if getattr(model, "finetuned_image", False):
+        from .train import encode_images
+
+        if images is None:
+            raise input_error("images", None, "the gallery images (the model's image tower was fine-tuned)")
+        features = encode_images(model.encoder, images)
     pos = {n: i for i, n in enumerate(names)}
     refs = torch.stack([features[pos[t.reference]] for t in triplets])
     q = model.query(refs, [t.caption for t in triplets])
@@ -210,15 +221,21 @@ def run_study(data_root, out, config: StudyConfig | None = None, synthetic=None,
     from .real import image_name
 
     all_idx = np.concatenate([prep.train_idx, prep.test_idx])
-    feats = encode_images(encoder, _images(prep.images, all_idx))
+    pixels = _images(prep.images, all_idx)
+    # a fine-tuned image tower trains on pixels; a frozen one on features computed once
+    feats = pixels if config.finetune_image else encode_images(encoder, pixels)
     fpos = {int(i): k for k, i in enumerate(all_idx)}
     test_names = [image_name(i) for i in prep.test_idx]
-    test_feats = feats[[fpos[int(i)] for i in prep.test_idx]]
+    test_rows = [fpos[int(i)] for i in prep.test_idx]
+    test_feats, test_pixels = feats[test_rows], pixels[test_rows]
     tr_ref = feats[[fpos[image_index(t.reference)] for t in prep.train]]
     tr_tgt = feats[[fpos[image_index(t.target_hard)] for t in prep.train]]
     tr_txt = [t.caption for t in prep.train]
     if syn is not None:
-        sy_ref, sy_txt, sy_tgt = encode_images(encoder, syn[0]), syn[1], encode_images(encoder, syn[2])
+        if config.finetune_image:
+            sy_ref, sy_txt, sy_tgt = syn
+        else:
+            sy_ref, sy_txt, sy_tgt = encode_images(encoder, syn[0]), syn[1], encode_images(encoder, syn[2])
         log(f"synthetic triplets: {len(sy_txt)}")
 
     conditions = ["real"] + (["real+synthetic"] if syn is not None else [])
@@ -235,8 +252,9 @@ def run_study(data_root, out, config: StudyConfig | None = None, synthetic=None,
                 ref, txt, tgt = tr_ref[sel], [tr_txt[i] for i in sel], tr_tgt[sel]
                 if cond == "real+synthetic":
                     ref, txt, tgt = torch.cat([ref, sy_ref]), txt + list(sy_txt), torch.cat([tgt, sy_tgt])
-                model = train_combiner(encoder, ref, txt, tgt, steps=config.combiner_steps, seed=s)
-                metrics = evaluate_model(model, test_feats, test_names, prep.test)
+                model = train_combiner(encoder, ref, txt, tgt, steps=config.combiner_steps, seed=s,
+                                       finetune_image=config.finetune_image)
+                metrics = evaluate_model(model, test_feats, test_names, prep.test, images=test_pixels)
                 rec = {"condition": cond, "fraction": f, "seed": s, "real_triplets": int(len(sel)),
                        "synthetic_triplets": 0 if cond == "real" else len(sy_txt), "metrics": metrics,
                        "seconds": round(time.time() - t0, 1)}
@@ -303,10 +321,12 @@ def learning_curve(data_root, out, fraction: float = 0.3, seeds: Sequence[int] =
     prep = prepare(data_root, out, config.triplet_seed, log)
     enc = _encoder(prep, out, config, encoder, log)
     idx = np.concatenate([prep.train_idx, prep.val_idx])
-    feats = encode_images(enc, _images(prep.images, idx))
+    pixels = _images(prep.images, idx)
+    feats = pixels if config.finetune_image else encode_images(enc, pixels)
     fpos = {int(i): k for k, i in enumerate(idx)}
     val_names = [image_name(i) for i in prep.val_idx]
-    val_feats = feats[[fpos[int(i)] for i in prep.val_idx]]
+    val_rows = [fpos[int(i)] for i in prep.val_idx]
+    val_feats, val_pixels = feats[val_rows], pixels[val_rows]
     tr_ref = feats[[fpos[image_index(t.reference)] for t in prep.train]]
     tr_tgt = feats[[fpos[image_index(t.target_hard)] for t in prep.train]]
     curves = {}
@@ -320,13 +340,13 @@ def learning_curve(data_root, out, fraction: float = 0.3, seeds: Sequence[int] =
         t0 = time.time()
 
         def record(step, model, points=points, t0=t0, s=s):
-            m = evaluate_model(model, val_feats, val_names, prep.val)
+            m = evaluate_model(model, val_feats, val_names, prep.val, images=val_pixels)
             points.append({"step": step, "seconds": round(time.time() - t0, 1), "metrics": m})
             log(f"seed {s} step {step}: val R@1 {m['R@1']:.1f} R@5 {m['R@5']:.1f} R@50 {m['R@50']:.1f} "
                 f"Rs@1 {m['Rs@1']:.1f} ({time.time() - t0:.0f} s)")
 
         train_combiner(enc, tr_ref[sel], [prep.train[i].caption for i in sel], tr_tgt[sel], steps=steps, seed=s,
-                       evaluate=record, eval_every=every)
+                       evaluate=record, eval_every=every, finetune_image=config.finetune_image)
         curves[s] = {"fraction": fraction, "seed": s, "steps": steps, "real_triplets": int(len(sel)),
                      "points": points}
         atomic_write_json(path, curves[s])

@@ -84,6 +84,7 @@ class ComposedModel:
 
     encoder: DualEncoder
     combiner: Combiner
+    finetuned_image: bool = False  # the image tower was trained with the Combiner: gallery features must be re-encoded
 
     @torch.no_grad()
     def query(self, reference_features: torch.Tensor, texts: Sequence[str]) -> torch.Tensor:
@@ -95,12 +96,16 @@ class ComposedModel:
 def train_combiner(encoder: DualEncoder, reference_features: torch.Tensor, texts: Sequence[str],
                    target_features: torch.Tensor, steps: int = 400, batch_size: int = 128, lr: float = 1e-3,
                    seed: int = 0, projection_dim: int = 256, hidden_dim: int = 512, progress=None,
-                   evaluate=None, eval_every: int = 0) -> ComposedModel:
+                   evaluate=None, eval_every: int = 0, finetune_image: bool = False) -> ComposedModel:
     """CLIP4Cir stage 2 on precomputed image features: the Combiner and a copy of the text tower are trained
     with an in-batch contrastive loss (query vs the batch's targets, logits × 100).
 
     ``evaluate(step, model)`` is called every ``eval_every`` steps with the model in eval mode (a learning
-    curve); it draws no random numbers, so the trained weights are the same with or without it."""
+    curve); it draws no random numbers, so the trained weights are the same with or without it.
+
+    ``finetune_image=True``: ``reference_features`` and ``target_features`` are *images* (N,1,28,28) in [0,1] and
+    a copy of the image tower is trained too (CLIP4Cir's first stage fine-tunes the encoders on the triplets);
+    the returned model's ``finetuned_image`` is set, so callers encode the gallery with ``model.encoder``."""
     _check_steps(steps=steps, batch_size=batch_size)
     if evaluate is not None:
         _check_steps(eval_every=eval_every)
@@ -112,10 +117,20 @@ def train_combiner(encoder: DualEncoder, reference_features: torch.Tensor, texts
         torch.manual_seed(seed)
         enc = copy.deepcopy(encoder)
         for p in enc.image.parameters():
-            p.requires_grad_(False)
-        comb = Combiner(reference_features.shape[1], projection_dim, hidden_dim)
+            p.requires_grad_(finetune_image)
+        if finetune_image:
+            reference_features = enc.check_images(reference_features)
+            target_features = enc.check_images(target_features)
+        comb = Combiner(encoder.cfg.embed_dim, projection_dim, hidden_dim)
         ids, mask = enc.vocabulary.encode(list(texts))
         params = list(comb.parameters()) + list(enc.text.parameters())
+        if finetune_image:
+            params += list(enc.image.parameters())
+            enc.image.train()
+
+        def feats(x):
+            return F.normalize(enc.image(x), dim=-1) if finetune_image else x
+
         opt = torch.optim.AdamW(params, lr=lr, weight_decay=1e-4)
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
         g = torch.Generator().manual_seed(seed + 1)
@@ -124,8 +139,8 @@ def train_combiner(encoder: DualEncoder, reference_features: torch.Tensor, texts
         for step in range(steps):
             b = torch.randperm(n, generator=g)[:batch_size]
             txt = F.normalize(enc.text(ids[b], mask[b]), dim=-1)
-            q = comb(reference_features[b], txt)
-            logits = comb.logit_scale * q @ target_features[b].T
+            q = comb(feats(reference_features[b]), txt)
+            logits = comb.logit_scale * q @ feats(target_features[b]).T
             loss = F.cross_entropy(logits, torch.arange(len(b)))
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -135,10 +150,12 @@ def train_combiner(encoder: DualEncoder, reference_features: torch.Tensor, texts
                 progress(step + 1, float(loss))
             if evaluate is not None and ((step + 1) % eval_every == 0 or step + 1 == steps):
                 with torch.random.fork_rng(devices=[]):
-                    evaluate(step + 1, ComposedModel(enc.eval(), comb.eval()))
+                    evaluate(step + 1, ComposedModel(enc.eval(), comb.eval(), finetune_image))
                 comb.train()
                 enc.text.train()
-    return ComposedModel(enc.eval(), comb.eval())
+                if finetune_image:
+                    enc.image.train()
+    return ComposedModel(enc.eval(), comb.eval(), finetune_image)
 
 
 # --------------------------------------------------------------------------------------------- digit classifier

@@ -154,3 +154,20 @@ def test_filter_options_are_checked(tmp_path, fake_morpho):  # noqa: F811
         main(["triplets", "--data", str(fake_morpho), "--out", str(tmp_path / "y"), "--filters", "attribute,colour"])
     assert e.value.code == 2
     assert not (tmp_path / "y").exists()
+
+
+def test_cli_triplets_with_the_shipped_model_and_instruments(tmp_path, fake_morpho, capsys):  # noqa: F811
+    """The command with every default instrument (shipped text-to-image model, classifier and encoder) prints the
+    per-filter table and the json summary."""
+    from counterfactory.cli.main import main
+
+    out = tmp_path / "t"
+    assert main(["triplets", "--data", str(fake_morpho), "--out", str(out), "--n", "2", "--batch-size", "2",
+                 "--max-candidates", "2", "--num-inference-steps", "2", "--quiet"]) == 0
+    printed = capsys.readouterr().out
+    summary = json.loads(printed.strip().splitlines()[-1])
+    assert summary["filters"] == ["attribute", "others", "class", "local", "similarity"]
+    assert set(summary["filter_pass_rate"]) == set(summary["filters"]) and summary["candidates"] == 2
+    assert "| all | 2 |" in printed
+    settings = json.loads((out / "settings.json").read_text())
+    assert settings["filters"] == summary["filters"] and settings["similarity_threshold"] == 0.2

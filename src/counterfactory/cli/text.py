@@ -209,7 +209,7 @@ def register(sub) -> None:
                    help="digit-classifier folder for the class filter (default: the shipped weights/digit_classifier)")
     p.add_argument("--encoder", default=None,
                    help="dual-encoder folder for the similarity filter (default: the shipped weights/cir_encoder)")
-    p.add_argument("--similarity-threshold", type=float_range("--similarity-threshold", -1.0, 1.0), default=0.2,
+    p.add_argument("--similarity-threshold", type=float_range("--similarity-threshold", 0.0, 1.0), default=0.2,
                    help="least directional similarity cos(E(edit) - E(ref), T(new caption) - T(caption)) (default 0.2)")
     p.add_argument("--quiet", action="store_true", help="no progress lines")
     _edit_args(p)

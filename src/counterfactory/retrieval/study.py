@@ -365,10 +365,12 @@ def learning_curve(data_root, out, fraction: float = 0.3, seeds: Sequence[int] =
 
 
 def format_curve(result: dict) -> str:
+    """Markdown: validation recall per step; mean ± sample std over seeds (the mean alone for one seed)."""
+    one = len(result["seeds"]) == 1
     lines = ["| Combiner steps | " + " | ".join(METRICS) + " |", "|---|" + "---|" * len(METRICS)]
     for row in result["curve"]:
-        lines.append(f"| {row['step']} | " + " | ".join(f"{row[m]['mean']:.1f} ± {row[m]['std']:.1f}" for m in METRICS)
-                     + " |")
+        lines.append(f"| {row['step']} | " + " | ".join(
+            f"{row[m]['mean']:.1f}" if one else f"{row[m]['mean']:.1f} ± {row[m]['std']:.1f}" for m in METRICS) + " |")
     return "\n".join(lines)
 
 

@@ -64,6 +64,8 @@ def test_triplets_cirr_layout_resume_bit_identical(tmp_path, fake_morpho):  # no
     assert full["candidates"] == 8 and full["kept"] >= 1
     part = write_triplets(_cfg(tmp_path / "part", fake_morpho, max_candidates=4), pipe, progress=False)
     assert part["candidates"] == 4
+    # every finished batch leaves a readable folder: the caption file lists the kept triplets so far
+    assert len(json.loads((tmp_path / "part" / "cap.rc2.train.json").read_text())) == part["kept"]
     # a kill between batches: the rerun continues and ends with the same bytes as the uninterrupted run
     lines = (tmp_path / "part" / "manifest.jsonl").read_text().splitlines(keepends=True)
     (tmp_path / "part" / "manifest.jsonl").write_text("".join(lines) + lines[0][:10])  # torn tail

@@ -259,6 +259,7 @@ class TripletWriter:
                     manifest.append(r)
                 records.append(r)
                 kept += r["kept"]
+            self.write_outputs(records)  # a run stopped after this batch leaves a complete, readable folder
             if self.progress:
                 print(f"batch {k}: kept {kept}/{cfg.n} of {len(records)} candidates "
                       f"({time.time() - t0:.0f} s)", flush=True)

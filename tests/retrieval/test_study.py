@@ -157,3 +157,27 @@ def test_finetuned_image_tower_trains_and_reencodes_the_gallery(tiny_morpho, tmp
     frozen = train_combiner(e, e.encode_image(x).detach(), ["make it thicker"] * 6, e.encode_image(x.flip(0)).detach(),
                             steps=2, seed=0)
     assert torch.equal(frozen.encoder.image.proj.weight, e.image.proj.weight)
+
+
+def test_synthetic_triplets_ride_on_the_same_real_batches():
+    from counterfactory.retrieval.encoders import DualEncoder, DualEncoderConfig, WordVocabulary
+    from counterfactory.retrieval.train import batch_indices, train_combiner
+
+    plain, mixed = batch_indices(50, 8, seed=3), batch_indices(50, 8, seed=3, n_extra=5, extra_per_batch=4)
+    for _ in range(5):
+        (r1, e1), (r2, e2) = next(plain), next(mixed)
+        assert torch.equal(r1, r2) and len(e1) == 0 and len(e2) == 4 and int(e2.max()) < 5
+    assert len(next(batch_indices(50, 8, 0, n_extra=2, extra_per_batch=4))[1]) == 2  # at most the extras there are
+    torch.set_num_threads(1)
+    e = DualEncoder(DualEncoderConfig(), WordVocabulary(["make", "it", "thicker"]))
+    g = torch.Generator().manual_seed(0)
+    f = torch.nn.functional.normalize(torch.randn(12, 64, generator=g), dim=-1)
+    s = torch.nn.functional.normalize(torch.randn(4, 64, generator=g), dim=-1)
+    texts = ["make it thicker"] * 12
+    a = train_combiner(e, f, texts, f.flip(0), steps=2, seed=0)
+    b = train_combiner(e, f, texts, f.flip(0), steps=2, seed=0)
+    c = train_combiner(e, f, texts, f.flip(0), steps=2, seed=0, synthetic=(s, ["make it thicker"] * 4, s.flip(0)))
+    sa, sb, sc = (m.combiner.state_dict() for m in (a, b, c))
+    assert all(torch.equal(sa[k], sb[k]) for k in sa) and not all(torch.equal(sa[k], sc[k]) for k in sa)
+    with pytest.raises(InputError, match=r"^synthetic="):
+        train_combiner(e, f, texts, f, steps=1, synthetic=(s, ["make it thicker"] * 3, s))

@@ -56,6 +56,8 @@ def register(sub) -> None:
                    help="a saved dual encoder (`cir encoder`, or weights/cir_encoder) to use instead of fitting one")
     s.add_argument("--finetune-image", action="store_true",
                    help="also train a copy of the image tower on the triplets (CLIP4Cir stage-1 style)")
+    s.add_argument("--synthetic-per-batch", type=int_range("--synthetic-per-batch", 1, 4096), default=32,
+                   help="synthetic triplets added to each batch of 128 real ones (default 32)")
     s.set_defaults(func=run_study)
 
     v = cmds.add_parser("curve", help="baseline learning curve: validation recall every N Combiner steps, real only")
@@ -123,7 +125,7 @@ def run_study(args) -> int:
     torch.set_num_threads(args.threads)
     cfg = StudyConfig(fractions=tuple(f / 100 for f in args.fractions), seeds=tuple(args.seeds),
                       encoder_steps=args.encoder_steps, combiner_steps=args.combiner_steps,
-                      finetune_image=args.finetune_image)
+                      finetune_image=args.finetune_image, synthetic_per_batch=args.synthetic_per_batch)
     result = _run(args.data, args.out, cfg, synthetic=args.synthetic, log=_log, encoder=args.encoder)
     print(format_table(result))
     print(f"results: {Path(args.out) / 'results.json'}")

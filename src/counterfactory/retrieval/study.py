@@ -7,9 +7,10 @@ Protocol (all on the fixed split of :func:`counterfactory.data.morphomnist.split
 3. The dual encoder is fitted once on (image, caption) of the train split (seed ``encoder_seed``) and shared by
    every run: it plays the part of the pretrained CLIP of CLIP4Cir.
 4. For each fraction f of the real training triplets and each seed s: a seeded subset of f × the train triplets
-   (nested: the 10 % subset lies inside the 30 % one for the same seed), with or without every synthetic
-   triplet of ``synthetic``, trains a Combiner and the text tower (same seed, same steps in both conditions,
-   so the two runs of a seed are paired).
+   (nested: the 10 % subset lies inside the 30 % one for the same seed) trains a Combiner and the text tower;
+   the real + synthetic run of a seed adds ``synthetic_per_batch`` triplets of ``synthetic`` to each batch of
+   real ones. Same seed → same initialisation, same steps and the same real batches in both conditions, so
+   the two runs of a seed are paired.
 5. Evaluation on the test split's real triplets with the CIRR protocol: the gallery is every test digit, the
    reference is removed from its ranking; Recall@1/5/10/50 and Recall_subset@1/2/3.
 
@@ -47,6 +48,7 @@ class StudyConfig:
     combiner_steps: int = 400  # Combiner + text-tower steps per run (batch 128), the same for every setting
     triplet_seed: int = 0  # seeds the real triplets' modification choice
     finetune_image: bool = False  # also train (a copy of) the image tower on the triplets, CLIP4Cir stage-1 style
+    synthetic_per_batch: int = 32  # synthetic triplets added to each batch of 128 real ones (real+synthetic runs)
 
     def __post_init__(self):
         object.__setattr__(self, "fractions", tuple(float(f) for f in self.fractions))
@@ -55,7 +57,7 @@ class StudyConfig:
             raise ConfigError(f"fractions={self.fractions}: shares in (0, 1]")
         if len(set(self.seeds)) != len(self.seeds) or not self.seeds:
             raise ConfigError(f"seeds={self.seeds}: one or more distinct integers")
-        for k in ("encoder_steps", "combiner_steps"):
+        for k in ("encoder_steps", "combiner_steps", "synthetic_per_batch"):
             if int(getattr(self, k)) < 1:
                 raise ConfigError(f"{k}={getattr(self, k)}: a positive integer")
 
@@ -250,10 +252,10 @@ def run_study(data_root, out, config: StudyConfig | None = None, synthetic=None,
                     continue
                 t0 = time.time()
                 ref, txt, tgt = tr_ref[sel], [tr_txt[i] for i in sel], tr_tgt[sel]
-                if cond == "real+synthetic":
-                    ref, txt, tgt = torch.cat([ref, sy_ref]), txt + list(sy_txt), torch.cat([tgt, sy_tgt])
+                extra = (sy_ref, list(sy_txt), sy_tgt) if cond == "real+synthetic" else None
                 model = train_combiner(encoder, ref, txt, tgt, steps=config.combiner_steps, seed=s,
-                                       finetune_image=config.finetune_image)
+                                       finetune_image=config.finetune_image, synthetic=extra,
+                                       synthetic_per_batch=config.synthetic_per_batch)
                 metrics = evaluate_model(model, test_feats, test_names, prep.test, images=test_pixels)
                 rec = {"condition": cond, "fraction": f, "seed": s, "real_triplets": int(len(sel)),
                        "synthetic_triplets": 0 if cond == "real" else len(sy_txt), "metrics": metrics,

@@ -1,5 +1,6 @@
 import json
 
+import numpy as np
 import pytest
 import torch
 
@@ -20,9 +21,35 @@ def _loose_filter(monkeypatch):
     monkeypatch.setattr(captions, "EDIT_TOLERANCES", {k: 1e9 for k in captions.EDIT_TOLERANCES})
 
 
+@pytest.fixture(scope="module")
+def instruments(tmp_path_factory):
+    """A tiny digit classifier and a tiny dual encoder (a few steps on stroke digits), saved like the shipped ones."""
+    from counterfactory.retrieval.encoders import save_dual_encoder
+    from counterfactory.retrieval.train import train_digit_classifier, train_dual_encoder
+    from tests.editing.conftest import stroke_digits
+
+    torch.set_num_threads(1)
+    root = tmp_path_factory.mktemp("instruments")
+    imgs = torch.from_numpy(stroke_digits(40, seed=1)).float()[:, None] / 255.0
+    labels = torch.arange(40) % 10
+    train_digit_classifier(imgs, labels, steps=3, batch_size=16).save(root / "clf")
+    caps = captions.AttributeCaptioner().caption((imgs[:, 0] * 255).byte().numpy(), labels.tolist())
+    save_dual_encoder(train_dual_encoder(imgs, caps, list(captions.VOCABULARY) + list(captions.MODIFICATION_WORDS),
+                                         steps=2, batch_size=16), root / "enc")
+    return {"classifier": str(root / "clf"), "encoder": str(root / "enc")}
+
+
+INSTRUMENTS: dict = {}
+
+
+@pytest.fixture(autouse=True)
+def _instruments(instruments):
+    INSTRUMENTS.update(instruments)
+
+
 def _cfg(out, data, **kw):
     base = dict(out=str(out), data=str(data), n=100, split="train", batch_size=4, num_inference_steps=2,
-                outside_tolerance=1.0, max_candidates=8)
+                outside_tolerance=1.0, max_candidates=8, filters=("attribute", "others", "local"), **INSTRUMENTS)
     base.update(kw)
     return TripletConfig(**base)
 
@@ -37,6 +64,8 @@ def test_triplets_cirr_layout_resume_bit_identical(tmp_path, fake_morpho):  # no
     assert full["candidates"] == 8 and full["kept"] >= 1
     part = write_triplets(_cfg(tmp_path / "part", fake_morpho, max_candidates=4), pipe, progress=False)
     assert part["candidates"] == 4
+    # every finished batch leaves a readable folder: the caption file lists the kept triplets so far
+    assert len(json.loads((tmp_path / "part" / "cap.rc2.train.json").read_text())) == part["kept"]
     # a kill between batches: the rerun continues and ends with the same bytes as the uninterrupted run
     lines = (tmp_path / "part" / "manifest.jsonl").read_text().splitlines(keepends=True)
     (tmp_path / "part" / "manifest.jsonl").write_text("".join(lines) + lines[0][:10])  # torn tail
@@ -70,3 +99,77 @@ def test_strict_filter_rejects_untrained_edits_and_other_settings_refused(tmp_pa
     assert json.loads((tmp_path / "o" / "cap.rc2.train.json").read_text()) == []
     with pytest.raises(InputError, match="same settings"):
         write_triplets(_cfg(tmp_path / "o", fake_morpho, seed=1), pipe, progress=False)
+
+
+def test_each_filter_is_recorded_switchable_and_summarised(tmp_path, fake_morpho, monkeypatch):  # noqa: F811
+    """Every filter is computed for every candidate; only the enabled ones decide `kept`; the summary's per-filter
+    and per-edit pass rates and the kept edits' change and drift agree with the manifest."""
+    from counterfactory.pipelines.triplets import FILTERS, format_summary
+
+    pipe = TextEditPipeline(tiny_model())
+    runs = {}
+    for name, filters, thr in [("none", (), 0.2), ("sim", ("similarity",), 0.0), ("all", FILTERS, 0.0)]:
+        runs[name] = write_triplets(_cfg(tmp_path / name, fake_morpho, filters=filters, similarity_threshold=thr),
+                                    pipe, progress=False)
+    recs = {n: [json.loads(x) for x in (tmp_path / n / "manifest.jsonl").read_text().splitlines()] for n in runs}
+    # filters off: everything is kept; the filter outcomes are still recorded, the same for the same seed
+    assert runs["none"]["kept"] == 8 and runs["none"]["pass_rate"] == 1.0
+    assert all(set(r["passed"]) == set(FILTERS) for r in recs["none"])
+    for a, b in zip(recs["none"], recs["all"]):  # same seed, same edits: same measurements, whatever is enabled
+        assert (a["similarity"], a["change"], a["predicted_class"]) == (b["similarity"], b["change"], b["predicted_class"])
+        assert {k: v for k, v in a["passed"].items() if k != "similarity"} == \
+            {k: v for k, v in b["passed"].items() if k != "similarity"}
+    for r in recs["sim"]:
+        assert r["kept"] == (r["similarity"] >= 0.0) and -1.0 <= r["similarity"] <= 1.0
+        assert r["predicted_class"] in range(10) and -1.0 <= r["image_similarity"] <= 1.0
+    for r in recs["all"]:
+        assert r["kept"] == all(r["passed"].values())
+        assert r["passed"]["class"] == (r["predicted_class"] == r["label"])
+    s = runs["none"]
+    for f in FILTERS:
+        assert s["filter_pass_rate"][f] == pytest.approx(sum(r["passed"][f] for r in recs["none"]) / 8, abs=1e-4)
+    assert sum(g["candidates"] for g in s["per_edit"].values()) == 8
+    name, g = next(iter(s["per_edit"].items()))
+    mine = [r for r in recs["none"] if f"{r['attribute']}{'+' if r['direction'] > 0 else '-'}" == name]
+    assert g["kept_change"]["mean"] == pytest.approx(np.mean([r["change"] for r in mine]), abs=1e-3)
+    assert set(g["kept_drift"]) == set(mine[0]["drift"]) and mine[0]["attribute"] not in g["kept_drift"]
+    table = format_summary(s)
+    assert "| all | 8 | 8 | 100.0 |" in table and "drift" in table
+    # a strict threshold rejects everything the similarity filter decides
+    strict = write_triplets(_cfg(tmp_path / "strict", fake_morpho, filters=("similarity",), similarity_threshold=1.0),
+                            pipe, progress=False)
+    assert strict["kept"] == 0 and strict["filter_pass_rate"]["similarity"] == 0.0
+
+
+def test_filter_options_are_checked(tmp_path, fake_morpho):  # noqa: F811
+    from counterfactory.cli.main import main
+    from counterfactory.errors import CheckpointError, ConfigError
+
+    with pytest.raises(ConfigError, match=r"^filters=.*'colour'"):
+        _cfg(tmp_path / "x", fake_morpho, filters=("colour",))
+    with pytest.raises(ConfigError, match=r"^similarity_threshold="):
+        _cfg(tmp_path / "x", fake_morpho, similarity_threshold=2.0)
+    with pytest.raises(CheckpointError, match=r"^classifier="):
+        write_triplets(_cfg(tmp_path / "x", fake_morpho, filters=("class",), classifier=str(tmp_path / "nope")),
+                       TextEditPipeline(tiny_model()), progress=False)
+    with pytest.raises(SystemExit) as e:
+        main(["triplets", "--data", str(fake_morpho), "--out", str(tmp_path / "y"), "--filters", "attribute,colour"])
+    assert e.value.code == 2
+    assert not (tmp_path / "y").exists()
+
+
+def test_cli_triplets_with_the_shipped_model_and_instruments(tmp_path, fake_morpho, capsys):  # noqa: F811
+    """The command with every default instrument (shipped text-to-image model, classifier and encoder) prints the
+    per-filter table and the json summary."""
+    from counterfactory.cli.main import main
+
+    out = tmp_path / "t"
+    assert main(["triplets", "--data", str(fake_morpho), "--out", str(out), "--n", "2", "--batch-size", "2",
+                 "--max-candidates", "2", "--num-inference-steps", "2", "--quiet"]) == 0
+    printed = capsys.readouterr().out
+    summary = json.loads(printed.strip().splitlines()[-1])
+    assert summary["filters"] == ["attribute", "others", "class", "local", "similarity"]
+    assert set(summary["filter_pass_rate"]) == set(summary["filters"]) and summary["candidates"] == 2
+    assert "| all | 2 |" in printed
+    settings = json.loads((out / "settings.json").read_text())
+    assert settings["filters"] == summary["filters"] and settings["similarity_threshold"] == 0.2

@@ -95,3 +95,89 @@ def test_digit_classifier_round_trip_and_edit_filter(tiny_morpho, tmp_path, caps
     assert r["moved"].sum() == 0 and r["others_ok"].all() and r["class_kept"].dtype == bool
     with pytest.raises(Exception, match=r"classifier="):
         DigitClassifier.load(tmp_path / "nope")
+
+
+def test_encoder_command_curve_and_shared_encoder(tiny_morpho, tmp_path, capsys):
+    """`cir encoder` writes a dual encoder that `cir curve` and `run_study(encoder=)` reuse; the curve's evaluation
+    does not change the trained weights (the last point equals a study run with as many steps)."""
+    from counterfactory.retrieval.study import learning_curve
+
+    torch.set_num_threads(1)
+    enc = tmp_path / "enc"
+    assert main(["cir", "encoder", "--data", str(tiny_morpho), "--out", str(enc), "--steps", "3"]) == 0
+    assert (enc / "dual_encoder.safetensors").is_file()
+    assert main(["cir", "curve", "--data", str(tiny_morpho), "--out", str(tmp_path / "c"), "--encoder", str(enc),
+                 "--fraction", "100", "--steps", "4", "--every", "2", "--seeds", "0,1"]) == 0
+    printed = capsys.readouterr().out
+    assert "| Combiner steps |" in printed
+    c = json.loads((tmp_path / "c" / "curve.json").read_text())
+    assert [row["step"] for row in c["curve"]] == [2, 4] and c["val_queries"] > 0
+    assert c["curve"][0]["R@1"]["std"] >= 0 and not (tmp_path / "c" / "encoder").exists()
+    again = learning_curve(tiny_morpho, tmp_path / "c", fraction=1.0, seeds=(0, 1), steps=4, every=2,
+                           config=StudyConfig(seeds=(0, 1), encoder_steps=300), encoder=enc, log=lambda s: None)
+    assert again["curve"] == c["curve"]  # resumed from the per-seed files
+    # the last curve point is a real run: a study with the same encoder, steps and seed gives the same weights;
+    # the study scores the test split, so compare on the models directly
+    from counterfactory.retrieval.encoders import load_dual_encoder
+    from counterfactory.retrieval.train import train_combiner
+
+    e = load_dual_encoder(enc)
+    f = torch.nn.functional.normalize(torch.randn(6, e.cfg.embed_dim, generator=torch.Generator().manual_seed(0)), dim=-1)
+    texts = ["make it thicker", "make it thinner"] * 3
+    seen = []
+    a = train_combiner(e, f, texts, f.flip(0), steps=4, seed=0, evaluate=lambda s, m: seen.append(s), eval_every=2)
+    b = train_combiner(e, f, texts, f.flip(0), steps=4, seed=0)
+    assert seen == [2, 4]
+    assert all(torch.equal(x, y) for x, y in zip(a.combiner.state_dict().values(), b.combiner.state_dict().values()))
+    r = run_study(tiny_morpho, tmp_path / "s", StudyConfig(fractions=(1.0,), seeds=(0,), encoder_steps=3,
+                                                            combiner_steps=2), encoder=enc, log=lambda s: None)
+    assert r["settings"]["encoder"] == str(enc.resolve()) and not (tmp_path / "s" / "encoder").exists()
+    with pytest.raises(SystemExit) as ex:
+        main(["cir", "curve", "--data", str(tiny_morpho), "--out", str(tmp_path / "c2"), "--fraction", "0"])
+    assert ex.value.code == 2 and "--fraction" in capsys.readouterr().err
+
+
+def test_finetuned_image_tower_trains_and_reencodes_the_gallery(tiny_morpho, tmp_path):
+    from counterfactory.retrieval.encoders import load_dual_encoder
+
+    torch.set_num_threads(1)
+    enc = tmp_path / "enc"
+    assert main(["cir", "encoder", "--data", str(tiny_morpho), "--out", str(enc), "--steps", "2"]) == 0
+    cfg = StudyConfig(fractions=(1.0,), seeds=(0,), encoder_steps=2, combiner_steps=3, finetune_image=True)
+    r = run_study(tiny_morpho, tmp_path / "s", cfg, encoder=enc, log=lambda s: None)
+    assert r["settings"]["config"]["finetune_image"] is True and 0 <= r["runs"][0]["metrics"]["R@1"] <= 100
+    from counterfactory.retrieval.train import train_combiner
+
+    e = load_dual_encoder(enc)
+    x = torch.rand(6, 1, 28, 28, generator=torch.Generator().manual_seed(0))
+    m = train_combiner(e, x, ["make it thicker"] * 6, x.flip(0), steps=2, seed=0, finetune_image=True)
+    assert m.finetuned_image
+    assert not torch.equal(m.encoder.image.proj.weight, e.image.proj.weight)  # the copy trained
+    assert torch.equal(load_dual_encoder(enc).image.proj.weight, e.image.proj.weight)  # the original did not
+    frozen = train_combiner(e, e.encode_image(x).detach(), ["make it thicker"] * 6, e.encode_image(x.flip(0)).detach(),
+                            steps=2, seed=0)
+    assert torch.equal(frozen.encoder.image.proj.weight, e.image.proj.weight)
+
+
+def test_synthetic_triplets_ride_on_the_same_real_batches():
+    from counterfactory.retrieval.encoders import DualEncoder, DualEncoderConfig, WordVocabulary
+    from counterfactory.retrieval.train import batch_indices, train_combiner
+
+    plain, mixed = batch_indices(50, 8, seed=3), batch_indices(50, 8, seed=3, n_extra=5, extra_per_batch=4)
+    for _ in range(5):
+        (r1, e1), (r2, e2) = next(plain), next(mixed)
+        assert torch.equal(r1, r2) and len(e1) == 0 and len(e2) == 4 and int(e2.max()) < 5
+    assert len(next(batch_indices(50, 8, 0, n_extra=2, extra_per_batch=4))[1]) == 2  # at most the extras there are
+    torch.set_num_threads(1)
+    e = DualEncoder(DualEncoderConfig(), WordVocabulary(["make", "it", "thicker"]))
+    g = torch.Generator().manual_seed(0)
+    f = torch.nn.functional.normalize(torch.randn(12, 64, generator=g), dim=-1)
+    s = torch.nn.functional.normalize(torch.randn(4, 64, generator=g), dim=-1)
+    texts = ["make it thicker"] * 12
+    a = train_combiner(e, f, texts, f.flip(0), steps=2, seed=0)
+    b = train_combiner(e, f, texts, f.flip(0), steps=2, seed=0)
+    c = train_combiner(e, f, texts, f.flip(0), steps=2, seed=0, synthetic=(s, ["make it thicker"] * 4, s.flip(0)))
+    sa, sb, sc = (m.combiner.state_dict() for m in (a, b, c))
+    assert all(torch.equal(sa[k], sb[k]) for k in sa) and not all(torch.equal(sa[k], sc[k]) for k in sa)
+    with pytest.raises(InputError, match=r"^synthetic="):
+        train_combiner(e, f, texts, f, steps=1, synthetic=(s, ["make it thicker"] * 3, s))

@@ -4,6 +4,8 @@
     counterfactory cir study ... --synthetic TRIPLETS_DIR          # adds real + synthetic runs and the paired difference
     counterfactory cir triplets --data ../shared/data/morphomnist --split test --out runs/cir_real_test
     counterfactory cir classifier --data ../shared/data/morphomnist --out runs/digit_classifier
+    counterfactory cir encoder --data ../shared/data/morphomnist --out runs/cir_encoder
+    counterfactory cir curve --data ../shared/data/morphomnist --out runs/cir_curve --fraction 30 --steps 1000
     counterfactory cir finetune-perturber --model LLM_FOLDER --out runs/perturber_lora
 
 ``study`` resumes after a kill (finished runs are kept). ``triplets`` writes a CIRR-format folder (caption file,
@@ -16,7 +18,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from ._args import check_out, positive_int, seed_arg
+from ._args import check_out, int_range, positive_int, seed_arg
 
 DEFAULT_DATA = "../shared/data/morphomnist"
 
@@ -36,8 +38,8 @@ def _int_list(name: str, lo: int, hi: int | None = None):
 
 
 def register(sub) -> None:
-    p = sub.add_parser("cir", help="composed image retrieval on Morpho-MNIST: study | triplets | classifier | finetune-perturber")
-    cmds = p.add_subparsers(dest="cir_command", metavar="<study|triplets|classifier|finetune-perturber>", parser_class=type(p))
+    p = sub.add_parser("cir", help="composed image retrieval on Morpho-MNIST: study | curve | encoder | triplets | classifier | finetune-perturber")
+    cmds = p.add_subparsers(dest="cir_command", metavar="<study|curve|encoder|triplets|classifier|finetune-perturber>", parser_class=type(p))
     cmds.required = True
 
     s = cmds.add_parser("study", help="data-scarce study: 10/30/100 %% real triplets, with and without synthetic ones")
@@ -50,7 +52,36 @@ def register(sub) -> None:
     s.add_argument("--encoder-steps", type=positive_int("--encoder-steps"), default=300)
     s.add_argument("--combiner-steps", type=positive_int("--combiner-steps"), default=200)
     s.add_argument("--threads", type=positive_int("--threads"), default=1, help="torch CPU threads (default 1)")
+    s.add_argument("--encoder", default=None,
+                   help="a saved dual encoder (`cir encoder`, or weights/cir_encoder) to use instead of fitting one")
+    s.add_argument("--finetune-image", action="store_true",
+                   help="also train a copy of the image tower on the triplets (CLIP4Cir stage-1 style)")
+    s.add_argument("--synthetic-per-batch", type=int_range("--synthetic-per-batch", 1, 4096), default=32,
+                   help="synthetic triplets added to each batch of 128 real ones (default 32)")
     s.set_defaults(func=run_study)
+
+    v = cmds.add_parser("curve", help="baseline learning curve: validation recall every N Combiner steps, real only")
+    v.add_argument("--data", default=DEFAULT_DATA, help="Morpho-MNIST folder (IDX + csv)")
+    v.add_argument("--out", required=True, help="curve folder; a rerun with the same folder resumes")
+    v.add_argument("--fraction", type=int_range("--fraction", 1, 100), default=30,
+                   help="percent of the real training triplets (default 30)")
+    v.add_argument("--seeds", type=_int_list("--seeds", 0), default=[0], help="seeds (default 0)")
+    v.add_argument("--steps", type=positive_int("--steps"), default=1000, help="Combiner steps (default 1000)")
+    v.add_argument("--every", type=positive_int("--every"), default=100, help="evaluate every N steps (default 100)")
+    v.add_argument("--encoder-steps", type=positive_int("--encoder-steps"), default=300)
+    v.add_argument("--encoder", default=None, help="a saved dual encoder to use instead of fitting one")
+    v.add_argument("--finetune-image", action="store_true",
+                   help="also train a copy of the image tower on the triplets (CLIP4Cir stage-1 style)")
+    v.add_argument("--threads", type=positive_int("--threads"), default=1, help="torch CPU threads (default 1)")
+    v.set_defaults(func=run_curve)
+
+    e = cmds.add_parser("encoder", help="fit the compact dual encoder on (digit, caption) of the train split")
+    e.add_argument("--data", default=DEFAULT_DATA)
+    e.add_argument("--out", required=True, help="encoder folder (dual_encoder.json + dual_encoder.safetensors)")
+    e.add_argument("--steps", type=positive_int("--steps"), default=300, help="contrastive steps, batch 256 (default 300)")
+    e.add_argument("--seed", type=seed_arg(), default=0)
+    e.add_argument("--threads", type=positive_int("--threads"), default=1)
+    e.set_defaults(func=run_encoder)
 
     t = cmds.add_parser("triplets", help="write real Morpho-MNIST triplets of one split as a CIRR-format folder")
     t.add_argument("--data", default=DEFAULT_DATA)
@@ -85,7 +116,7 @@ def _log(text: str) -> None:
 
 
 def run_study(args) -> int:
-    check_out(args.out, inputs={"--data": args.data, "--synthetic": args.synthetic})
+    check_out(args.out, inputs={"--data": args.data, "--synthetic": args.synthetic, "--encoder": args.encoder})
     import torch
 
     from ..retrieval.study import StudyConfig, format_table
@@ -93,10 +124,51 @@ def run_study(args) -> int:
 
     torch.set_num_threads(args.threads)
     cfg = StudyConfig(fractions=tuple(f / 100 for f in args.fractions), seeds=tuple(args.seeds),
-                      encoder_steps=args.encoder_steps, combiner_steps=args.combiner_steps)
-    result = _run(args.data, args.out, cfg, synthetic=args.synthetic, log=_log)
+                      encoder_steps=args.encoder_steps, combiner_steps=args.combiner_steps,
+                      finetune_image=args.finetune_image, synthetic_per_batch=args.synthetic_per_batch)
+    result = _run(args.data, args.out, cfg, synthetic=args.synthetic, log=_log, encoder=args.encoder)
     print(format_table(result))
     print(f"results: {Path(args.out) / 'results.json'}")
+    return 0
+
+
+def run_curve(args) -> int:
+    check_out(args.out, inputs={"--data": args.data, "--encoder": args.encoder})
+    import torch
+
+    from ..retrieval.study import StudyConfig, format_curve, learning_curve
+
+    torch.set_num_threads(args.threads)
+    cfg = StudyConfig(seeds=tuple(args.seeds), encoder_steps=args.encoder_steps, finetune_image=args.finetune_image)
+    result = learning_curve(args.data, args.out, fraction=args.fraction / 100, seeds=tuple(args.seeds),
+                            steps=args.steps, every=args.every, config=cfg, encoder=args.encoder, log=_log)
+    print(format_curve(result))
+    print(f"curve: {Path(args.out) / 'curve.json'}")
+    return 0
+
+
+def run_encoder(args) -> int:
+    check_out(args.out, inputs={"--data": args.data})
+    import time
+
+    import numpy as np
+    import torch
+
+    from ..data.morphomnist import load_morphomnist, split_indices
+    from ..editing.captions import MODIFICATION_WORDS, VOCABULARY, AttributeCaptioner
+    from ..retrieval.encoders import save_dual_encoder
+    from ..retrieval.train import train_dual_encoder
+
+    torch.set_num_threads(args.threads)
+    data = load_morphomnist(args.data)
+    tr = split_indices(len(data), "train")
+    t0 = time.time()
+    captions = AttributeCaptioner().caption(data.images[tr], data.labels[tr].tolist())
+    x = torch.from_numpy(data.images[tr].astype(np.float32) / 255.0)[:, None]
+    model = train_dual_encoder(x, captions, list(VOCABULARY) + list(MODIFICATION_WORDS), steps=args.steps,
+                               seed=args.seed)
+    save_dual_encoder(model, args.out)
+    print(f"dual encoder: {args.steps} steps on {len(tr)} captioned digits in {time.time() - t0:.0f} s -> {args.out}")
     return 0
 
 

@@ -8,6 +8,7 @@ from pathlib import Path
 from ._args import (
     bound_loop_flags,
     check_out,
+    float_range,
     loop_args,
     loop_config,
     nonneg_float,
@@ -16,6 +17,19 @@ from ._args import (
     set_threads,
     threads_arg,
 )
+
+
+def _filter_list(text: str) -> list[str]:
+    import argparse
+
+    from ..pipelines.triplets import FILTERS
+
+    names = [] if text.strip() == "none" else [t.strip() for t in text.split(",") if t.strip()]
+    bad = [n for n in names if n not in FILTERS]
+    if bad or (not names and text.strip() != "none"):
+        raise argparse.ArgumentTypeError(f"--filters={text!r}: comma-separated names among {','.join(FILTERS)}, "
+                                         "or none")
+    return names
 
 
 def cmd_train_text2image(args) -> int:
@@ -119,16 +133,21 @@ def cmd_triplets(args) -> int:
     set_threads(args)
     if not Path(args.data).is_dir():
         raise input_error("--data", args.data, "a Morpho-MNIST folder (e.g. ../shared/data/morphomnist)")
-    check_out(args.out, inputs={"--data": args.data, "--model": getattr(args, "model", None)})
+    check_out(args.out, inputs={"--data": args.data, "--model": getattr(args, "model", None),
+                                "--classifier": args.classifier, "--encoder": args.encoder})
     _fraction("--cross-replace-steps", args.cross_replace_steps)
     _fraction("--self-replace-steps", args.self_replace_steps)
+    from ..pipelines.triplets import format_summary
+
     cfg = TripletConfig(out=args.out, data=args.data, n=args.n, split=args.split, seed=args.seed,
                         batch_size=args.batch_size, max_candidates=args.max_candidates, method=args.method,
                         num_inference_steps=args.num_inference_steps, guidance_scale=args.guidance_scale,
                         cross_replace_steps=args.cross_replace_steps, self_replace_steps=args.self_replace_steps,
                         blend_threshold=args.blend_threshold, outside_tolerance=args.outside_tolerance,
-                        model=args.model)
+                        model=args.model, filters=tuple(args.filters), classifier=args.classifier,
+                        encoder=args.encoder, similarity_threshold=args.similarity_threshold)
     summary = write_triplets(cfg, progress=not args.quiet)
+    print(format_summary(summary))
     print(json.dumps(summary))
     return 0
 
@@ -183,6 +202,15 @@ def register(sub) -> None:
                    help="stop after this many candidates (default 10 x --n)")
     p.add_argument("--outside-tolerance", type=nonneg_float("--outside-tolerance"), default=0.02,
                    help="largest mean pixel change outside the local-blend region (default 0.02)")
+    p.add_argument("--filters", type=_filter_list, default="attribute,others,class,local,similarity",
+                   help="filters that decide what is kept, comma-separated, or none (default "
+                        "attribute,others,class,local,similarity)")
+    p.add_argument("--classifier", default=None,
+                   help="digit-classifier folder for the class filter (default: the shipped weights/digit_classifier)")
+    p.add_argument("--encoder", default=None,
+                   help="dual-encoder folder for the similarity filter (default: the shipped weights/cir_encoder)")
+    p.add_argument("--similarity-threshold", type=float_range("--similarity-threshold", 0.0, 1.0), default=0.2,
+                   help="least directional similarity cos(E(edit) - E(ref), T(new caption) - T(caption)) (default 0.2)")
     p.add_argument("--quiet", action="store_true", help="no progress lines")
     _edit_args(p)
     p.set_defaults(func=cmd_triplets)

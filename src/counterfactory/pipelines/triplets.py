@@ -2,11 +2,19 @@
 
 For each real reference digit: the attribute captioner writes its caption, the rule perturber swaps one attribute
 word (giving the modification text and the counterfactual caption), the text-edit pipeline edits the digit
-towards the counterfactual caption, and the edit is kept only when, *measured* on the pixels,
+towards the counterfactual caption, and the edit is kept only when it passes every enabled filter
+(``TripletConfig.filters``; each is computed for every candidate whose instrument is at hand and recorded in the
+manifest, so the summary shows what each filter alone would pass):
 
-- the named attribute moved the asked way by its margin (``captions.EDIT_MARGINS``),
-- every other checked attribute stayed within its tolerance (``captions.EDIT_TOLERANCES``),
-- the mean pixel change outside the local-blend region is at most ``outside_tolerance``.
+- ``attribute``: the named attribute, *measured* on the pixels, moved the asked way by its margin
+  (``captions.EDIT_MARGINS``);
+- ``others``: every other checked attribute stayed within its tolerance (``captions.EDIT_TOLERANCES``);
+- ``class``: the digit classifier (``counterfactory cir classifier``; default the shipped
+  ``weights/digit_classifier``) still reads the reference's label;
+- ``local``: the mean pixel change outside the local-blend region is at most ``outside_tolerance``;
+- ``similarity``: LANCE / InstructPix2Pix directional similarity in the compact dual encoder's space
+  (``counterfactory cir encoder``; default the shipped ``weights/cir_encoder``):
+  cos(E(edited) − E(reference), T(counterfactual caption) − T(caption)) ≥ ``similarity_threshold``.
 
 Output folder (CIRR layout, readable by the CIR evaluation)::
 
@@ -37,6 +45,10 @@ from ..io.manifest import Manifest, atomic_write_json, atomic_write_text
 from .text_edit import TextEditPipeline
 
 SET_SIZE = 6  # CIRR img_set size: reference, target and 4 distractors
+FILTERS = ("attribute", "others", "class", "local", "similarity")
+WEIGHTS = Path(__file__).resolve().parents[3] / "weights"
+DEFAULT_CLASSIFIER = WEIGHTS / "digit_classifier"
+DEFAULT_ENCODER = WEIGHTS / "cir_encoder"
 
 
 @dataclass(frozen=True)
@@ -57,6 +69,10 @@ class TripletConfig:
     blend_threshold: float = 0.3
     outside_tolerance: float = 0.02  # mean |change| outside the local-blend region, in [0,1] units
     model: str | None = None  # text-to-image folder (default: the shipped weights/text2image)
+    filters: tuple[str, ...] = FILTERS  # the filters that decide what is kept
+    classifier: str | None = None  # digit-classifier folder (default: the shipped weights/digit_classifier)
+    encoder: str | None = None  # dual-encoder folder (default: the shipped weights/cir_encoder)
+    similarity_threshold: float = 0.2  # directional similarity threshold (LANCE / InstructPix2Pix: 0.2 with CLIP)
 
     def __post_init__(self):
         for name in ("n", "batch_size", "num_inference_steps"):
@@ -66,6 +82,12 @@ class TripletConfig:
             raise ConfigError(f"max_candidates={self.max_candidates}: an integer >= 1")
         if not self.outside_tolerance >= 0:
             raise ConfigError(f"outside_tolerance={self.outside_tolerance}: a number >= 0")
+        object.__setattr__(self, "filters", tuple(dict.fromkeys(self.filters)))
+        bad = [f for f in self.filters if f not in FILTERS]
+        if bad:
+            raise ConfigError(f"filters={list(self.filters)}: names among {', '.join(FILTERS)} (unknown {bad[0]!r})")
+        if not -1 <= self.similarity_threshold <= 1:
+            raise ConfigError(f"similarity_threshold={self.similarity_threshold}: a cosine in [-1, 1]")
 
 
 def _settings(cfg: TripletConfig) -> dict:
@@ -101,6 +123,18 @@ class TripletWriter:
         self.perturber = RulePerturber()
         self.progress = progress
         self.by_class = {int(c): self.indices[self.data.labels[self.indices] == c] for c in range(10)}
+        # an instrument is loaded when its filter is on, or when it was named or shipped (then only recorded)
+        self.classifier = self._instrument(cfg.classifier, DEFAULT_CLASSIFIER, "class", "classifier")
+        self.encoder = self._instrument(cfg.encoder, DEFAULT_ENCODER, "similarity", "encoder")
+
+    def _instrument(self, folder, default: Path, filter_name: str, argument: str):
+        from ..retrieval.encoders import load_dual_encoder
+        from ..retrieval.train import DigitClassifier
+
+        load = DigitClassifier.load if argument == "classifier" else load_dual_encoder
+        if folder is None and filter_name not in self.cfg.filters and not default.is_dir():
+            return None
+        return load(default if folder is None else folder)
 
     # ------------------------------------------------------------------ bookkeeping
     def _check_settings(self):
@@ -146,11 +180,18 @@ class TripletWriter:
         outside = 1.0 - out.blend_masks[:, 0].numpy()
         diff = np.abs(edited.astype(np.float64) - imgs_u8.astype(np.float64)) / 255.0
         outside_change = (diff * outside).sum(axis=(1, 2)) / np.maximum(outside.sum(axis=(1, 2)), 1.0)
+        similarity, image_similarity = self._similarities(imgs_u8, edited, captions, targets)
+        predicted = self.classifier.predict(edited.astype(np.float32) / 255.0) if self.classifier is not None else None
         records = []
         for i in range(len(refs)):
             chk = check_edit(imgs_u8[i], edited[i], attrs[i], dirs[i])
             local_ok = bool(outside_change[i] <= cfg.outside_tolerance)
-            kept = bool(chk["passed"]) and local_ok
+            passed = {"attribute": bool(chk["moved"]), "others": bool(chk["others_ok"]), "local": local_ok}
+            if predicted is not None:
+                passed["class"] = bool(predicted[i] == labels[i])
+            if similarity is not None:
+                passed["similarity"] = bool(similarity[i] >= cfg.similarity_threshold)
+            kept = all(passed[f] for f in cfg.filters)
             pairid = k * cfg.batch_size + i
             others = [int(j) for j in rng.choice(self.by_class[int(labels[i])], size=SET_SIZE - 1, replace=False)
                       if j != refs[i]][: SET_SIZE - 2]
@@ -161,11 +202,28 @@ class TripletWriter:
                 "change": round(float(chk["change"]), 4),
                 "drift": {a: round(float(v), 4) for a, v in chk["drift"].items()},
                 "moved": bool(chk["moved"]), "others_ok": bool(chk["others_ok"]),
-                "outside_change": round(float(outside_change[i]), 5), "local_ok": local_ok, "kept": kept,
+                "outside_change": round(float(outside_change[i]), 5), "local_ok": local_ok,
+                "predicted_class": None if predicted is None else int(predicted[i]),
+                "similarity": None if similarity is None else round(float(similarity[i]), 4),
+                "image_similarity": None if image_similarity is None else round(float(image_similarity[i]), 4),
+                "passed": passed, "kept": kept,
                 "edit_type": out.edit_types[i], "set_members": others, "_edited": edited[i],
                 "_attention": (out.attention_maps[i, 0].numpy() * 255.0).round().astype(np.uint8),
             })
         return records
+
+    @torch.no_grad()
+    def _similarities(self, before_u8, after_u8, captions, targets):
+        """Directional cos(E(after) − E(before), T(target) − T(caption)) and image cos(E(before), E(after))."""
+        if self.encoder is None:
+            return None, None
+        import torch.nn.functional as F
+
+        enc = self.encoder
+        e0 = enc.encode_image(torch.from_numpy(before_u8).float()[:, None] / 255.0)
+        e1 = enc.encode_image(torch.from_numpy(after_u8).float()[:, None] / 255.0)
+        t0, t1 = enc.encode_text(list(captions)), enc.encode_text(list(targets))
+        return F.cosine_similarity(e1 - e0, t1 - t0, dim=-1).numpy(), F.cosine_similarity(e0, e1, dim=-1).numpy()
 
     # ------------------------------------------------------------------ the run
     def run(self) -> dict:
@@ -201,6 +259,7 @@ class TripletWriter:
                     manifest.append(r)
                 records.append(r)
                 kept += r["kept"]
+            self.write_outputs(records)  # a run stopped after this batch leaves a complete, readable folder
             if self.progress:
                 print(f"batch {k}: kept {kept}/{cfg.n} of {len(records)} candidates "
                       f"({time.time() - t0:.0f} s)", flush=True)
@@ -227,22 +286,86 @@ class TripletWriter:
                 names[name] = f"./images/{name}.png"
         atomic_write_text(self.out / f"cap.rc2.{cfg.cirr_split}.json", json.dumps(entries))
         atomic_write_text(self.out / f"split.rc2.{cfg.cirr_split}.json", json.dumps(dict(sorted(names.items()))))
-        n = len(records)
-        per_attr: dict[str, dict] = {}
-        for r in records:
-            a = per_attr.setdefault(f"{r['attribute']}{'+' if r['direction'] > 0 else '-'}", {"candidates": 0, "kept": 0})
-            a["candidates"] += 1
-            a["kept"] += int(r["kept"])
-        summary = {"candidates": n, "kept": len(kept), "pass_rate": round(len(kept) / n, 4) if n else None,
-                   "moved_rate": round(sum(r["moved"] for r in records) / n, 4) if n else None,
-                   "others_ok_rate": round(sum(r["others_ok"] for r in records) / n, 4) if n else None,
-                   "local_ok_rate": round(sum(r["local_ok"] for r in records) / n, 4) if n else None,
-                   "mean_outside_change_kept": round(float(np.mean([r["outside_change"] for r in kept])), 5)
-                   if kept else None,
-                   "per_edit": per_attr}
+        summary = summarize_records(records, kept, cfg.filters)
         atomic_write_json(self.out / "summary.json", summary)
         atomic_write_text(self.out / "report.html", report_html(kept, summary))
         return summary
+
+
+def _edit_name(r: dict) -> str:
+    return f"{r['attribute']}{'+' if r['direction'] > 0 else '-'}"
+
+
+def _rate(flags) -> float | None:
+    flags = list(flags)
+    return round(sum(flags) / len(flags), 4) if flags else None
+
+
+def _stats(values) -> dict | None:
+    from ..evaluation.stats import summarize
+
+    v = [float(x) for x in values]
+    if not v:
+        return None
+    st = summarize(v)
+    return {"mean": round(st["mean"], 4), "std": round(st["std"], 4), "n": st["n"]}
+
+
+def _group_summary(records: list[dict], kept: list[dict]) -> dict:
+    names = [f for f in FILTERS if any(f in r.get("passed", {}) for r in records)]
+    out = {"candidates": len(records), "kept": len(kept), "pass_rate": _rate(r["kept"] for r in records),
+           "filter_pass_rate": {f: _rate(r["passed"][f] for r in records if f in r.get("passed", {})) for f in names},
+           "kept_change": _stats(r["change"] for r in kept),
+           "kept_drift": {a: _stats(r["drift"][a] for r in kept if a in r["drift"])
+                          for a in dict.fromkeys(a for r in kept for a in r["drift"])},
+           "kept_outside_change": _stats(r["outside_change"] for r in kept)}
+    sims = [r["similarity"] for r in kept if r.get("similarity") is not None]
+    if sims:
+        out["kept_similarity"] = _stats(sims)
+    return out
+
+
+def summarize_records(records: list[dict], kept: list[dict], filters) -> dict:
+    """Counts and pass rates overall, per filter and per edit type; for kept edits the measured change of the
+    named attribute, the drift of every other attribute and the pixel change outside the local-blend region
+    (mean ± sample std)."""
+    n = len(records)
+    summary = {"filters": list(filters), **_group_summary(records, kept),
+               "moved_rate": _rate(r["moved"] for r in records),
+               "others_ok_rate": _rate(r["others_ok"] for r in records),
+               "local_ok_rate": _rate(r["local_ok"] for r in records),
+               "mean_outside_change_kept": round(float(np.mean([r["outside_change"] for r in kept])), 5)
+               if kept else None}
+    kept_ids = {r["pairid"] for r in kept}
+    per_edit = {}
+    for name in sorted({_edit_name(r) for r in records}):
+        rs = [r for r in records if _edit_name(r) == name]
+        per_edit[name] = _group_summary(rs, [r for r in rs if r["pairid"] in kept_ids])
+    summary["per_edit"] = per_edit
+    summary["candidates"] = n
+    return summary
+
+
+def format_summary(summary: dict) -> str:
+    """Markdown tables: pass rate per filter and per edit type; measured change and drift of the kept edits."""
+    names = list(summary["filter_pass_rate"])
+    pct = lambda v: "–" if v is None else f"{100 * v:.1f}"  # noqa: E731
+    lines = [f"{summary['kept']} kept of {summary['candidates']} candidates (filters on: "
+             f"{', '.join(summary['filters']) or 'none'})", "",
+             "| edit | candidates | kept | pass % | " + " | ".join(f"{f} %" for f in names) + " |",
+             "|---|---|---|---|" + "---|" * len(names)]
+    for name, g in [("all", summary), *summary["per_edit"].items()]:
+        lines.append(f"| {name} | {g['candidates']} | {g['kept']} | {pct(g['pass_rate'])} | "
+                     + " | ".join(pct(g["filter_pass_rate"].get(f)) for f in names) + " |")
+    attrs = list(dict.fromkeys(a for g in summary["per_edit"].values() for a in g["kept_drift"]))
+    ms = lambda st: "–" if st is None else f"{st['mean']:+.3g} ± {st['std']:.2g}"  # noqa: E731
+    lines += ["", "| kept edit | n | change of the named attribute | " + " | ".join(f"drift {a}" for a in attrs)
+              + " | pixel change outside the blend region |", "|---|---|---|" + "---|" * (len(attrs) + 1)]
+    for name, g in summary["per_edit"].items():
+        if g["kept"]:
+            lines.append(f"| {name} | {g['kept']} | {ms(g['kept_change'])} | "
+                         + " | ".join(ms(g["kept_drift"].get(a)) for a in attrs) + f" | {ms(g['kept_outside_change'])} |")
+    return "\n".join(lines)
 
 
 def _caption_diff(source: str, target: str) -> str:
@@ -294,4 +417,4 @@ def write_triplets(cfg: TripletConfig, pipe: TextEditPipeline | None = None, pro
     return TripletWriter(cfg, pipe, progress).run()
 
 
-__all__ = ["TripletConfig", "TripletWriter", "write_triplets"]
+__all__ = ["FILTERS", "TripletConfig", "TripletWriter", "format_summary", "summarize_records", "write_triplets"]

@@ -84,6 +84,7 @@ class ComposedModel:
 
     encoder: DualEncoder
     combiner: Combiner
+    finetuned_image: bool = False  # the image tower was trained with the Combiner: gallery features must be re-encoded
 
     @torch.no_grad()
     def query(self, reference_features: torch.Tensor, texts: Sequence[str]) -> torch.Tensor:
@@ -92,12 +93,41 @@ class ComposedModel:
         return self.combiner(reference_features, self.encoder.encode_text(list(texts)))
 
 
+def batch_indices(n: int, batch_size: int, seed: int, n_extra: int = 0, extra_per_batch: int = 0):
+    """The Combiner's batches: an endless iterator of (real indices, extra indices).
+
+    The real indices come from one generator seeded by ``seed`` alone, so they are the same with or without extra
+    (synthetic) items; ``extra_per_batch`` extra items per step (at most ``n_extra``) come from a second generator."""
+    g = torch.Generator().manual_seed(seed + 1)
+    g2 = torch.Generator().manual_seed(seed + 2)
+    k = min(extra_per_batch, n_extra)
+    while True:
+        real = torch.randperm(n, generator=g)[:batch_size]
+        extra = torch.randperm(n_extra, generator=g2)[:k] if k else torch.zeros(0, dtype=torch.long)
+        yield real, extra
+
+
 def train_combiner(encoder: DualEncoder, reference_features: torch.Tensor, texts: Sequence[str],
                    target_features: torch.Tensor, steps: int = 400, batch_size: int = 128, lr: float = 1e-3,
-                   seed: int = 0, projection_dim: int = 256, hidden_dim: int = 512, progress=None) -> ComposedModel:
+                   seed: int = 0, projection_dim: int = 256, hidden_dim: int = 512, progress=None,
+                   evaluate=None, eval_every: int = 0, finetune_image: bool = False, synthetic=None,
+                   synthetic_per_batch: int = 32) -> ComposedModel:
     """CLIP4Cir stage 2 on precomputed image features: the Combiner and a copy of the text tower are trained
-    with an in-batch contrastive loss (query vs the batch's targets, logits × 100)."""
+    with an in-batch contrastive loss (query vs the batch's targets, logits × 100).
+
+    ``evaluate(step, model)`` is called every ``eval_every`` steps with the model in eval mode (a learning
+    curve); it draws no random numbers, so the trained weights are the same with or without it.
+
+    ``finetune_image=True``: ``reference_features`` and ``target_features`` are *images* (N,1,28,28) in [0,1] and
+    a copy of the image tower is trained too (CLIP4Cir's first stage fine-tunes the encoders on the triplets);
+    the returned model's ``finetuned_image`` is set, so callers encode the gallery with ``model.encoder``.
+
+    ``synthetic``: optional (references, texts, targets) in the same form, added to every batch:
+    ``synthetic_per_batch`` of them on top of the ``batch_size`` real ones (:func:`batch_indices`), so a run with
+    and one without synthetic triplets start from the same weights and see the same real batches."""
     _check_steps(steps=steps, batch_size=batch_size)
+    if evaluate is not None:
+        _check_steps(eval_every=eval_every)
     n = len(texts)
     if not (len(reference_features) == n == len(target_features)) or n < 2:
         raise input_error("triplets", f"{len(reference_features)} references, {n} texts, {len(target_features)} targets",
@@ -106,20 +136,42 @@ def train_combiner(encoder: DualEncoder, reference_features: torch.Tensor, texts
         torch.manual_seed(seed)
         enc = copy.deepcopy(encoder)
         for p in enc.image.parameters():
-            p.requires_grad_(False)
-        comb = Combiner(reference_features.shape[1], projection_dim, hidden_dim)
+            p.requires_grad_(finetune_image)
+        n_syn = 0
+        if synthetic is not None:
+            s_ref, s_txt, s_tgt = synthetic
+            n_syn = len(s_txt)
+            if not (len(s_ref) == n_syn == len(s_tgt)):
+                raise input_error("synthetic", f"{len(s_ref)} references, {n_syn} texts, {len(s_tgt)} targets",
+                                  "as many references, texts and targets")
+            if n_syn:
+                reference_features = torch.cat([reference_features, s_ref])
+                target_features = torch.cat([target_features, s_tgt])
+                texts = list(texts) + list(s_txt)
+        if finetune_image:
+            reference_features = enc.check_images(reference_features)
+            target_features = enc.check_images(target_features)
+        comb = Combiner(encoder.cfg.embed_dim, projection_dim, hidden_dim)
         ids, mask = enc.vocabulary.encode(list(texts))
         params = list(comb.parameters()) + list(enc.text.parameters())
+        if finetune_image:
+            params += list(enc.image.parameters())
+            enc.image.train()
+
+        def feats(x):
+            return F.normalize(enc.image(x), dim=-1) if finetune_image else x
+
         opt = torch.optim.AdamW(params, lr=lr, weight_decay=1e-4)
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
-        g = torch.Generator().manual_seed(seed + 1)
+        batches = batch_indices(n, batch_size, seed, n_syn, synthetic_per_batch)
         comb.train()
         enc.text.train()
         for step in range(steps):
-            b = torch.randperm(n, generator=g)[:batch_size]
+            real, extra = next(batches)
+            b = torch.cat([real, n + extra])
             txt = F.normalize(enc.text(ids[b], mask[b]), dim=-1)
-            q = comb(reference_features[b], txt)
-            logits = comb.logit_scale * q @ target_features[b].T
+            q = comb(feats(reference_features[b]), txt)
+            logits = comb.logit_scale * q @ feats(target_features[b]).T
             loss = F.cross_entropy(logits, torch.arange(len(b)))
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -127,7 +179,14 @@ def train_combiner(encoder: DualEncoder, reference_features: torch.Tensor, texts
             sched.step()
             if progress is not None:
                 progress(step + 1, float(loss))
-    return ComposedModel(enc.eval(), comb.eval())
+            if evaluate is not None and ((step + 1) % eval_every == 0 or step + 1 == steps):
+                with torch.random.fork_rng(devices=[]):
+                    evaluate(step + 1, ComposedModel(enc.eval(), comb.eval(), finetune_image))
+                comb.train()
+                enc.text.train()
+                if finetune_image:
+                    enc.image.train()
+    return ComposedModel(enc.eval(), comb.eval(), finetune_image)
 
 
 # --------------------------------------------------------------------------------------------- digit classifier

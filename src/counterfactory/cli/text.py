@@ -36,7 +36,7 @@ def cmd_train_text2image(args) -> int:
 
 def _edit_args(p) -> None:
     p.add_argument("--model", default=None, help="text-to-image folder (default: the shipped weights/text2image)")
-    p.add_argument("--method", default="direct", choices=["direct", "negative-prompt", "null-text", "ddim"],
+    p.add_argument("--method", default="direct", choices=["direct", "fixed-point", "negative-prompt", "null-text", "ddim"],
                    help="inversion method (default direct)")
     p.add_argument("--num-inference-steps", type=positive_int("--num-inference-steps"), default=10,
                    help="DDIM steps of inversion and editing (default 10)")

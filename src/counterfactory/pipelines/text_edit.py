@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import torch
 
 from ..editing.attention import LocalBlend, P2PController, install, uninstall
-from ..editing.inversion import Inversion, check_method, invert, sample_step, sampling_schedule
+from ..editing.inversion import CAPTION_AS_UNCOND, Inversion, check_method, invert, sample_step, sampling_schedule
 from ..errors import input_error
 from ..io.images import from_model_space, to_model_space
 from ..models.text2image import Text2ImageModel
@@ -63,12 +63,7 @@ def p2p_sample(unet, scheduler, inv: Inversion, cond_src: torch.Tensor, cond_tgt
     try:
         for i, t in enumerate(ts):
             controller.begin_step(i)
-            if inv.method == "negative-prompt":
-                unc = cond_src
-            elif inv.method == "null-text":
-                unc = inv.null_embeddings[i]
-            else:
-                unc = null
+            unc = inv.uncond_at(i) if inv.method in CAPTION_AS_UNCOND + ("null-text",) else null
             ctx = torch.cat([unc, unc, cond_src, cond_tgt])
             e = unet(torch.cat([x, x]), t, encoder_hidden_states=ctx).sample
             rows += 4 * n
@@ -142,7 +137,7 @@ class TextEditPipeline:
                  on_mismatch: str = "refine") -> TextEditOutput:
         """Edit ``image`` (B,1,H,W) in [0,1] from caption ``source`` to caption ``target``.
 
-        ``method``: inversion (direct, negative-prompt, null-text, ddim); ``edit_type``: replace (word swap; falls
+        ``method``: inversion (direct, fixed-point, negative-prompt, null-text, ddim); ``edit_type``: replace (word swap; falls
         back to refine when word counts differ, or raises with ``on_mismatch='error'``) or refine;
         ``reweight``: factor on the changed target words' cross-attention; ``local_blend``: keep pixels outside
         the changed words' attention (threshold ``blend_threshold``, from ``start_blend`` of the steps).

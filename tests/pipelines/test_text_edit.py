@@ -52,7 +52,7 @@ def test_other_word_counts_fall_back_to_refine_or_error():
     (dict(image=torch.zeros(1, 3, 28, 28)), r"image=\(1, 3, 28, 28\)"),
     (dict(image=torch.zeros(1, 1, 32, 32)), r"image=\(1, 1, 32, 32\)"),
     (dict(target="a fat seven"), r"target=a fat seven: .*unknown: fat"),
-    (dict(target=SRC), r"target=.*differs from --source"),
+    (dict(target=SRC), r"target=.*differs from the source"),
     (dict(method="exact"), r"method=exact"),
 ])
 def test_bad_input_is_named(kwargs, match):

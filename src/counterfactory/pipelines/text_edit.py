@@ -125,7 +125,7 @@ class TextEditPipeline:
         for s, t in zip(source, target):
             ps, pt = changed_words(self.model.tokenizer.split(s), self.model.tokenizer.split(t))
             if not ps and not pt:
-                raise input_error("target", t, "a caption that differs from --source in at least one word")
+                raise input_error("target", t, "a caption that differs from the source caption in at least one word")
         if not isinstance(num_inference_steps, int) or num_inference_steps < 1:
             raise input_error("num_inference_steps", num_inference_steps, "an integer >= 1")
         if not (guidance_scale >= 1.0):

@@ -93,3 +93,21 @@ def test_triplets_report_embeds_the_attention_overlay_per_edit_type(tmp_path):
     ys, xs = np.nonzero(coloured)
     assert ys.max() < 40 and xs.max() < 40  # only the attended top-left corner (6 of 28 px → 24 of 112, smoothed)
     json.dumps(summary)
+
+
+def test_demo_text_section_writes_measured_edits_and_is_deterministic(tmp_path):
+    from counterfactory.cli.demo import text_edit_section
+    from counterfactory.models.text2image import DEFAULT_TEXT2IMAGE_DIR
+
+    if not (DEFAULT_TEXT2IMAGE_DIR / "text2image.json").is_file():
+        pytest.skip("weights/text2image not present")
+    a = text_edit_section(tmp_path / "a", n=2, seed=0, steps=2)
+    b = text_edit_section(tmp_path / "b", n=2, seed=0, steps=2)
+    assert [r.edited.tolist() for r in a["rows"]] == [r.edited.tolist() for r in b["rows"]]
+    saved = json.loads((tmp_path / "a" / "edits.json").read_text())
+    assert saved["edits"] == a["edits"] == b["edits"] and saved["n"] == 2
+    for e in saved["edits"]:
+        assert len(e["source"].split()) == len(e["target"].split()) and e["source"] != e["target"]
+        assert e["attribute"] in ("thickness", "slant", "intensity") and e["direction"] in (-1, 1)
+    page = (tmp_path / "a" / "report.html").read_text()
+    assert page.count("<del>") == 2 and len(_images(page)) == 6

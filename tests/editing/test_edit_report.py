@@ -111,3 +111,13 @@ def test_demo_text_section_writes_measured_edits_and_is_deterministic(tmp_path):
         assert e["attribute"] in ("thickness", "slant", "intensity") and e["direction"] in (-1, 1)
     page = (tmp_path / "a" / "report.html").read_text()
     assert page.count("<del>") == 2 and len(_images(page)) == 6
+
+
+def test_overlay_stretches_a_nearly_flat_map_to_show_where_the_word_attends_most():
+    flat = np.full((7, 7), 0.8, np.float32)
+    flat[3, 3] = 0.9
+    out = attention_overlay(np.zeros((28, 28)), flat, size=28)
+    assert np.array_equal(out[0, 0], [0, 0, 0])  # the weakest point: the (black) digit itself
+    assert out[14, 14].sum() > 100  # the strongest: coloured
+    same = attention_overlay(np.zeros((28, 28)), np.full((7, 7), 0.5, np.float32), size=28)
+    assert not same.any()  # a flat map says nothing: no colour

@@ -289,8 +289,9 @@ def attention_overlay(image, attention, size: int | None = None, alpha: float = 
 
     ``image``: (H,W), (1,H,W) or (H,W,1) grey in [0,1] (tensor or array); ``attention``: (h,w) or (1,h,w) in
     [0,1] at any resolution. The map is upsampled bilinearly (smooth), the image with nearest neighbours (crisp
-    pixels); the map is coloured with matplotlib's ``inferno`` and blended with per-pixel opacity
-    ``alpha·attention``, so the grey digit shows through where the word does not attend.
+    pixels); the map is stretched to its own range (its weakest point 0, its strongest 1, so a map that is nearly
+    flat still shows where the word attends most), coloured with matplotlib's ``inferno`` and blended with
+    per-pixel opacity ``alpha·attention``: the grey digit shows through where the word attends least.
     """
     import numpy as np
     from matplotlib import colormaps
@@ -308,7 +309,8 @@ def attention_overlay(image, attention, size: int | None = None, alpha: float = 
         raise input_error("size", size, "an integer >= 1")
     g = F.interpolate(img[None, None].clamp(0, 1), size=(side, side), mode="nearest")[0, 0].numpy()
     a = F.interpolate(att[None, None].clamp(0, 1), size=(side, side), mode="bilinear", align_corners=False)[0, 0]
-    a = a.clamp(0, 1).numpy()
+    lo, hi = float(a.min()), float(a.max())
+    a = ((a - lo) / (hi - lo) if hi - lo > 1e-6 else torch.zeros_like(a)).clamp(0, 1).numpy()
     heat = colormaps["inferno"](a)[..., :3]
     w = (alpha * a)[..., None]
     out = (1 - w) * g[..., None] + w * heat

@@ -70,3 +70,37 @@ def test_bad_method_is_named():
     m, x0, cond, null, eps_fn = _setup(1)
     with pytest.raises(InputError, match=r"method=exact: one of " + ", ".join(METHODS)):
         invert(eps_fn, m.scheduler, x0, cond, null, method="exact")
+
+
+def test_fixed_point_inversion_retraces_better_than_plain_inversion_and_counts_its_calls():
+    m, x0, cond, null, eps_fn = _setup()
+    npi = invert(eps_fn, m.scheduler, x0, cond, null, method="negative-prompt", num_inference_steps=3)
+    fp = invert(eps_fn, m.scheduler, x0, cond, null, method="fixed-point", num_inference_steps=3, fixed_point_iters=4)
+    back_npi, _ = reconstruct(eps_fn, m.scheduler, npi, cond, guidance_scale=3.0)
+    back_fp, calls = reconstruct(eps_fn, m.scheduler, fp, cond, guidance_scale=3.0)
+    assert fp.unet_calls == 3 * (1 + 4) and calls == 3  # caption as unconditional context: one call per step
+    assert _err(back_fp, x0) < 0.1 * _err(back_npi, x0)
+    # zero iterations is plain DDIM inversion sampled back like negative-prompt inversion
+    fp0 = invert(eps_fn, m.scheduler, x0, cond, null, method="fixed-point", num_inference_steps=3, fixed_point_iters=0)
+    assert torch.equal(fp0.x_T, npi.x_T)
+    # more iterations, closer (the fixed point is the exact inverse of the sampling step)
+    fp1 = invert(eps_fn, m.scheduler, x0, cond, null, method="fixed-point", num_inference_steps=3, fixed_point_iters=1)
+    back_fp1, _ = reconstruct(eps_fn, m.scheduler, fp1, cond, guidance_scale=3.0)
+    assert _err(back_fp, x0) < _err(back_fp1, x0) < _err(back_npi, x0)
+
+
+def test_every_method_is_bit_identical_on_a_rerun():
+    for method in METHODS:
+        outs = []
+        for _ in range(2):
+            m, x0, cond, null, eps_fn = _setup(2)
+            with torch.enable_grad() if method == "null-text" else torch.no_grad():
+                inv = invert(eps_fn, m.scheduler, x0, cond, null, method=method, num_inference_steps=2, inner_steps=2)
+            outs.append(reconstruct(eps_fn, m.scheduler, inv, cond, guidance_scale=3.0)[0])
+        assert torch.equal(outs[0], outs[1]), method
+
+
+def test_bad_fixed_point_iters_is_named():
+    m, x0, cond, null, eps_fn = _setup(1)
+    with pytest.raises(InputError, match=r"fixed_point_iters=-1: an integer >= 0"):
+        invert(eps_fn, m.scheduler, x0, cond, null, method="fixed-point", fixed_point_iters=-1)

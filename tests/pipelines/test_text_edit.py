@@ -52,7 +52,7 @@ def test_other_word_counts_fall_back_to_refine_or_error():
     (dict(image=torch.zeros(1, 3, 28, 28)), r"image=\(1, 3, 28, 28\)"),
     (dict(image=torch.zeros(1, 1, 32, 32)), r"image=\(1, 1, 32, 32\)"),
     (dict(target="a fat seven"), r"target=a fat seven: .*unknown: fat"),
-    (dict(target=SRC), r"target=.*differs from --source"),
+    (dict(target=SRC), r"target=.*differs from the source"),
     (dict(method="exact"), r"method=exact"),
 ])
 def test_bad_input_is_named(kwargs, match):
@@ -77,7 +77,10 @@ def test_cli_edit_writes_outputs_and_rejects_bad_input(tmp_path):
     ok = _cli("edit", "--image", "d.png", "--source", SRC, "--target", TGT, "--out", "out", "--model", str(model_dir),
               "--num-inference-steps", "2", cwd=tmp_path)
     assert ok.returncode == 0, ok.stderr
-    assert {p.name for p in (tmp_path / "out").iterdir()} == {"edited.png", "attention.png", "blend_mask.png", "edit.json"}
+    assert {p.name for p in (tmp_path / "out").iterdir()} == {"edited.png", "attention.png", "blend_mask.png", "edit.json",
+                                                                 "report.html"}
+    page = (tmp_path / "out" / "report.html").read_text()
+    assert "<del>thin,</del> <ins>thick,</ins>" in page and page.count("data:image/png;base64,") == 3
     for args, needle in [(["--image", "rgb.png"], "--image=rgb.png (28x28, RGB, 3 channel(s))"),
                          (["--image", "d.png", "--target", "a fat seven"], "--target=a fat seven"),
 ]:

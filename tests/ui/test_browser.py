@@ -145,6 +145,38 @@ def test_reference_box_insert_and_download(server, driver, images):
     assert json.loads(files["settings.json"])["box"] == [40, 30, 72, 62]
 
 
+def test_text_tab_captions_the_digit_edits_and_downloads(server, driver, tmp_path):
+    """Upload a thin stroke: the measured caption fills the source box, the suggested target swaps one word;
+    Edit shows the attention map and downloads the edited digit and the settings (shipped text model)."""
+    from selenium.webdriver.common.by import By
+
+    from tests.editing.conftest import stroke_digits
+
+    url, _ = server
+    Image.fromarray(stroke_digits(1, seed=3)[0]).save(tmp_path / "digit.png")
+    open_page(driver, url)
+    driver.find_element(By.XPATH, "//button[@role='tab' and contains(., 'Text')]").click()
+    wait_for(lambda: driver.find_element(By.ID, "text-image").is_displayed(), 30, "the text tab")
+    driver.find_element(By.CSS_SELECTOR, "#text-image input[type=file]").send_keys(str(tmp_path / "digit.png"))
+
+    def box(elem_id):
+        return driver.find_element(By.CSS_SELECTOR, f"#{elem_id} textarea, #{elem_id} input")
+
+    source = wait_for(lambda: box("text-source").get_attribute("value"), 60, "the measured caption")
+    expected = logic.source_caption(logic.text_digit(Image.open(tmp_path / "digit.png")))
+    assert source == expected
+    target = wait_for(lambda: box("text-target").get_attribute("value"), 30, "the suggested target")
+    assert target == logic.suggest_target(source) and target != source
+    driver.find_element(By.ID, "text-generate").click()
+    files = downloads(driver, "text-files")
+    assert {"edited.png", "attention_overlay.png", "attention.png", "report.html", "settings.json"} <= set(files)
+    settings = json.loads(files["settings.json"])
+    assert settings["source"] == source and settings["target"] == target and settings["local_blend"] is True
+    assert _png(files["edited.png"], "L").shape == (28, 28)
+    assert "<del>" in driver.find_element(By.ID, "text-diff").get_attribute("innerHTML")
+    assert driver.find_element(By.CSS_SELECTOR, "#text-attention img").get_attribute("src")
+
+
 def test_server_serves_only_what_it_made(server):
     url, out = server
     for path in ("/etc/passwd", str(out / "runs"), str(next(out.glob("runs/*/settings.json"), out))):

@@ -50,7 +50,7 @@ def cmd_train_text2image(args) -> int:
 
 def _edit_args(p) -> None:
     p.add_argument("--model", default=None, help="text-to-image folder (default: the shipped weights/text2image)")
-    p.add_argument("--method", default="direct", choices=["direct", "negative-prompt", "null-text", "ddim"],
+    p.add_argument("--method", default="direct", choices=["direct", "fixed-point", "negative-prompt", "null-text", "ddim"],
                    help="inversion method (default direct)")
     p.add_argument("--num-inference-steps", type=positive_int("--num-inference-steps"), default=10,
                    help="DDIM steps of inversion and editing (default 10)")
@@ -115,13 +115,22 @@ def cmd_edit(args) -> int:
     save_image(result.attention_maps[0], out / "attention.png")
     if result.blend_masks is not None:
         save_image(result.blend_masks[0], out / "blend_mask.png")
-    from ..io.manifest import atomic_write_json
+    from ..io.manifest import atomic_write_json, atomic_write_text
+    from ..pipelines.text_edit import EditRow, edit_report_html
 
     removed, added = result.changed_words[0]
     info = {"image": str(args.image), "source": args.source, "target": args.target, "removed_words": removed,
             "added_words": added, "edit_type": result.edit_types[0], "method": args.method,
             "num_inference_steps": args.num_inference_steps, "unet_calls": result.unet_calls}
     atomic_write_json(out / "edit.json", info)
+    row = EditRow(reference=image[0], edited=result.images[0], source=args.source, target=args.target,
+                  attention=result.attention_maps[0],
+                  note=f"{result.edit_types[0]} edit, {args.method} inversion, {args.num_inference_steps} steps, "
+                       f"{result.unet_calls:g} UNet calls")
+    atomic_write_text(out / "report.html", edit_report_html(
+        [row], title="Text counterfactual edit",
+        intro=f"Attention of {' '.join(added) or 'the changed word'!r} in the edited branch, averaged over layers "
+              "and steps, upsampled and drawn over the edited digit.", note_title="settings"))
     print(json.dumps(info))
     return 0
 
@@ -172,8 +181,8 @@ def register(sub) -> None:
     p = sub.add_parser("edit", help="edit one digit from a source caption to a target caption (inversion + prompt-to-prompt)",
                        description="Invert --image under --source, then sample --source and --target together with "
                                    "prompt-to-prompt attention control and local blend. Writes <out>/edited.png, "
-                                   "<out>/attention.png (the changed target word's cross-attention), blend_mask.png "
-                                   "and edit.json.")
+                                   "<out>/attention.png (the changed target word's cross-attention), blend_mask.png, "
+                                   "edit.json and report.html (reference | edited | caption diff | attention map).")
     p.add_argument("--image", required=True, help="the digit (the model's size: 28x28 grayscale)")
     p.add_argument("--source", required=True, help='its caption, e.g. "a thin, upright, dim seven"')
     p.add_argument("--target", required=True, help='the counterfactual caption, e.g. "a thick, upright, dim seven"')

@@ -284,5 +284,38 @@ def uninstall(unet, previous: dict) -> None:
     unet.set_attn_processor(previous)
 
 
+def attention_overlay(image, attention, size: int | None = None, alpha: float = 0.6):
+    """The attention map drawn over the image: uint8 (S,S,3), ``S = size`` (default: the image's side).
+
+    ``image``: (H,W), (1,H,W) or (H,W,1) grey in [0,1] (tensor or array); ``attention``: (h,w) or (1,h,w) in
+    [0,1] at any resolution. The map is upsampled bilinearly (smooth), the image with nearest neighbours (crisp
+    pixels); the map is stretched to its own range (its weakest point 0, its strongest 1, so a map that is nearly
+    flat still shows where the word attends most), coloured with matplotlib's ``inferno`` and blended with
+    per-pixel opacity ``alpha·attention``: the grey digit shows through where the word attends least.
+    """
+    import numpy as np
+    from matplotlib import colormaps
+
+    img = torch.as_tensor(np.asarray(image, dtype=np.float32)).squeeze()
+    att = torch.as_tensor(np.asarray(attention, dtype=np.float32)).squeeze()
+    if img.ndim != 2:
+        raise input_error("image", tuple(img.shape), "one grey image (H,W)")
+    if att.ndim != 2:
+        raise input_error("attention", tuple(att.shape), "one map (h,w)")
+    if not 0 <= alpha <= 1:
+        raise input_error("alpha", alpha, "a number in [0, 1]")
+    side = int(size or img.shape[-1])
+    if side < 1:
+        raise input_error("size", size, "an integer >= 1")
+    g = F.interpolate(img[None, None].clamp(0, 1), size=(side, side), mode="nearest")[0, 0].numpy()
+    a = F.interpolate(att[None, None].clamp(0, 1), size=(side, side), mode="bilinear", align_corners=False)[0, 0]
+    lo, hi = float(a.min()), float(a.max())
+    a = ((a - lo) / (hi - lo) if hi - lo > 1e-6 else torch.zeros_like(a)).clamp(0, 1).numpy()
+    heat = colormaps["inferno"](a)[..., :3]
+    w = (alpha * a)[..., None]
+    out = (1 - w) * g[..., None] + w * heat
+    return np.round(np.clip(out, 0, 1) * 255).astype(np.uint8)
+
+
 __all__ = ["P2PController", "P2PAttnProcessor", "LocalBlend", "install", "uninstall", "replace_mapper",
-           "refine_alignment", "EDIT_TYPES"]
+           "refine_alignment", "attention_overlay", "EDIT_TYPES"]

@@ -18,7 +18,14 @@ from dataclasses import dataclass
 import torch
 
 from ..editing.attention import LocalBlend, P2PController, install, uninstall
-from ..editing.inversion import Inversion, check_method, invert, sample_step, sampling_schedule
+from ..editing.inversion import (
+    CAPTION_AS_UNCOND,
+    Inversion,
+    check_method,
+    invert,
+    sample_step,
+    sampling_schedule,
+)
 from ..errors import input_error
 from ..io.images import from_model_space, to_model_space
 from ..models.text2image import Text2ImageModel
@@ -63,12 +70,7 @@ def p2p_sample(unet, scheduler, inv: Inversion, cond_src: torch.Tensor, cond_tgt
     try:
         for i, t in enumerate(ts):
             controller.begin_step(i)
-            if inv.method == "negative-prompt":
-                unc = cond_src
-            elif inv.method == "null-text":
-                unc = inv.null_embeddings[i]
-            else:
-                unc = null
+            unc = inv.uncond_at(i) if inv.method in CAPTION_AS_UNCOND + ("null-text",) else null
             ctx = torch.cat([unc, unc, cond_src, cond_tgt])
             e = unet(torch.cat([x, x]), t, encoder_hidden_states=ctx).sample
             rows += 4 * n
@@ -123,7 +125,7 @@ class TextEditPipeline:
         for s, t in zip(source, target):
             ps, pt = changed_words(self.model.tokenizer.split(s), self.model.tokenizer.split(t))
             if not ps and not pt:
-                raise input_error("target", t, "a caption that differs from --source in at least one word")
+                raise input_error("target", t, "a caption that differs from the source caption in at least one word")
         if not isinstance(num_inference_steps, int) or num_inference_steps < 1:
             raise input_error("num_inference_steps", num_inference_steps, "an integer >= 1")
         if not (guidance_scale >= 1.0):
@@ -142,7 +144,7 @@ class TextEditPipeline:
                  on_mismatch: str = "refine") -> TextEditOutput:
         """Edit ``image`` (B,1,H,W) in [0,1] from caption ``source`` to caption ``target``.
 
-        ``method``: inversion (direct, negative-prompt, null-text, ddim); ``edit_type``: replace (word swap; falls
+        ``method``: inversion (direct, fixed-point, negative-prompt, null-text, ddim); ``edit_type``: replace (word swap; falls
         back to refine when word counts differ, or raises with ``on_mismatch='error'``) or refine;
         ``reweight``: factor on the changed target words' cross-attention; ``local_blend``: keep pixels outside
         the changed words' attention (threshold ``blend_threshold``, from ``start_blend`` of the steps).
@@ -184,4 +186,100 @@ class TextEditPipeline:
                               edit_types=list(controller.edit_types), unet_calls=inv.unet_calls + calls)
 
 
-__all__ = ["TextEditPipeline", "TextEditOutput", "p2p_sample", "changed_words", "generate"]
+# ------------------------------------------------------------------------------------------------ the report
+@dataclass
+class EditRow:
+    """One edit as the HTML report shows it: grey images (H,W)/(1,H,W) in [0,1] and the two captions."""
+
+    reference: object
+    edited: object
+    source: str
+    target: str
+    attention: object  # the changed target word's cross-attention map, [0,1], any resolution
+    note: str = ""  # e.g. the measured attribute change
+
+
+def caption_diff_html(source: str, target: str) -> str:
+    """Word diff of two captions as HTML: removed words in ``<del>``, added ones in ``<ins>`` (escaped)."""
+    import html
+
+    a, b = source.split(), target.split()
+    parts = []
+    for op, a0, a1, b0, b1 in difflib.SequenceMatcher(a=a, b=b, autojunk=False).get_opcodes():
+        if op == "equal":
+            parts.append(html.escape(" ".join(a[a0:a1])))
+        else:
+            if a1 > a0:
+                parts.append(f"<del>{html.escape(' '.join(a[a0:a1]))}</del>")
+            if b1 > b0:
+                parts.append(f"<ins>{html.escape(' '.join(b[b0:b1]))}</ins>")
+    return " ".join(parts)
+
+
+def _grey(image, name: str):
+    """A grey image (tensor or array; (H,W), (1,H,W) or (H,W,1); uint8 or [0,1] floats) as float (H,W) in [0,1]."""
+    import numpy as np
+
+    arr = image.detach().cpu().numpy() if isinstance(image, torch.Tensor) else np.asarray(image)
+    arr = arr.astype(np.float32) / 255.0 if arr.dtype == np.uint8 else arr.astype(np.float32)
+    arr = arr.squeeze()
+    if arr.ndim != 2:
+        raise input_error(name, tuple(arr.shape), "one grey image (H,W)")
+    return np.clip(arr, 0, 1)
+
+
+def _png_data_uri(image) -> str:
+    import base64
+    import io
+
+    from ..io.images import to_pil
+
+    buf = io.BytesIO()
+    to_pil(image).save(buf, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+REPORT_STYLE = ("<style>body{font-family:sans-serif;margin:1.5em} td,th{padding:4px 8px;text-align:left;"
+                "vertical-align:middle} img.px{image-rendering:pixelated} del{color:#b00} ins{color:#070}"
+                " table{border-collapse:collapse} tr:nth-child(even){background:#f6f6f6}</style>")
+
+
+def edit_table_html(rows: Sequence[EditRow], cell_px: int = 112, note_title: str = "") -> str:
+    """reference | edited | caption diff | the changed word's attention over the edited digit (| note), one row
+    per edit; images embedded (data URIs), digits enlarged with crisp pixels, the map upsampled smoothly."""
+    import html
+
+    from ..editing.attention import attention_overlay
+
+    if not isinstance(cell_px, int) or cell_px < 8:
+        raise input_error("cell_px", cell_px, "an integer >= 8")
+    head = ["reference", "edited", "caption diff", "attention of the changed word (over the edited digit)"]
+    if note_title:
+        head.append(note_title)
+    out = ["<table><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in head) + "</tr>"]
+    for r in rows:
+        ref, edited = _grey(r.reference, "reference"), _grey(r.edited, "edited")
+        over = attention_overlay(edited, _grey(r.attention, "attention"), size=cell_px)
+        cells = [f"<img class='px' width='{cell_px}' height='{cell_px}' alt='reference' src='{_png_data_uri(ref)}'>",
+                 f"<img class='px' width='{cell_px}' height='{cell_px}' alt='edited' src='{_png_data_uri(edited)}'>",
+                 caption_diff_html(r.source, r.target),
+                 f"<img width='{cell_px}' height='{cell_px}' alt='attention' src='{_png_data_uri(over)}'>"]
+        if note_title:
+            cells.append(html.escape(r.note))
+        out.append("<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
+    out.append("</table>")
+    return "".join(out)
+
+
+def edit_report_html(rows: Sequence[EditRow], title: str = "Text counterfactual edits", intro: str = "",
+                     note_title: str = "") -> str:
+    """A self-contained HTML page: ``title``, ``intro`` (plain text) and :func:`edit_table_html` of ``rows``."""
+    import html
+
+    return ("<!doctype html><meta charset='utf-8'>" f"<title>{html.escape(title)}</title>{REPORT_STYLE}"
+            f"<h1>{html.escape(title)}</h1>" + (f"<p>{html.escape(intro)}</p>" if intro else "")
+            + edit_table_html(rows, note_title=note_title) + "\n")
+
+
+__all__ = ["TextEditPipeline", "TextEditOutput", "p2p_sample", "changed_words", "generate", "EditRow",
+           "caption_diff_html", "edit_table_html", "edit_report_html"]

@@ -288,7 +288,7 @@ class TripletWriter:
         atomic_write_text(self.out / f"split.rc2.{cfg.cirr_split}.json", json.dumps(dict(sorted(names.items()))))
         summary = summarize_records(records, kept, cfg.filters)
         atomic_write_json(self.out / "summary.json", summary)
-        atomic_write_text(self.out / "report.html", report_html(kept, summary))
+        atomic_write_text(self.out / "report.html", report_html(kept, summary, self.out))
         return summary
 
 
@@ -368,44 +368,32 @@ def format_summary(summary: dict) -> str:
     return "\n".join(lines)
 
 
-def _caption_diff(source: str, target: str) -> str:
-    import difflib
+def report_html(kept: list[dict], summary: dict, root: str | Path, per_type: int = 6) -> str:
+    """reference | edited | caption diff | the changed word's attention over the edited digit | modification and
+    measured change, per edit type; then the counts. Images are read from ``root`` (the run folder) and embedded."""
     import html
 
-    a, b = source.split(), target.split()
-    parts = []
-    for op, a0, a1, b0, b1 in difflib.SequenceMatcher(a=a, b=b, autojunk=False).get_opcodes():
-        if op == "equal":
-            parts.append(html.escape(" ".join(a[a0:a1])))
-        else:
-            if a1 > a0:
-                parts.append(f"<del>{html.escape(' '.join(a[a0:a1]))}</del>")
-            if b1 > b0:
-                parts.append(f"<ins>{html.escape(' '.join(b[b0:b1]))}</ins>")
-    return " ".join(parts)
+    from ..io.images import read_array
+    from .text_edit import REPORT_STYLE, EditRow, edit_table_html
 
-
-def report_html(kept: list[dict], summary: dict, per_type: int = 6) -> str:
-    """reference | edited | caption diff | attention map of the changed word, per edit type; then the counts."""
-    import html
-
+    root = Path(root)
     groups: dict[str, list[dict]] = {}
     for r in kept:
         groups.setdefault(f"{r['attribute']} {'+' if r['direction'] > 0 else '-'}", []).append(r)
-    rows = ["<!doctype html><meta charset='utf-8'><title>Text counterfactual triplets</title>",
-            "<style>body{font-family:sans-serif} img{width:84px;image-rendering:pixelated} td{padding:4px}"
-            " del{color:#b00} ins{color:#070}</style>",
+    rows = ["<!doctype html><meta charset='utf-8'><title>Text counterfactual triplets</title>", REPORT_STYLE,
             "<h1>Text counterfactual triplets</h1>",
             f"<p>{summary['kept']} kept of {summary['candidates']} candidates (pass rate {summary['pass_rate']}).</p>"]
     for name in sorted(groups):
-        rows.append(f"<h2>{html.escape(name)}</h2><table><tr><th>reference</th><th>edited</th><th>caption diff</th>"
-                    "<th>modification</th><th>attention of the changed word</th><th>measured change</th></tr>")
+        edits = []
         for r in groups[name][:per_type]:
             cf = f"cf-{r['pairid']:08d}.png"
-            rows.append(f"<tr><td><img src='images/mm-{r['reference_index']:05d}.png'></td><td><img src='images/{cf}'></td>"
-                        f"<td>{_caption_diff(r['caption'], r['target_caption'])}</td><td>{html.escape(r['modification'])}</td>"
-                        f"<td><img src='attention/{cf}'></td><td>{r['attribute']} {r['change']:+.3g}</td></tr>")
-        rows.append("</table>")
+            edits.append(EditRow(reference=read_array(root / "images" / f"mm-{r['reference_index']:05d}.png", mode="L"),
+                                 edited=read_array(root / "images" / cf, mode="L"),
+                                 source=r["caption"], target=r["target_caption"],
+                                 attention=read_array(root / "attention" / cf, mode="L"),
+                                 note=f"{r['modification']}; measured {r['attribute']} {r['change']:+.3g}"))
+        rows.append(f"<h2>{html.escape(name)}</h2>")
+        rows.append(edit_table_html(edits, note_title="modification, measured change"))
     rows.append("<h2>Counts per edit</h2><table><tr><th>edit</th><th>candidates</th><th>kept</th></tr>")
     for k, v in sorted(summary["per_edit"].items()):
         rows.append(f"<tr><td>{html.escape(k)}</td><td>{v['candidates']}</td><td>{v['kept']}</td></tr>")

@@ -1,4 +1,5 @@
-"""The gradio page: a defect tab (brush mask → damage type) and a reference tab (box → reference crop).
+"""The gradio page: a defect tab (brush mask → damage type), a reference tab (box → reference crop) and a text
+tab (digit + source caption → target caption, with the changed word's attention map).
 
 ``build_app(...)`` returns the ``gr.Blocks``; :func:`launch` serves it on 127.0.0.1 by default. The page
 only lays out :mod:`counterfactory.ui.logic`; a user mistake shows the library's one-line message (gr.Error),
@@ -75,14 +76,15 @@ def _adapter_note(models: logic.Models, adapter: str | None) -> str:
 
 
 def build_app(out: str | Path, base: str | Path | None = None, adapter: str | None = None,
-              reference_adapter: str | None = None):
+              reference_adapter: str | None = None, text_model: str | Path | None = None):
     """The page. ``out``: the one folder the app writes to; ``base``: compact base folder (default: shipped
-    ``weights/``); ``adapter`` / ``reference_adapter``: the folders selected when the page opens."""
+    ``weights/``); ``adapter`` / ``reference_adapter``: the folders selected when the page opens;
+    ``text_model``: the text-to-image folder of the text tab (default: shipped ``weights/text2image``)."""
     import gradio as gr
 
     out = Path(out).resolve()
     out.mkdir(parents=True, exist_ok=True)
-    models = logic.Models(base)
+    models = logic.Models(base, text_model=text_model)
     adapters = logic.find_adapters(out, [adapter])
     first = adapters[0]
     first_types = logic.damage_types(models, first)
@@ -130,6 +132,29 @@ def build_app(out: str | Path, base: str | Path | None = None, adapter: str | No
         result = logic.run_reference(models, out, image, ref, box, ref_adapter, steps, guidance, seed, n,
                                      progress=lambda f, t: progress(f, desc=t))
         return views(result)
+
+    @_friendly
+    def on_text_image(image, digit_class):
+        if image is None:
+            return gr.update(), gr.update()
+        source = logic.source_caption(logic.text_digit(image), digit_class)
+        return source, logic.suggest_target(source)
+
+    @_friendly
+    def on_draw(caption, seed):
+        return logic.to_u8(logic.draw_digit(models, caption, seed))
+
+    @_friendly
+    def on_text_edit(image, source, target, method, steps, guidance, cross, self_, blend,
+                     progress=gr.Progress(track_tqdm=True)):
+        digit = logic.text_digit(image)
+        r = logic.run_text_edit(models, out, digit, source, target, method, steps, guidance, cross, self_, blend,
+                                progress=lambda f, t: progress(f, desc=t))
+        word = " ".join(r.settings["added_words"]) or "the changed word"
+        status = (f"Done in {r.seconds:.1f} s ({r.settings['edit_type']} edit, {r.settings['unet_calls']:g} UNet calls) "
+                  f"in `{r.folder}`. Attention: where '{word}' looks, averaged over layers and steps.")
+        return (r.input, r.edited, r.attention, f"<p style='font-size:1.1em'>{r.caption_diff}</p>",
+                [str(f) for f in r.files], status)
 
     # ------------------------------------------------------------------ layout
     def editor(label, elem_id):
@@ -207,12 +232,57 @@ def build_app(out: str | Path, base: str | Path | None = None, adapter: str | No
                         r_n = gr.Slider(1, logic.MAX_SEEDS, value=1, step=1, label="variations (seeds)")
                     r_go = gr.Button("Insert", variant="primary", elem_id="reference-generate")
             r_outputs = result_views("reference")
-        # A text-editing tab (source/target caption, attention map) joins here once text editing is in the library.
+        with gr.Tab("Text", elem_id="tab-text"):
+            with gr.Row():
+                with gr.Column(scale=2):
+                    x_image = gr.Image(label="digit (28x28 grey, light stroke on dark; larger images are resized)",
+                                       type="numpy", image_mode="L", format="png", sources=["upload", "clipboard"],
+                                       elem_id="text-image", height=260)
+                    x_class = gr.Dropdown([logic.NO_CLASS, *map(str, range(10))], value=logic.NO_CLASS,
+                                          label="digit class (names the digit in the caption)", elem_id="text-class")
+                    with gr.Accordion("or draw a digit with the text-to-image model", open=False):
+                        x_draw_caption = gr.Textbox("a thin, upright, dim seven", label="caption to draw from",
+                                                    elem_id="text-draw-caption")
+                        with gr.Row():
+                            x_draw_seed = gr.Number(0, precision=0, minimum=0, label="seed", elem_id="text-draw-seed")
+                            x_draw = gr.Button("Draw", elem_id="text-draw")
+                with gr.Column(scale=3):
+                    x_source = gr.Textbox(label="source caption (measured from the digit; edit if you like)",
+                                          elem_id="text-source")
+                    x_target = gr.Textbox(label="target caption (swap a word: thin/thick, upright/slanted, dim/bright, "
+                                                "the digit word)", elem_id="text-target")
+                    x_method = gr.Dropdown(list(logic.TEXT_METHODS), value="direct", label="inversion",
+                                           elem_id="text-method")
+                    with gr.Row():
+                        x_steps = gr.Slider(1, 50, value=10, step=1, label="DDIM steps")
+                        x_guid = gr.Slider(1, 10, value=3.0, step=0.1, label="guidance")
+                    with gr.Row():
+                        x_cross = gr.Slider(0, 1, value=0.8, step=0.05, label="cross-attention replace (fraction of steps)",
+                                            elem_id="text-cross")
+                        x_self = gr.Slider(0, 1, value=0.4, step=0.05, label="self-attention replace (fraction of steps)",
+                                           elem_id="text-self")
+                    x_blend = gr.Checkbox(True, label="local blend (change only where the changed words attend)",
+                                          elem_id="text-blend")
+                    x_go = gr.Button("Edit", variant="primary", elem_id="text-generate")
+            with gr.Row():
+                xv_in = gr.Image(label="input", elem_id="text-input", interactive=False, format="png", height=260)
+                xv_out = gr.Image(label="edited", elem_id="text-result", interactive=False, format="png", height=260)
+                xv_att = gr.Image(label="attention of the changed word (over the edited digit)",
+                                  elem_id="text-attention", interactive=False, format="png", height=260)
+            xv_diff = gr.HTML(elem_id="text-diff")
+            xv_files = gr.File(label="downloads: edited PNG, attention overlay and map PNGs, report.html, settings JSON",
+                               elem_id="text-files", file_count="multiple", interactive=False)
+            xv_status = gr.Markdown(elem_id="text-status")
 
         d_adapter.change(on_adapter, [d_adapter], [d_type, d_note])
         d_go.click(on_generate, [d_editor, d_mask, d_adapter, d_type, d_steps, d_guid, d_seed, d_n], d_outputs)
         t_go.click(on_train, [t_data, t_steps, t_seed], [d_adapter, d_type, t_status])
         r_go.click(on_reference, [r_editor, r_box, r_ref, r_adapter, r_steps, r_guid, r_seed, r_n], r_outputs)
+        x_image.change(on_text_image, [x_image, x_class], [x_source, x_target])
+        x_class.change(on_text_image, [x_image, x_class], [x_source, x_target])
+        x_draw.click(on_draw, [x_draw_caption, x_draw_seed], [x_image])
+        x_go.click(on_text_edit, [x_image, x_source, x_target, x_method, x_steps, x_guid, x_cross, x_self, x_blend],
+                   [xv_in, xv_out, xv_att, xv_diff, xv_files, xv_status])
     return app
 
 
@@ -255,7 +325,7 @@ def _patient_start_check(seconds: float = 60.0):
 
 def launch(out: str | Path = "ui_out", host: str = "127.0.0.1", port: int = 7860, base: str | None = None,
            adapter: str | None = None, reference_adapter: str | None = None, open_browser: bool = False,
-           block: bool = True, quiet: bool = False):
+           block: bool = True, quiet: bool = False, text_model: str | None = None):
     """Serve the app on ``host:port``; returns the gradio ``Blocks`` (already running when ``block=False``)."""
     if isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535:
         raise input_error("port", port, "an integer in [1, 65535]")
@@ -267,7 +337,7 @@ def launch(out: str | Path = "ui_out", host: str = "127.0.0.1", port: int = 7860
     if host not in LOCAL_HOSTS:
         print(f"warning: serving on {host}:{port}: anyone who can reach this address can use the app and download "
               f"what it made (no login); use --host 127.0.0.1 to keep it on this machine", file=sys.stderr)
-    app = build_app(out, base=base, adapter=adapter, reference_adapter=reference_adapter)
+    app = build_app(out, base=base, adapter=adapter, reference_adapter=reference_adapter, text_model=text_model)
     app.queue(default_concurrency_limit=1)
     try:
         with _patient_start_check():

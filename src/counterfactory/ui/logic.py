@@ -144,8 +144,9 @@ def to_u8(x: np.ndarray) -> np.ndarray:
 class Models:
     """Loaded pipelines, by (kind, adapter folder); the last few stay in memory so switching back is instant."""
 
-    def __init__(self, base: str | Path | None = None, keep: int = 3):
+    def __init__(self, base: str | Path | None = None, keep: int = 3, text_model: str | Path | None = None):
         self.base = str(base) if base else None
+        self.text_model = str(text_model) if text_model else None  # default: the shipped weights/text2image
         self.keep = keep
         self._cache: OrderedDict[tuple[str, str | None], object] = OrderedDict()
         self.lock = threading.Lock()  # one generation at a time: torch's threads are shared
@@ -174,6 +175,12 @@ class Models:
             raise input_error("reference adapter", "none", "a reference adapter folder (train one with "
                                                            "`counterfactory train-reference --data DATASET --out DIR`)")
         return self._get(("reference", adapter), lambda: ReferenceInpaintPipeline.from_compact(adapter, base=self.base))
+
+
+    def text(self):
+        from ..pipelines.text_edit import TextEditPipeline
+
+        return self._get(("text", self.text_model), lambda: TextEditPipeline.from_pretrained(self.text_model))
 
 
 def _adapter_arg(adapter, name: str) -> str | None:
@@ -386,3 +393,153 @@ def train_small_adapter(out_root: str | Path, data: str | None, steps: int, seed
 
 def settings_text(result: RunResult) -> str:
     return json.dumps(result.settings, indent=1)
+
+
+# ---------------------------------------------------------------------------------------------------- text edits
+TEXT_VIEW_PX = 224  # digits are shown enlarged (crisp pixels), the attention map smooth
+NO_CLASS = "(not given)"  # the digit class choice that captions the noun as "digit"
+TEXT_METHODS = ("direct", "fixed-point", "negative-prompt", "null-text", "ddim")
+
+
+def text_digit(value, size: int = 28, name: str = "digit") -> np.ndarray:
+    """An uploaded digit (PIL/numpy/editor value; grey or RGB, light stroke on dark) as float32 (size,size) in
+    [0,1]; other sizes are resized (area average) to the model's ``size``."""
+    bg = value.get("background") if isinstance(value, dict) else value
+    if bg is None:
+        raise input_error(name, "none", "an uploaded digit image (light stroke on a dark background), or draw one")
+    if isinstance(bg, np.ndarray):
+        arr = bg.astype(np.float32) / 255.0 if bg.dtype == np.uint8 else bg.astype(np.float32)
+        if arr.ndim == 3:
+            arr = arr[..., :3].mean(-1) if arr.shape[-1] >= 3 else arr[..., 0]
+        bg = Image.fromarray(to_u8(arr))
+    arr = pil_to_array(bg, mode="L", alpha="drop", name=name)
+    if arr.shape != (size, size):
+        arr = pil_to_array(Image.fromarray(to_u8(arr)).resize((size, size), Image.Resampling.BOX), mode="L")
+    return arr.astype(np.float32)
+
+
+def _digit_class(value) -> int | None:
+    if value is None or str(value).strip() in ("", NO_CLASS):
+        return None
+    try:
+        k = int(str(value).strip())
+    except ValueError:
+        raise input_error("digit class", value, f"0..9 or {NO_CLASS!r}") from None
+    if not 0 <= k <= 9:
+        raise input_error("digit class", value, f"0..9 or {NO_CLASS!r}")
+    return k
+
+
+def source_caption(image: np.ndarray, digit_class=None) -> str:
+    """The attribute captioner's caption of a digit (measured thickness, slant, brightness; the class word when
+    given, else "digit")."""
+    from ..editing.captions import AttributeCaptioner
+
+    k = _digit_class(digit_class)
+    return AttributeCaptioner().caption(to_u8(image)[None], labels=None if k is None else [k])[0]
+
+
+def suggest_target(source: str) -> str:
+    """A counterfactual caption: the first attribute word of ``source`` swapped for its opposite."""
+    from ..editing.captions import WORD_ATTRIBUTE, RulePerturber
+
+    cands = RulePerturber().candidates(source)
+    first = (WORD_ATTRIBUTE[cands[0][1]][0],) if cands else None  # none: perturb() names the problem
+    _, target, _ = RulePerturber(attributes=first, vary_phrasing=False).perturb(source, np.random.default_rng(0))
+    return target
+
+
+def draw_digit(models: Models, caption: str, seed, steps: int = 20) -> np.ndarray:
+    """A digit drawn by the text-to-image model from ``caption`` (seeded): float32 (28,28) in [0,1]."""
+    from ..pipelines.text_edit import generate
+
+    seed, _ = check_seed(seed, 1)
+    pipe = models.text()
+    pipe.model.tokenizer.encode([caption], argument="caption")
+    with models.lock, torch.inference_mode():
+        x = generate(pipe.model, [caption], num_inference_steps=check_steps(steps),
+                     generator=torch.Generator().manual_seed(seed))
+    return to_u8(x[0, 0].numpy()).astype(np.float32) / 255.0  # on the 8-bit grid, as a saved PNG
+
+
+def _fraction(value, name: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= float(value) <= 1:
+        raise input_error(name, value, "a fraction in [0, 1]")
+    return float(value)
+
+
+def enlarge(image: np.ndarray, px: int = TEXT_VIEW_PX) -> np.ndarray:
+    """A grey [0,1] digit as uint8 (px,px,3), nearest neighbour (crisp pixels)."""
+    im = Image.fromarray(to_u8(image)).resize((px, px), Image.Resampling.NEAREST).convert("RGB")
+    return np.asarray(im)
+
+
+@dataclass
+class TextRunResult:
+    """One text edit: the run folder, the enlarged views (uint8), the caption diff and the downloadable files."""
+
+    folder: Path
+    input: np.ndarray
+    edited: np.ndarray
+    attention: np.ndarray
+    caption_diff: str  # HTML
+    files: list[Path]
+    settings: dict = field(default_factory=dict)
+    seconds: float = 0.0
+
+
+def run_text_edit(models: Models, out_root: str | Path, image: np.ndarray, source: str, target: str,
+                  method: str = "direct", num_inference_steps: int = 10, guidance_scale: float = 3.0,
+                  cross_replace_steps: float = 0.8, self_replace_steps: float = 0.4, local_blend: bool = True,
+                  progress: Progress = _no_progress) -> TextRunResult:
+    """Edit the digit ``image`` ((H,W) in [0,1], the model's size) from caption ``source`` to ``target``; write
+    ``runs/text-*/{input.png, edited.png, attention.png, attention_overlay.png, report.html, settings.json}``."""
+    from ..editing.attention import attention_overlay
+    from ..pipelines.text_edit import EditRow, caption_diff_html, edit_report_html
+
+    t0 = time.time()
+    if method not in TEXT_METHODS:
+        raise input_error("method", method, f"one of {', '.join(TEXT_METHODS)}")
+    steps = check_steps(num_inference_steps)
+    if isinstance(guidance_scale, bool) or not isinstance(guidance_scale, (int, float)) or not guidance_scale >= 1:
+        raise input_error("guidance_scale", guidance_scale, "a number >= 1 (1 = no guidance)")
+    cross = _fraction(cross_replace_steps, "cross_replace_steps")
+    self_ = _fraction(self_replace_steps, "self_replace_steps")
+    for name, text in (("source caption", source), ("target caption", target)):
+        if not isinstance(text, str) or not text.strip():
+            raise input_error(name, text, "a caption such as 'a thin, upright, dim seven'")
+    source, target = source.strip(), target.strip()
+    progress(0.0, "loading the text-to-image model")
+    pipe = models.text()
+    x = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))[None, None]
+    progress(0.2, f"{method} inversion and prompt-to-prompt edit, {steps} steps")
+    with models.lock, torch.inference_mode(False), torch.no_grad():
+        out = pipe(x, source, target, method=method, num_inference_steps=steps, guidance_scale=float(guidance_scale),
+                   cross_replace_steps=cross, self_replace_steps=self_, local_blend=bool(local_blend))
+    progress(0.9, "writing files")
+    edited = out.images[0, 0].numpy()
+    att = out.attention_maps[0, 0].numpy()
+    overlay = attention_overlay(edited, att, size=TEXT_VIEW_PX)
+    removed, added = out.changed_words[0]
+    settings = {"task": "text", "counterfactory": __version__, "model": models.text_model or "weights/text2image",
+                "source": source, "target": target, "removed_words": removed, "added_words": added,
+                "edit_type": out.edit_types[0], "method": method, "num_inference_steps": steps,
+                "guidance_scale": float(guidance_scale), "cross_replace_steps": cross, "self_replace_steps": self_,
+                "local_blend": bool(local_blend), "unet_calls": out.unet_calls}
+    tmp, final = _new_run_folder(Path(out_root), "text")
+    try:
+        save_image(to_u8(image), tmp / "input.png")
+        save_image(to_u8(edited), tmp / "edited.png")
+        save_image(to_u8(att), tmp / "attention.png")
+        save_image(overlay, tmp / "attention_overlay.png")
+        row = EditRow(image, edited, source, target, att, note=f"{out.edit_types[0]}, {method}, {steps} steps")
+        (tmp / "report.html").write_text(edit_report_html([row], title="Text counterfactual edit", note_title="settings"))
+        atomic_write_json(tmp / "settings.json", settings)
+        files = _finish(tmp, final, ["edited.png", "attention_overlay.png", "attention.png", "report.html",
+                                     "settings.json"])
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    progress(1.0, "done")
+    return TextRunResult(final, enlarge(image), enlarge(edited), overlay, caption_diff_html(source, target), files,
+                         settings, round(time.time() - t0, 2))

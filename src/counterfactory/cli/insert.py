@@ -338,7 +338,7 @@ def cmd_train_reference(args) -> int:
         encoder_weights=args.encoder_weights, token_mode=args.token_mode, reference_size=args.reference_size,
         split=args.split, types=tuple(types) if types else None, lora_rank=args.rank, lora_targets=targets,
         batch_size=args.batch_size, reference_dropout=args.reference_dropout, background_prob=args.background_prob,
-        loop=loop,
+        hint=args.hint, mask_perturb=args.mask_perturb == "on", loop=loop,
     )
     summary = train_reference(cfg, progress=not args.quiet)
     print(json.dumps(summary))
@@ -417,6 +417,12 @@ def register(sub) -> None:
     p.add_argument("--reference-dropout", type=float_range("--reference-dropout", 0.0, 1.0), default=0.2, help="null-reference rate for CFG (default 0.2)")
     p.add_argument("--background-prob", type=float_range("--background-prob", 0.0, 1.0), default=0.2,
                    help="rows on defect-free training images with the null reference (default 0.2; 0 = none)")
+    p.add_argument("--hint", default="hf", choices=["hf", "none"],
+                   help="hf (default): the reference's high-frequency map warped into the box as extra input "
+                        "channels (AnyDoor); none: tokens only (Paint-by-Example)")
+    p.add_argument("--mask-perturb", default="on", choices=["on", "off"],
+                   help="on (default): the inpainted region is the box extended at random, with a Bezier outline "
+                        "half of the time; off: the defect's box itself")
     loop_args(p, steps=600, lr=1e-3, batch=8, ckpt=50)
     bound_loop_flags(p)
     p.set_defaults(func=cmd_train_reference)

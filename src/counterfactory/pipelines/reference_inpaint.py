@@ -192,16 +192,16 @@ class ReferenceInpaintPipeline(MaskedInpaintPipeline):
             self.check_region(masks[i], f"mask_image[{i}]" if box is None else f"region[{i}]",
                               "a non-empty region to paint the reference into")
             x0, y0, x1, y1 = bbox(masks[i, 0])
+            if max(x1 - x0, y1 - y0) > limit:
+                raise input_error(f"box[{i}]" if b > 1 else "box", f"{x1 - x0}x{y1 - y0} px",
+                                  f"a region at most {limit} px on its longer side (max_box_side; default "
+                                  f"{MAX_BOX_FACTOR} x the working resolution {self.resolution}): downscale the image first")
             rw, rh = sizes[i] if len(sizes) > 1 else sizes[0]
             if (x1 - x0) > MAX_REFERENCE_UPSCALE * rw or (y1 - y0) > MAX_REFERENCE_UPSCALE * rh:
                 raise input_error(f"reference_image[{i if len(sizes) > 1 else 0}] size", f"{rw}x{rh}",
                                   f"a reference at least 1/{MAX_REFERENCE_UPSCALE:g} of its region's side "
                                   f"({x1 - x0}x{y1 - y0} px, W x H): it would be upscaled more than "
                                   f"{MAX_REFERENCE_UPSCALE:g}x")
-            if max(x1 - x0, y1 - y0) > limit:
-                raise input_error(f"box[{i}]" if b > 1 else "box", f"{x1 - x0}x{y1 - y0} px",
-                                  f"a region at most {limit} px on its longer side (max_box_side; default "
-                                  f"{MAX_BOX_FACTOR} x the working resolution {self.resolution}): downscale the image first")
 
     def _regions(self, images: torch.Tensor, box, mask_image, mask_threshold) -> torch.Tensor:
         """(B,1,H,W) in {0,1}: the boxes drawn as masks, or the given masks binarized."""

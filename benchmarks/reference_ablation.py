@@ -41,7 +41,8 @@ def main() -> None:
     ap.add_argument("--out", required=True)
     ap.add_argument("--adapters", required=True, help="key=folder,... (reference adapters)")
     ap.add_argument("--settings", required=True, help="name=adapter:guidance:strength,...")
-    ap.add_argument("--tasks", default="insertion")
+    ap.add_argument("--tasks", default="insertion",
+                    help="task[=setting+setting],... : the tasks, each with all settings or only the named ones")
     ap.add_argument("--n", type=int, default=40)
     ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--steps", type=int, default=10, help="denoising steps (default 10)")
@@ -67,7 +68,11 @@ def main() -> None:
     adapters = dict(item.split("=") for item in args.adapters.split(","))
     settings = parse_settings(args.settings, adapters)
     seeds = [int(s) for s in args.seeds.split(",")]
-    tasks = [t for t in args.tasks.split(",") if t]
+    task_settings = {}
+    for item in filter(None, args.tasks.split(",")):
+        t, _, names = item.partition("=")
+        task_settings[t] = [n for n in names.split("+") if n] if names else list(settings)
+    tasks = list(task_settings)
     ds = open_dataset(args.data, skip_broken=True)
     first = next(iter(adapters.values()))
     split = load_split(Path(first) / "split.json") if (Path(first) / "split.json").is_file() else few_shot_split(ds)
@@ -93,28 +98,32 @@ def main() -> None:
                         generator=g, strength=strength, max_box_side=10**9).images[0]
         return fn
 
-    per_seed = {}
-    for seed in seeds:
-        methods = {name: model_fn(*spec, seed) for name, spec in settings.items()}
-        methods.update({m: baseline_method(m) for m in ("copy_paste", "poisson")})
-        identity = {"adapters": {k: str(Path(v).resolve()) for k, v in adapters.items()},
-                    "settings": {k: list(v) for k, v in settings.items()}, "steps": args.steps, "seed": seed}
-        with torch.inference_mode():
-            per_seed[seed] = evaluate_insertion(cases, methods, ext, real,
-                                                InsertionEvalConfig(out=str(Path(args.out) / f"seed{seed}"), seed=seed),
-                                                identity=identity, progress=True, log=lambda s: None)
+    per_seed = {}  # (task, seed) -> evaluate_insertion summary; tasks in order, so the first finishes first
+    for task in tasks:
+        task_cases = [c for c in cases if c.task == task]
+        for seed in seeds:
+            methods = {name: model_fn(*settings[name], seed) for name in task_settings[task]}
+            methods.update({m: baseline_method(m) for m in ("copy_paste", "poisson")})
+            identity = {"adapters": {k: str(Path(v).resolve()) for k, v in adapters.items()},
+                        "settings": {k: list(settings[k]) for k in task_settings[task]}, "steps": args.steps,
+                        "seed": seed}
+            with torch.inference_mode():
+                per_seed[(task, seed)] = evaluate_insertion(
+                    task_cases, methods, ext, real,
+                    InsertionEvalConfig(out=str(Path(args.out) / task / f"seed{seed}"), seed=seed),
+                    identity=identity, progress=True, log=lambda s: None)
 
     name = ext.name
     keys = [f"ref_cos_{name}", f"ref_cos_{name}_shuffled", "struct", "struct_shuffled", "seam"]
     kid = f"KID_{name}_crop"
-    methods = [*settings, "copy_paste", "poisson"]
     summary = {"tasks": {}, "seeds": seeds, "n_cases": {t: sum(c.task == t for c in cases) for t in tasks},
                "steps": args.steps, "settings": {k: list(v) for k, v in settings.items()}}
     for task in tasks:
+        methods = [*task_settings[task], "copy_paste", "poisson"]
         table = {}
         case_vals = {}  # (method, key) -> {case_id: [per seed]}
         for seed in seeds:
-            for rec in per_seed[seed]["per_case"]:
+            for rec in per_seed[(task, seed)]["per_case"]:
                 if rec["task"] != task:
                     continue
                 for k in keys:
@@ -125,10 +134,13 @@ def main() -> None:
                 by_case = case_vals.get((m, k), {})
                 per_seed_means = [float(np.nanmean([v[i] for v in by_case.values()])) for i in range(len(seeds))]
                 row[k] = summarize(per_seed_means)
-            row["KID"] = summarize([next(r.get(kid) for r in per_seed[s]["rows"] if r["task"] == task and r["method"] == m)
+            row["KID"] = summarize([next(r.get(kid) for r in per_seed[(task, s)]["rows"] if r["task"] == task and r["method"] == m)
                                     for s in seeds])
             table[m] = row
         diffs = {}
+        if args.reference not in methods:
+            summary["tasks"][task] = {"table": table}
+            continue
         ids = sorted(case_vals.get((args.reference, keys[0]), {}))
         for m in methods:
             if m == args.reference:
@@ -139,8 +151,8 @@ def main() -> None:
                 b = [float(np.nanmean(case_vals[(m, k)][c])) for c in ids]
                 d[k] = paired_difference(a, b)
             d["KID"] = paired_difference(
-                [next(r.get(kid) for r in per_seed[s]["rows"] if r["task"] == task and r["method"] == args.reference) for s in seeds],
-                [next(r.get(kid) for r in per_seed[s]["rows"] if r["task"] == task and r["method"] == m) for s in seeds])
+                [next(r.get(kid) for r in per_seed[(task, s)]["rows"] if r["task"] == task and r["method"] == args.reference) for s in seeds],
+                [next(r.get(kid) for r in per_seed[(task, s)]["rows"] if r["task"] == task and r["method"] == m) for s in seeds])
             diffs[m] = d
         summary["tasks"][task] = {"table": table, "paired_vs_" + args.reference: diffs}
 
@@ -161,10 +173,12 @@ def main() -> None:
         print(f"\n{task} ({summary['n_cases'][task]} cases x {len(seeds)} seeds, {args.steps} steps)")
         print(f"| method | ref_cos | ref_cos shuffled | struct | struct shuffled | seam | KID |")
         print("|---|---|---|---|---|---|---|")
-        for m in methods:
+        for m in t["table"]:
             r = t["table"][m]
             print(f"| {m} | {ms(r[keys[0]])} | {ms(r[keys[1]])} | {ms(r['struct'])} | {ms(r['struct_shuffled'])} | "
                   f"{ms(r['seam'], 2)} | {ms(r['KID'], 4)} |")
+        if "paired_vs_" + args.reference not in t:
+            continue
         print(f"\npaired differences {args.reference} − method (95 % t-interval; * excludes 0)")
         print("| method | Δ ref_cos | Δ struct | Δ seam | Δ KID |")
         print("|---|---|---|---|---|")

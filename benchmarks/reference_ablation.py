@@ -49,8 +49,26 @@ def main() -> None:
     ap.add_argument("--extractor-weights", default="weights/compact_extractor_mt")
     ap.add_argument("--reference", default="ours", help="the setting the paired differences start from")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--aggregate-only", action="store_true",
+                    help="no sampling: read the finished seed folders (metrics.json) and print the tables")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
+
+    from counterfactory.evaluation.stats import paired_difference, summarize
+
+    adapters = dict(item.split("=") for item in args.adapters.split(","))
+    settings = parse_settings(args.settings, adapters)
+    seeds = [int(s) for s in args.seeds.split(",")]
+    task_settings = {}
+    for item in filter(None, args.tasks.split(",")):
+        t, _, names = item.partition("=")
+        task_settings[t] = [n for n in names.split("+") if n] if names else list(settings)
+    tasks = list(task_settings)
+    if args.aggregate_only:
+        per_seed = {(t, s): json.loads((Path(args.out) / t / f"seed{s}" / "metrics.json").read_text())
+                    for t in tasks for s in seeds}
+        report(args, per_seed, tasks, seeds, task_settings, settings, per_seed[(tasks[0], seeds[0])]["extractor"])
+        return
 
     from counterfactory.data import open_dataset
     from counterfactory.data.splits import few_shot_split, load_split
@@ -62,17 +80,8 @@ def main() -> None:
         evaluate_insertion,
         real_defect_crops,
     )
-    from counterfactory.evaluation.stats import paired_difference, summarize
     from counterfactory.pipelines.reference_inpaint import ReferenceInpaintPipeline
 
-    adapters = dict(item.split("=") for item in args.adapters.split(","))
-    settings = parse_settings(args.settings, adapters)
-    seeds = [int(s) for s in args.seeds.split(",")]
-    task_settings = {}
-    for item in filter(None, args.tasks.split(",")):
-        t, _, names = item.partition("=")
-        task_settings[t] = [n for n in names.split("+") if n] if names else list(settings)
-    tasks = list(task_settings)
     ds = open_dataset(args.data, skip_broken=True)
     first = next(iter(adapters.values()))
     split = load_split(Path(first) / "split.json") if (Path(first) / "split.json").is_file() else few_shot_split(ds)
@@ -113,10 +122,16 @@ def main() -> None:
                     InsertionEvalConfig(out=str(Path(args.out) / task / f"seed{seed}"), seed=seed),
                     identity=identity, progress=True, log=lambda s: None)
 
-    name = ext.name
+    report(args, per_seed, tasks, seeds, task_settings, settings, ext.name)
+
+
+def report(args, per_seed, tasks, seeds, task_settings, settings, name) -> None:
+    from counterfactory.evaluation.stats import paired_difference, summarize
+
     keys = [f"ref_cos_{name}", f"ref_cos_{name}_shuffled", "struct", "struct_shuffled", "seam"]
     kid = f"KID_{name}_crop"
-    summary = {"tasks": {}, "seeds": seeds, "n_cases": {t: sum(c.task == t for c in cases) for t in tasks},
+    n_cases = {t: len({r["case_id"] for r in per_seed[(t, seeds[0])]["per_case"]}) for t in tasks}
+    summary = {"tasks": {}, "seeds": seeds, "n_cases": n_cases,
                "steps": args.steps, "settings": {k: list(v) for k, v in settings.items()}}
     for task in tasks:
         methods = [*task_settings[task], "copy_paste", "poisson"]

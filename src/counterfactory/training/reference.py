@@ -9,7 +9,13 @@ Each training item is one real defect (a connected component of a training mask)
   region's shape from the mask; the defect box is always inside the region;
 - the **reference** is the same defect cropped from the same image with a jittered crop, flipped, rotated
   and sometimes blurred (PbE: crop + flips + rotation + blur), then resized to the encoder's input;
-- with probability ``reference_dropout`` the reference is replaced by the learned null reference (CFG);
+- the **high-frequency hint** (``hint="hf"``, AnyDoor's detail map): the reference's high-pass band and Sobel
+  magnitude, warped into the defect's box, enter the U-Net as extra input channels through a zero-initialised
+  hint encoder added to ``conv_in`` (:class:`~counterfactory.models.reference.HintEncoder`); it carries the
+  reference's structure *in place*, which a few global tokens at the lowest U-Net resolution cannot;
+- ``mask_perturb`` switches the region perturbation above off (the region is then the defect box itself);
+- with probability ``reference_dropout`` the reference is replaced by the learned null reference and the hint by
+  zeros (CFG: the pipeline's ``guidance_scale`` is the reference guidance scale);
 - with probability ``background_prob`` the row is a defect-sized box on a *defect-free* training image trained
   with the null reference (AnydoorMed's erased-reference rows on healthy images): the null branch learns plain
   surface filling on the real product, so guidance pushes towards the reference's defect, and the LoRA keeps

@@ -29,7 +29,10 @@ def files(tmp_path_factory):
 
 
 def _run(capsys, *argv):
-    code = main(["insert", *map(str, argv)])
+    try:
+        code = main(["insert", *map(str, argv)])
+    except SystemExit as exc:  # argparse's bounded flag types exit 2 with one line
+        code = exc.code
     cap = capsys.readouterr()
     return code, cap.out, cap.err
 
@@ -64,8 +67,7 @@ def test_single_image_model(files, tmp_path, capsys, tiny_base, ref_adapter):
     ("gray.png", "30,5,10,25", "ref_gray.png", "degenerate"),
     ("gray.png", "1,2,3", "ref_gray.png", "four integers"),
     ("gray.png", "a,b,c,d", "ref_gray.png", "four integers"),
-    ("gray.png", "10,5,30,25", "ref_rgb.png", "gray image like --image"),
-    ("rgb.png", "10,5,30,25", "ref_gray.png", "RGB image like --image"),
+    ("gray.png", "0,0,60,45", "ref_gray.png", "upscaling a reference more than 4x"),
     ("gray.png", "10,5,30,25", "ref_tiny.png", "at least 8 px"),
     ("gray.png", "10,5,30,25", "ref_rgba.png", "alpha"),
     ("big.png", "0,0,300,40", "ref_gray.png", "at most 256 px"),
@@ -78,6 +80,33 @@ def test_bad_input_one_line_exit_2_nothing_written(files, tmp_path, capsys, imag
     assert code == 2 and match in err, err
     assert err.count("\n") == 1 and "Traceback" not in err and stdout == ""
     assert not out.exists() and list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("flag,value,match", [
+    ("--strength", "1.5", "--strength"), ("--strength", "-0.1", "--strength"), ("--strength", "nan", "--strength"),
+    ("--strength", "0.01", "strength x --num-inference-steps >= 1"),
+    ("--guidance-scale", "-1", "--guidance-scale"), ("--guidance-scale", "51", "--guidance-scale"),
+])
+def test_strength_and_reference_guidance_out_of_range(files, tmp_path, capsys, flag, value, match):
+    out = tmp_path / "o.png"
+    code, stdout, err = _run(capsys, "--image", files / "rgb.png", "--box", "10,5,30,25", "--reference",
+                             files / "ref_rgb.png", "--out", out, "--method", "copy_paste", flag, value)
+    assert code == 2 and match in err and err.count("\n") == 1 and stdout == "", err
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("image,ref", [("gray.png", "ref_rgb.png"), ("rgb.png", "ref_gray.png")])
+def test_reference_of_another_channel_count_is_converted_with_a_note(files, tmp_path, capsys, image, ref):
+    out = tmp_path / "o.png"
+    code, stdout, err = _run(capsys, "--image", files / image, "--box", "10,5,30,25", "--reference", files / ref,
+                             "--out", out, "--method", "copy_paste")
+    assert code == 0 and "note:" in err and "converted" in err, err
+    mode = "L" if image == "gray.png" else "RGB"
+    assert Image.open(out).mode == mode
+    a, b = load_image(files / image, mode=mode), load_image(out, mode=mode)
+    r = load_image(files / ref, mode=mode)
+    inside = b[:, 5:25, 10:30]
+    assert inside.shape[0] == r.shape[0] and not torch.equal(inside, a[:, 5:25, 10:30])
 
 
 def test_model_without_adapter_is_an_error(files, tmp_path, capsys):

@@ -116,3 +116,53 @@ def test_reference_crop_context_and_min_side():
     assert c.shape[-2:] == (24, 24)  # 20 px box + 2 px on each side
     tiny = reference_crop(img, (0, 0, 3, 3), (0.0, 0.0), min_side=8)
     assert tiny.shape[-2:] == (8, 8)  # grown to 8 px, still inside the image
+
+
+def test_high_frequency_hint_ignores_tone_and_lands_in_the_box():
+    from counterfactory.models.reference import HINT_CHANNELS, high_frequency_map, warp_hint
+
+    ref = torch.rand(3, 20, 16)
+    a, b = high_frequency_map(ref[None]), high_frequency_map((ref[None] * 0.5 + 0.3))
+    assert torch.allclose(a * 0.5, b, atol=1e-5)  # an offset changes nothing; contrast scales the detail
+    flat = high_frequency_map(torch.full((1, 3, 20, 16), 0.7))
+    assert flat.abs().max() < 1e-3
+    h = warp_hint([ref, ref], [(4, 6, 14, 20), None], (32, 24))
+    assert h.shape == (2, HINT_CHANNELS, 32, 24) and h[1].abs().sum() == 0
+    inside = torch.zeros(32, 24, dtype=torch.bool)
+    inside[6:20, 4:14] = True
+    assert h[0, :, ~inside].abs().sum() == 0 and torch.equal(h[0, 2], inside.float())
+
+
+def test_hint_encoder_starts_at_zero_and_is_saved_with_the_encoder(tmp_path):
+    from counterfactory.models.reference import (
+        HINT_CHANNELS,
+        HintConvIn,
+        ReferenceEncoderConfig,
+        attach_hint,
+        build_reference_encoder,
+        load_reference_encoder,
+        save_reference_encoder,
+    )
+
+    enc = build_reference_encoder(ReferenceEncoderConfig(dim=16, num_tokens=2, input_size=16, channels=(8, 16),
+                                                         hint="hf", hint_out=8), seed=0)
+    conv = torch.nn.Conv2d(7, 8, 3, padding=1)
+
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv_in = conv
+
+    net = attach_hint(Net(), enc)
+    assert isinstance(net.conv_in, HintConvIn)
+    x, hint = torch.randn(2, 7, 12, 12), torch.randn(2, HINT_CHANNELS, 12, 12)
+    assert torch.equal(net.conv_in(torch.cat([x, hint], 1)), conv(x))  # zero-initialised: the base unchanged
+    assert not any(k.startswith("conv_in._hint") or "hint" in k for k in net.state_dict())  # one home: the encoder
+    with torch.no_grad():
+        enc.hint.zero.weight.normal_()
+    assert not torch.equal(net.conv_in(torch.cat([x, hint], 1)), conv(x))
+    save_reference_encoder(enc, tmp_path)
+    back = load_reference_encoder(tmp_path)
+    assert back.hint is not None and torch.equal(back.hint.zero.weight, enc.hint.zero.weight)
+    plain = build_reference_encoder(ReferenceEncoderConfig(dim=16, num_tokens=2, input_size=16, channels=(8, 16)))
+    assert plain.hint is None and attach_hint(Net(), plain).conv_in is conv

@@ -141,3 +141,39 @@ def test_evaluate_end_to_end_with_baselines(tmp_path, boxes_data):
     assert again["rows"] == strip  # finished results are reused (nothing re-generated, so no timings)
     with pytest.raises(InputError, match="--out"):
         evaluate_insertion(cases, methods, ext, real, cfg, identity={"x": 2}, progress=False, log=lambda s: None)
+
+
+def test_seam_ratio_sees_a_pasted_edge():
+    from counterfactory.evaluation.insertion import seam_ratio
+
+    g = torch.Generator().manual_seed(0)
+    image = (0.5 + 0.05 * torch.randn(1, 64, 64, generator=g)).clamp(0, 1).expand(3, -1, -1).clone()
+    box = (20, 20, 40, 40)
+    assert 0.7 < seam_ratio(image, box) < 1.3  # the surface's own texture: about 1
+    pasted = image.clone()
+    pasted[:, 20:40, 20:40] += 0.3
+    assert seam_ratio(pasted, box) > 3  # a step all around the box
+    blended = image.clone()
+    ramp = torch.linspace(0, 1, 10)
+    bump = torch.minimum(ramp.view(-1, 1), ramp.view(1, -1))
+    bump = torch.minimum(bump, bump.flip(0).flip(1))
+    blended[:, 20:30, 20:30] += 0.3 * bump  # a bump that fades out before the edge
+    assert seam_ratio(blended, (20, 20, 30, 30)) < seam_ratio(pasted, box)
+    assert math.isnan(seam_ratio(image, (0, 0, 64, 64)))  # no ring left outside
+
+
+def test_aligned_structure_finds_a_shifted_copy():
+    from counterfactory.evaluation.insertion import aligned_structure
+    from counterfactory.models.reference import reference_crop
+
+    g = torch.Generator().manual_seed(1)
+    image = torch.rand(3, 80, 80, generator=g)
+    box = (20, 20, 50, 50)
+    ref = reference_crop(image, box, (0.1, 0.1)).clone()
+    assert aligned_structure(image, box, ref) > 0.99
+    shifted = torch.roll(image, shifts=(2, 1), dims=(1, 2))
+    assert aligned_structure(shifted, box, ref) > 0.8  # a 2 px misplacement is aligned away
+    other = torch.rand(3, 80, 80, generator=torch.Generator().manual_seed(2))
+    assert aligned_structure(other, box, ref) < 0.35
+    toned = (image * 0.5 + 0.25)
+    assert aligned_structure(toned, box, ref) > 0.99  # tone and contrast do not count

@@ -181,17 +181,23 @@ def test_reference_of_another_channel_count_is_converted_with_a_warning(pipe, im
 
 
 def test_strength_is_the_shared_paste_and_refine(pipe):
-    """The reference pipeline's strength is the core's: 1 = default bits, 0 = the input, between: outside exact."""
-    from counterfactory.sampling.paste import paste_defect
+    """strength < 1 pastes the reference into the box (sampling.paste) and refines it: 1 = default bits, 0 = the
+    pasted composite, between: outside exact, the box refined."""
+    from counterfactory.sampling.paste import paste_defect, resize_image
 
     image, ref = rand_image(0), rand_image(1, h=16, w=12)
     default = _run(pipe, image, ref, num_inference_steps=4).images
     assert torch.equal(_run(pipe, image, ref, num_inference_steps=4, strength=1.0).images, default)
-    pasted, placed = paste_defect(image, ref, torch.ones(1, 16, 12), top_left=(BOX[0] + 2, BOX[1] + 2))
-    assert torch.equal(_run(pipe, pasted, ref, num_inference_steps=4, strength=0.0).images[0], pasted)
-    half = _run(pipe, pasted, ref, num_inference_steps=4, strength=0.5).images[0]
+    bw, bh = BOX[2] - BOX[0], BOX[3] - BOX[1]
+    pasted, _ = paste_defect(image, resize_image(ref, (bh, bw)), torch.ones(1, bh, bw), top_left=BOX[:2])
+    assert torch.equal(_run(pipe, image, ref, num_inference_steps=4, strength=0.0).images[0], pasted)
+    half = _run(pipe, image, ref, num_inference_steps=4, strength=0.5).images[0]
     m = torch.zeros(48, 64, dtype=torch.bool)
     m[BOX[1] : BOX[3], BOX[0] : BOX[2]] = True
-    assert torch.equal(half[:, ~m], pasted[:, ~m]) and not torch.equal(half[:, m], pasted[:, m])
+    assert torch.equal(half[:, ~m], image[:, ~m]) and not torch.equal(half[:, m], pasted[:, m])
+    poisson = _run(pipe, image, ref, num_inference_steps=4, strength=0.0, paste_mode="poisson").images[0]
+    assert torch.equal(poisson[:, ~m], image[:, ~m]) and not torch.equal(poisson, pasted)
+    with pytest.raises(InputError, match="paste_mode"):
+        _run(pipe, image, ref, strength=0.5, paste_mode="glue")
     with pytest.raises(InputError, match="strength"):
         _run(pipe, image, ref, strength=1.5)

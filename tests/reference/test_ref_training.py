@@ -53,7 +53,14 @@ def test_training_batch_is_a_pure_function_of_seed_and_step(tiny_data):
     c = reference_batch_for_step(items, types, 32, 24, cfg, step=6)
     assert all(torch.equal(x, y) for x, y in zip(a, b))
     assert not torch.equal(a[1], c[1])
-    x0, region, refs, null_rows = a
+    x0, region, refs, null_rows, hints = a
+    assert hints.shape == (3, 3, 32, 32)
+    # the hint lies in the defect box, inside the region: its indicator channel is a rectangle within the region
+    for k in range(3):
+        ind = hints[k, 2]
+        assert ind.sum() > 0 and (region[k, 0][ind > 0] == 1).all()
+        ys, xs = torch.nonzero(ind, as_tuple=True)
+        assert ind[ys.min() : ys.max() + 1, xs.min() : xs.max() + 1].all()
     assert null_rows.dtype == torch.bool and not null_rows.any()  # no defect-free images given: no null rows
     assert x0.shape == (3, 3, 32, 32) and x0.min() >= -1 and x0.max() <= 1
     assert region.shape == (3, 1, 32, 32) and set(region.unique().tolist()) <= {0.0, 1.0}
@@ -68,8 +75,20 @@ def test_background_rows_use_defect_free_images_and_the_null_reference(tiny_data
     types, items = defect_items(str(tiny_data), None, None, 4)
     goods = background_items(str(tiny_data), None, 10)
     assert goods and all(g.defect_type == "good" and g.boxes == () for g in goods)
-    _, region, _, null_rows = reference_batch_for_step(items, types, 32, 24, cfg, step=1, backgrounds=goods)
+    _, region, _, null_rows, hints = reference_batch_for_step(items, types, 32, 24, cfg, step=1, backgrounds=goods)
     assert 0 < int(null_rows.sum()) < 8 and (region.flatten(1).sum(1) > 0).all()
+    assert hints[null_rows].abs().sum() == 0 and (hints[~null_rows, 2].flatten(1).sum(1) > 0).all()
+
+
+def test_mask_perturbation_switch(tiny_data):
+    """mask_perturb off: the region is exactly the defect box the hint marks; on: a larger, varied region."""
+    types, items = defect_items(str(tiny_data), None, None, 4)
+    off = ReferenceTrainConfig(out="unused", data=str(tiny_data), batch_size=6, mask_perturb=False)
+    on = ReferenceTrainConfig(out="unused", data=str(tiny_data), batch_size=6, mask_perturb=True)
+    _, r_off, _, _, h_off = reference_batch_for_step(items, types, 32, 24, off, step=3)
+    _, r_on, _, _, h_on = reference_batch_for_step(items, types, 32, 24, on, step=3)
+    assert torch.equal(r_off[:, 0], h_off[:, 2])
+    assert (r_on[:, 0] >= h_on[:, 2]).all() and (r_on.sum() > h_on[:, 2].sum())
 
 
 def test_reference_augmentation_keeps_shape_and_range():

@@ -75,16 +75,12 @@ def _check_single(args, image, img_c, reference, ref_c, max_box_side: int):
     from ..data.dataset import MIN_IMAGE_SIDE
     from ..errors import input_error
     from ..io.masks import check_box
-    from ..models.reference import MIN_REFERENCE_SIDE
+    from ..models.reference import MAX_REFERENCE_UPSCALE, MIN_REFERENCE_SIDE
 
     h, w = image.shape[-2:]
     if min(h, w) < MIN_IMAGE_SIDE:
         raise input_error("--image", f"{args.image} ({w}x{h} px)", f"an image at least {MIN_IMAGE_SIDE} px on each side")
     box = check_box(parse_box(args.box), (h, w), name="--box")
-    if ref_c != img_c:
-        kinds = {1: "gray", 3: "RGB"}
-        raise input_error("--reference", args.reference, f"a {kinds[img_c]} image like --image (this one is "
-                                                          f"{kinds[ref_c]}; convert one of them first)")
     rh, rw = reference.shape[-2:]
     if min(rh, rw) < MIN_REFERENCE_SIDE:
         raise input_error("--reference", f"{args.reference} ({rw}x{rh} px)", f"a reference at least {MIN_REFERENCE_SIDE} px on each side")
@@ -94,6 +90,16 @@ def _check_single(args, image, img_c, reference, ref_c, max_box_side: int):
                                              "resolution): downscale the image first")
     if (box[2] - box[0]) * (box[3] - box[1]) == h * w:
         raise input_error("--box", args.box, "a box smaller than the image (context is needed around it)")
+    bw, bh = box[2] - box[0], box[3] - box[1]
+    if bw > MAX_REFERENCE_UPSCALE * rw or bh > MAX_REFERENCE_UPSCALE * rh:
+        raise input_error("--reference", f"{args.reference} ({rw}x{rh} px)",
+                          f"a reference at least 1/{MAX_REFERENCE_UPSCALE:g} of the box's side (the box is {bw}x{bh} px; "
+                          f"upscaling a reference more than {MAX_REFERENCE_UPSCALE:g}x only blurs it): use a smaller box "
+                          "or a larger reference")
+    strength, steps = getattr(args, "strength", 1.0), args.num_inference_steps
+    if 0 < strength < 1 and int(steps * strength) < 1:
+        raise input_error("--strength", strength, f"a value with strength x --num-inference-steps >= 1 (or 0): with "
+                                                  f"{steps} steps, at least {1 / steps:g}")
     return box
 
 
@@ -169,11 +175,18 @@ def cmd_insert(args) -> int:
     reference, ref_c = read_image_file(args.reference, "--reference", reject_alpha=True)
     res = _adapter_resolution(args)
     box = _check_single(args, image, img_c, reference, ref_c, max_box_side=4 * res)
+    if ref_c != img_c:  # converted, not refused: gray → RGB repeats the channel, RGB → gray takes the channel mean
+        kinds = {1: "gray", 3: "RGB"}
+        _log(f"note: --reference is {kinds[ref_c]} and --image is {kinds[img_c]}; the reference was converted to "
+             f"{kinds[img_c]}")
+        reference = to_rgb(reference) if img_c == 3 else reference.mean(0, keepdim=True)
+        ref_c = img_c
     if args.method == "model":
         pipe = _pipeline(args)
         g = torch.Generator().manual_seed(args.seed)
         result = pipe(image, reference, box=box, num_inference_steps=args.num_inference_steps,
-                      guidance_scale=args.guidance_scale, generator=g, crop_margin=args.crop_margin).images[0]
+                      guidance_scale=args.guidance_scale, generator=g, crop_margin=args.crop_margin,
+                      strength=args.strength, paste_mode=args.paste_mode).images[0]
     else:
         from ..evaluation.insertion import baseline_method
 
@@ -274,7 +287,8 @@ def cmd_benchmark(args) -> int:
         from ..io.manifest import sha256_file
 
         identity.update(adapter=str(Path(args.adapter).resolve()), base=args.base, steps=args.num_inference_steps,
-                        guidance=args.guidance_scale, adapter_steps=pipe.info["adapter_config"].get("steps"),
+                        guidance=args.guidance_scale, strength=args.strength, paste_mode=args.paste_mode,
+                        adapter_steps=pipe.info["adapter_config"].get("steps"),
                         adapter_files_sha256={f.name: sha256_file(f)
                                               for f in sorted(Path(args.adapter).glob("*.safetensors"))},
                         crop_margin=args.crop_margin, max_box_side=args.max_box_side)
@@ -285,7 +299,8 @@ def cmd_benchmark(args) -> int:
                 target, reference = target[:1], reference[:1]  # gray data stored as RGB: keep the result gray
             return pipe(target, reference, box=box, num_inference_steps=args.num_inference_steps,
                         guidance_scale=args.guidance_scale, generator=g, crop_margin=args.crop_margin,
-                        max_box_side=args.max_box_side or 10**9).images[0]
+                        max_box_side=args.max_box_side or 10**9, strength=args.strength,
+                        paste_mode=args.paste_mode).images[0]
 
         fns["model"] = model_fn
     for m in methods:
@@ -338,7 +353,7 @@ def cmd_train_reference(args) -> int:
         encoder_weights=args.encoder_weights, token_mode=args.token_mode, reference_size=args.reference_size,
         split=args.split, types=tuple(types) if types else None, lora_rank=args.rank, lora_targets=targets,
         batch_size=args.batch_size, reference_dropout=args.reference_dropout, background_prob=args.background_prob,
-        loop=loop,
+        hint=args.hint, mask_perturb=args.mask_perturb == "on", loop=loop,
     )
     summary = train_reference(cfg, progress=not args.quiet)
     print(json.dumps(summary))
@@ -356,7 +371,13 @@ def _model_args(p):
     g.add_argument("--num-inference-steps", type=positive_int("--num-inference-steps", 1000), default=25,
                    help="denoising steps, 1..1000 (default 25)")
     g.add_argument("--guidance-scale", type=float_range("--guidance-scale", 0.0, 50.0), default=3.0,
-                   help="classifier-free guidance towards the reference, 0..50 (1 = none; default 3)")
+                   help="reference guidance: classifier-free guidance towards the reference (tokens and hint) "
+                        "against the null reference, 0..50 (1 = none; default 3)")
+    g.add_argument("--strength", type=float_range("--strength", 0.0, 1.0), default=1.0,
+                   help="paste-and-refine: below 1 the reference is pasted into the box and refined from this noise "
+                        "level, 0..1 (default 1 = generate from noise)")
+    g.add_argument("--paste-mode", default="plain", choices=["plain", "poisson"],
+                   help="how --strength < 1 pastes the reference (default plain)")
     g.add_argument("--crop-margin", type=float_range("--crop-margin", 0.0, 10.0), default=0.5,
                    help="context around the box as a fraction of its side, 0..10 (default 0.5)")
     g.add_argument("--seed", type=seed_arg(), default=0)
@@ -417,6 +438,12 @@ def register(sub) -> None:
     p.add_argument("--reference-dropout", type=float_range("--reference-dropout", 0.0, 1.0), default=0.2, help="null-reference rate for CFG (default 0.2)")
     p.add_argument("--background-prob", type=float_range("--background-prob", 0.0, 1.0), default=0.2,
                    help="rows on defect-free training images with the null reference (default 0.2; 0 = none)")
+    p.add_argument("--hint", default="hf", choices=["hf", "none"],
+                   help="hf (default): the reference's high-frequency map warped into the box as extra input "
+                        "channels (AnyDoor); none: tokens only (Paint-by-Example)")
+    p.add_argument("--mask-perturb", default="on", choices=["on", "off"],
+                   help="on (default): the inpainted region is the box extended at random, with a Bezier outline "
+                        "half of the time; off: the defect's box itself")
     loop_args(p, steps=600, lr=1e-3, batch=8, ckpt=50)
     bound_loop_flags(p)
     p.set_defaults(func=cmd_train_reference)

@@ -26,7 +26,7 @@ from ..errors import input_error
 from ..io.images import load_image, save_image
 from ..io.manifest import atomic_write_json, atomic_write_text
 from ..io.masks import Box, box_mask, crop, window_around
-from ..models.reference import reference_crop
+from ..models.reference import high_frequency_map, reference_crop, sobel_magnitude
 from .distribution import distribution_metrics
 from .features import FeatureExtractor, resize_square
 from .insertion_baselines import BASELINES, baseline_method, copy_paste, poisson_blend
@@ -46,6 +46,8 @@ __all__ = [
     "BASELINES",
     "REFERENCE_CONTEXT",
     "TASKS",
+    "aligned_structure",
+    "seam_ratio",
     "InsertionCase",
     "InsertionEvalConfig",
     "baseline_method",
@@ -85,6 +87,54 @@ def paired_box_metrics(result: torch.Tensor, truth: torch.Tensor, box: Box) -> d
     _, ssim_map = structural_similarity_index_measure(rw, tw, data_range=1.0, reduction="none", return_full_image=True)
     inner = ssim_map[0, :, y0 - wy0 : y1 - wy0, x0 - wx0 : x1 - wx0]
     return {"L1_box": l1, "PSNR_box": psnr, "SSIM_box": float(inner.mean())}
+
+
+def seam_ratio(result: torch.Tensor, box: Box, band: int = 1, ring: tuple[int, int] = (2, 8)) -> float:
+    """Boundary seam: mean Sobel gradient magnitude of the result's gray image on the ``2 * band`` px straddling
+    the box edge, over the mean on a ring ``ring`` px outside the box (the image's own gradient level there,
+    untouched by insertion). About 1 for a seamless insertion, well above 1 for a visible edge (copy-paste on a
+    smooth surface). NaN when the box leaves no ring inside the image."""
+    h, w = result.shape[-2:]
+    g = sobel_magnitude(result.float().mean(0, keepdim=True)[None])[0, 0]
+    x0, y0, x1, y1 = box
+
+    def frame(d_in: int, d_out: int) -> torch.Tensor:
+        """Pixels whose distance outside the box (negative inside) is in [d_in, d_out)."""
+        yy = torch.arange(h).view(-1, 1).float()
+        xx = torch.arange(w).view(1, -1).float()
+        dx = torch.maximum(x0 - xx, xx - (x1 - 1))
+        dy = torch.maximum(y0 - yy, yy - (y1 - 1))
+        d = torch.maximum(dx, dy)  # Chebyshev distance: > 0 outside, <= 0 inside
+        return (d >= d_in) & (d < d_out)
+
+    edge = frame(-band + 1, band + 1)
+    own = frame(ring[0] + 1, ring[1] + 1)
+    if not edge.any() or int(own.sum()) < 8:
+        return math.nan
+    return float(g[edge].mean() / g[own].mean().clamp_min(1e-6))
+
+
+def aligned_structure(result: torch.Tensor, box: Box, reference: torch.Tensor, size: int = 32,
+                      max_shift: float = 0.1) -> float:
+    """Structural fidelity to the reference after alignment: the result's crop around ``box`` (the reference's
+    own context, :data:`REFERENCE_CONTEXT`) and the reference, both at ``size``², reduced to their
+    high-frequency band (:func:`~counterfactory.models.reference.high_frequency_map`, so tone does not count),
+    normalised cross-correlation maximised over integer shifts up to ``max_shift`` × ``size`` px. 1 = the same
+    structure, ~0 = unrelated."""
+    a = resize_square(reference_crop(result, box, (REFERENCE_CONTEXT, REFERENCE_CONTEXT))[None].float(), size)
+    b = resize_square(reference[None].float(), size)
+    ha, hb = high_frequency_map(a)[0, 0], high_frequency_map(b)[0, 0]
+    r = int(round(max_shift * size))
+    best = -1.0
+    for dy in range(-r, r + 1):
+        for dx in range(-r, r + 1):
+            pa = ha[max(0, dy) : size + min(0, dy), max(0, dx) : size + min(0, dx)]
+            pb = hb[max(0, -dy) : size + min(0, -dy), max(0, -dx) : size + min(0, -dx)]
+            pa, pb = pa - pa.mean(), pb - pb.mean()
+            den = float(pa.norm() * pb.norm())
+            if den > 1e-12:
+                best = max(best, float((pa * pb).sum()) / den)
+    return best
 
 
 def _cosine(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -160,9 +210,15 @@ def evaluate_insertion(cases: list[InsertionCase], methods: dict[str, Callable],
                 timings.setdefault((case.task, name), []).append(time.perf_counter() - t0)
                 save_image(result, path)
                 result = load_image(path)  # metrics on what was saved (8-bit)
-            rec = per.setdefault((case.task, name), {"crop": [], "box_feat_pair": [], "loc": [], "paired": []})
+            rec = per.setdefault((case.task, name), {"crop": [], "box_feat_pair": [], "loc": [], "paired": [],
+                                                    "ids": [], "seam": [], "struct": [], "ref": []})
+            rec["ids"].append(case.case_id)
+            rec["seam"].append(seam_ratio(result, case.box))
+            rec["ref"].append(reference)
             rec["crop"].append(resize_square(context_crop(result, case.box, cfg.crop_margin, cfg.crop_min_size)[None], size)[0])
             rec["box_feat_pair"].append((reference_crop(result, case.box, (REFERENCE_CONTEXT, REFERENCE_CONTEXT)), reference))
+            rec.setdefault("result_box", []).append((result, reference))
+            rec.setdefault("boxes", []).append(case.box)
             rec["loc"].append(locality_per_image(target[None], result[None], region[None], cfg.change_threshold))
             if case.has_ground_truth:
                 rec["paired"].append(paired_box_metrics(result, target, case.box))
@@ -173,6 +229,7 @@ def evaluate_insertion(cases: list[InsertionCase], methods: dict[str, Callable],
 
     name = extractor.name
     rows = []
+    per_case: list[dict] = []
     for (task, method), rec in per.items():
         n = len(rec["crop"])
         with torch.no_grad():
@@ -191,9 +248,23 @@ def evaluate_insertion(cases: list[InsertionCase], methods: dict[str, Callable],
         # case's reference (same task), so ref_cos - ref_cos_shuffled is what the reference itself explains
         mu = real_feats.double().mean(0) if real_feats.shape[0] else torch.zeros(a.shape[1], dtype=torch.float64)
         ac, bc = a.double() - mu, b.double() - mu
-        r[f"ref_cos_{name}"] = float(_cosine(ac, bc).mean())
+        cos, cos_sh = _cosine(ac, bc), _cosine(ac, bc.roll(1, 0))
+        struct = [aligned_structure(p[0], c, p[1]) for p, c in zip(rec["result_box"], rec["boxes"])]
+        struct_sh = [aligned_structure(p[0], c, ref) for p, c, ref in
+                     zip(rec["result_box"], rec["boxes"], rec["ref"][-1:] + rec["ref"][:-1])]
+        r[f"ref_cos_{name}"] = float(cos.mean())
         if n >= 2:
-            r[f"ref_cos_{name}_shuffled"] = float(_cosine(ac, bc.roll(1, 0)).mean())
+            r[f"ref_cos_{name}_shuffled"] = float(cos_sh.mean())
+        r["struct"] = float(np.mean(struct))
+        if n >= 2:
+            r["struct_shuffled"] = float(np.mean(struct_sh))
+        seams = [v for v in rec["seam"] if math.isfinite(v)]
+        r["seam"] = float(np.mean(seams)) if seams else math.nan
+        for k, cid in enumerate(rec["ids"]):
+            per_case.append({"task": task, "method": method, "case_id": cid, f"ref_cos_{name}": float(cos[k]),
+                             f"ref_cos_{name}_shuffled": float(cos_sh[k]) if n >= 2 else math.nan,
+                             "struct": struct[k], "struct_shuffled": struct_sh[k] if n >= 2 else math.nan,
+                             "seam": rec["seam"][k]})
         loc = {key: torch.cat([x[key] for x in rec["loc"]]) for key in LOCALITY_KEYS}
         red = reduce_locality(loc)
         r.update({kk: red[kk] for kk in ("outside_mask_max_abs_change", "outside_psnr", "mask_changed_fraction")})
@@ -206,7 +277,8 @@ def evaluate_insertion(cases: list[InsertionCase], methods: dict[str, Callable],
             r["seconds_per_case"] = float(np.mean(timings[(task, method)]))
         rows.append(r)
     rows.sort(key=lambda r: (TASKS.index(r["task"]), r["method"]))
-    summary = {"extractor": name, "n_real_crops": int(real_feats.shape[0]), "rows": rows,
+    atomic_write_text(out / "per_case.jsonl", "".join(json.dumps(_clean(c)) + "\n" for c in per_case))
+    summary = {"extractor": name, "n_real_crops": int(real_feats.shape[0]), "rows": rows, "per_case": per_case,
                "torch_threads": torch.get_num_threads(), **({"identity": identity} if identity else {})}
     atomic_write_json(out / "metrics.json", _clean(summary))
     _report(out, rows, thumbs, list(methods), name, summary)
@@ -247,10 +319,13 @@ def _report(out: Path, rows: list[dict], thumbs: dict, methods: list[str], name:
         f"vs {summary['n_real_crops']} real held-out defect crops; small N, so KID is the number to read. "
         f"ref_cos_{name}: cosine between features of the result's box crop and of the reference, both centred on the "
         "real crops' mean feature; _shuffled pairs each result with another case's reference (the chance level). "
+        "struct: normalised cross-correlation of the high-frequency band of the result's box crop and the reference "
+        "after alignment (best shift up to 10 %). seam: gradient energy on the box edge over the image's own just "
+        "outside it (1 = seamless). "
         "L1/PSNR/SSIM_box: reinsertion only (the real image is the ground truth). Locality: change outside the box."
     )
     cols = ["task", "method", "n", f"FD_{name}_crop", f"KID_{name}_crop", f"ref_cos_{name}", f"ref_cos_{name}_shuffled",
-            "L1_box", "PSNR_box",
+            "struct", "struct_shuffled", "seam", "L1_box", "PSNR_box",
             "SSIM_box", "outside_mask_max_abs_change", "seconds_per_case"]
     rep.table(rows, columns=cols)
     for task in TASKS:

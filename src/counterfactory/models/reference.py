@@ -45,6 +45,9 @@ ENCODER_CONFIG = "reference_encoder.json"
 ENCODER_KINDS = ("compact", "clip", "dinov2")
 TOKEN_MODES = ("pooled", "patches")
 MIN_REFERENCE_SIDE = 8  # smaller references carry no usable appearance
+MAX_REFERENCE_UPSCALE = 4.0  # a box side may be at most this many times the reference's side (it would be a blur)
+HINT_KINDS = ("none", "hf")
+HINT_CHANNELS = 3  # high-pass detail, Sobel magnitude, box indicator
 
 
 
@@ -58,6 +61,9 @@ class ReferenceEncoderConfig:
     groups: int = 8  # compact: GroupNorm groups
     token_mode: str = "pooled"  # pretrained: "pooled" (1 pooled vector -> num_tokens) | "patches" (all states)
     backbone: str | None = None  # pretrained: the local transformers folder it was built from
+    hint: str = "none"  # "none" | "hf": AnyDoor-style high-frequency map of the reference, warped into the box,
+    #                     as extra U-Net input channels through a zero-initialised hint encoder
+    hint_out: int = 32  # "hf": the U-Net's conv_in output width (the hint encoder's output is added there)
 
     def __post_init__(self):
         if self.kind not in ENCODER_KINDS:
@@ -74,6 +80,10 @@ class ReferenceEncoderConfig:
         object.__setattr__(self, "channels", ch)
         if self.token_mode not in TOKEN_MODES:
             raise input_error("token_mode", self.token_mode, f"one of {', '.join(TOKEN_MODES)}", ConfigError)
+        if self.hint not in HINT_KINDS:
+            raise input_error("hint", self.hint, f"one of {', '.join(HINT_KINDS)}", ConfigError)
+        if isinstance(self.hint_out, bool) or not isinstance(self.hint_out, int) or self.hint_out < 1:
+            raise input_error("hint_out", self.hint_out, "an integer >= 1", ConfigError)
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -301,14 +311,125 @@ class PretrainedReferenceEncoder(ReferenceEncoder):
 
 
 # ---------------------------------------------------------------------------------------------------------
+# high-frequency hint (AnyDoor's detail map, as extra input channels)
+# ---------------------------------------------------------------------------------------------------------
+def _blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Separable Gaussian blur of (B,C,H,W), reflect padding (replicate where the image is too small)."""
+    r = max(1, int(math.ceil(2.5 * sigma)))
+    k = torch.exp(-0.5 * (torch.arange(-r, r + 1, dtype=x.dtype, device=x.device) / sigma) ** 2)
+    k = k / k.sum()
+    c = x.shape[1]
+    mode = "reflect" if min(x.shape[-2:]) > r else "replicate"
+    y = F.pad(x, (r, r, r, r), mode=mode)
+    y = F.conv2d(y, k.view(1, 1, 1, -1).expand(c, 1, 1, -1), groups=c)
+    return F.conv2d(y, k.view(1, 1, -1, 1).expand(c, 1, -1, 1), groups=c)
+
+
+def sobel_magnitude(gray: torch.Tensor) -> torch.Tensor:
+    """|∇| of (B,1,H,W) by 3×3 Sobel filters (replicate padding), in units of the input per pixel."""
+    kx = torch.tensor([[-1.0, 0.0, 1.0], [-2.0, 0.0, 2.0], [-1.0, 0.0, 1.0]], dtype=gray.dtype, device=gray.device) / 8
+    g = F.pad(gray, (1, 1, 1, 1), mode="replicate")
+    gx = F.conv2d(g, kx.view(1, 1, 3, 3))
+    gy = F.conv2d(g, kx.t().contiguous().view(1, 1, 3, 3))
+    return torch.sqrt(gx**2 + gy**2 + 1e-12)
+
+
+def high_frequency_map(reference: torch.Tensor) -> torch.Tensor:
+    """The reference's detail, without its tone: (B,3,h,w) in [0,1] → (B,2,h,w): the gray image minus its
+    Gaussian blur (σ = a quarter of the shorter side, ≥ 1.5 px), and the Sobel gradient magnitude, each scaled
+    ×4 (so typical defect detail is of order 1). The low frequencies (tone, illumination) are left to the target."""
+    gray = reference.mean(1, keepdim=True)
+    sigma = max(1.5, min(gray.shape[-2:]) / 4)
+    band = (gray - _blur(gray, sigma)) * 4
+    return torch.cat([band, sobel_magnitude(gray) * 4], dim=1)
+
+
+def warp_hint(references: list[torch.Tensor], boxes: list, size: tuple[int, int]) -> torch.Tensor:
+    """(N, HINT_CHANNELS, H, W): each reference (3,h,w) in [0,1] resized to its box (x0,y0,x1,y1 in pixels of an
+    (H,W) canvas; float boxes are rounded), its high-frequency map placed there, plus a box-indicator channel;
+    zero elsewhere. A ``None`` box gives an all-zero hint (the null reference)."""
+    h, w = size
+    out = torch.zeros(len(references), HINT_CHANNELS, h, w)
+    for i, (ref, box) in enumerate(zip(references, boxes)):
+        if box is None or ref is None:
+            continue
+        x0, y0, x1, y1 = int_box(box, h, w)
+        r = ref[None].float()
+        if r.shape[1] == 1:
+            r = r.expand(-1, 3, -1, -1)
+        r = F.interpolate(r, size=(y1 - y0, x1 - x0), mode="bilinear", antialias=True, align_corners=False).clamp(0, 1)
+        out[i, :2, y0:y1, x0:x1] = high_frequency_map(r)[0]
+        out[i, 2, y0:y1, x0:x1] = 1.0
+    return out
+
+
+class HintEncoder(nn.Module):
+    """Hint channels → a residual added to the U-Net's ``conv_in`` output; the last conv starts at zero, so an
+    untrained hint encoder leaves the base unchanged (ControlNet's zero convolution)."""
+
+    def __init__(self, out_channels: int, in_channels: int = HINT_CHANNELS, width: int = 32):
+        super().__init__()
+        self.net = nn.Sequential(nn.Conv2d(in_channels, width, 3, padding=1), nn.SiLU(),
+                                 nn.Conv2d(width, width, 3, padding=1), nn.SiLU())
+        self.zero = nn.Conv2d(width, out_channels, 3, padding=1)
+        nn.init.zeros_(self.zero.weight)
+        nn.init.zeros_(self.zero.bias)
+
+    def forward(self, hint: torch.Tensor) -> torch.Tensor:
+        return self.zero(self.net(hint))
+
+
+class HintConvIn(nn.Module):
+    """The U-Net's ``conv_in`` taking ``in_channels + HINT_CHANNELS`` inputs: the original conv on the first
+    ``in_channels``, plus the hint encoder on the rest. Inputs without the extra channels pass unchanged."""
+
+    def __init__(self, conv_in: nn.Conv2d, hint: HintEncoder):
+        super().__init__()
+        self.conv = conv_in
+        self.set_hint(hint)
+        self.in_channels = conv_in.in_channels
+
+    def set_hint(self, hint: HintEncoder) -> None:
+        # not registered as a submodule: the hint encoder belongs to (is saved, moved and trained with) the
+        # reference encoder, so the U-Net's state holds no second copy of it
+        object.__setattr__(self, "_hint", hint)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[1] == self.in_channels:
+            return self.conv(x)
+        return self.conv(x[:, : self.in_channels]) + self._hint(x[:, self.in_channels :].to(x.dtype))
+
+
+def attach_hint(unet, encoder: ReferenceEncoder):
+    """Route ``encoder.hint`` into ``unet.conv_in`` (in place); no-op for an encoder without a hint."""
+    hint = getattr(encoder, "hint", None)
+    if hint is None:
+        return unet
+    if isinstance(unet.conv_in, HintConvIn):
+        unet.conv_in.set_hint(hint)
+    else:
+        unet.conv_in = HintConvIn(unet.conv_in, hint)
+    return unet
+
+
+# ---------------------------------------------------------------------------------------------------------
 # build / save / load
 # ---------------------------------------------------------------------------------------------------------
 def build_reference_encoder(config: ReferenceEncoderConfig, seed: int = 0, backbone=None) -> ReferenceEncoder:
     """A fresh encoder of ``config.kind`` (deterministic by ``seed``); pretrained kinds load their backbone
-    from ``config.backbone`` unless a loaded ``backbone`` tuple (:func:`load_backbone`) is passed."""
+    from ``config.backbone`` unless a loaded ``backbone`` tuple (:func:`load_backbone`) is passed. With
+    ``config.hint == "hf"`` it carries a :class:`HintEncoder` (``encoder.hint``), saved with it."""
     if config.kind == "compact":
-        return CompactReferenceEncoder(config, seed=seed)
-    return PretrainedReferenceEncoder(config, backbone=backbone, seed=seed)
+        enc = CompactReferenceEncoder(config, seed=seed)
+    else:
+        enc = PretrainedReferenceEncoder(config, backbone=backbone, seed=seed)
+    if config.hint != "none":
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed + 1)
+            enc.hint = HintEncoder(config.hint_out)
+    else:
+        enc.hint = None
+    return enc
 
 
 def save_reference_encoder(encoder: ReferenceEncoder, directory: str | os.PathLike, extra: dict | None = None) -> Path:

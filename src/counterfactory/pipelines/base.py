@@ -94,6 +94,10 @@ class MaskedInpaintPipeline:
         """
         raise NotImplementedError
 
+    def encode_hint(self, payloads: list, mask: torch.Tensor) -> torch.Tensor | None:
+        """Optional spatial hint channels (N,K,h,w) for a chunk of windows with masks (N,1,h,w); None: no hint."""
+        return None
+
     # ------------------------------------------------------------------ device and dtype
     @property
     def components(self) -> dict:
@@ -238,7 +242,7 @@ class MaskedInpaintPipeline:
             return denoise(self.unet, self.scheduler, self.space, x, m, cond, uncond, num_inference_steps,
                            guidance_scale, gens, reinject_known_region, self._progress, strength=float(strength),
                            callback_on_step_end=callback_on_step_end, callback_on_step_end_tensor_inputs=inputs,
-                           pipeline=self)
+                           pipeline=self, hint=self.encode_hint(payloads, m))
 
         return inpaint_windows(images, masks, jobs, denoise_fn, self.resolution, crop_to_mask, generator, batch_size)
 

@@ -34,12 +34,16 @@ from ..errors import CheckpointError, input_error
 from ..io.images import as_batch, convert_output, to_gray
 from ..io.masks import bbox, box_mask, check_box, group_windows
 from ..models.reference import (
+    MAX_REFERENCE_UPSCALE,
     MIN_REFERENCE_SIDE,
     REFERENCE_ADAPTER_CONFIG,
     REFERENCE_ADAPTER_FORMAT,
     ReferenceEncoder,
+    attach_hint,
     load_reference_encoder,
+    warp_hint,
 )
+from ..sampling.paste import PASTE_MODES, paste_defect, resize_image
 from .base import MaskedInpaintPipeline, check_base_hash, check_int
 
 OutputType = Literal["pt", "np", "pil"]
@@ -150,13 +154,15 @@ class ReferenceInpaintPipeline(MaskedInpaintPipeline):
     def check_inputs(self, image, reference_image, box=None, mask_image=None, num_inference_steps=25,
                      guidance_scale=3.0, output_type="pt", crop_margin=0.5, mask_threshold=0.5, max_box_side=None,
                      batch_size=16, generator=None, strength=1.0, callback_on_step_end=None,
-                     callback_on_step_end_tensor_inputs=None) -> None:
+                     callback_on_step_end_tensor_inputs=None, paste_mode="plain") -> None:
         """Validate every argument of :meth:`__call__`; raises :class:`~counterfactory.errors.InputError` naming the
         first bad one. Converts nothing and keeps no state."""
         self.check_common(num_inference_steps, guidance_scale, output_type, crop_margin, mask_threshold, batch_size,
                           strength, callback_on_step_end, callback_on_step_end_tensor_inputs)
         if max_box_side is not None:
             check_int("max_box_side", max_box_side, 1)
+        if paste_mode not in PASTE_MODES:
+            raise input_error("paste_mode", paste_mode, f"one of {', '.join(PASTE_MODES)} (how strength < 1 places the reference)")
         if (box is None) == (mask_image is None):
             raise input_error("box/mask_image", "both" if box is not None else "neither",
                               "exactly one of box (x0,y0,x1,y1) or mask_image")
@@ -169,6 +175,7 @@ class ReferenceInpaintPipeline(MaskedInpaintPipeline):
         refs = _items(reference_image, "reference_image")
         if len(refs) != 1 and len(refs) != b:
             raise input_error("reference_image", f"{len(refs)} references", f"one reference or one per image ({b})")
+        sizes = []
         for i, ref in enumerate(refs):
             image_channels(ref, f"reference_image[{i}]")
             if isinstance(ref, Image.Image):
@@ -178,6 +185,7 @@ class ReferenceInpaintPipeline(MaskedInpaintPipeline):
             if min(rh, rw) < MIN_REFERENCE_SIDE:
                 raise input_error(f"reference_image[{i}] size", f"{rw}x{rh}",
                                   f"at least {MIN_REFERENCE_SIDE} px on each side (W x H)")
+            sizes.append((rw, rh))
         masks = self._regions(images, box, mask_image, mask_threshold)
         limit = self.max_box_side if max_box_side is None else max_box_side
         for i in range(b):
@@ -188,6 +196,12 @@ class ReferenceInpaintPipeline(MaskedInpaintPipeline):
                 raise input_error(f"box[{i}]" if b > 1 else "box", f"{x1 - x0}x{y1 - y0} px",
                                   f"a region at most {limit} px on its longer side (max_box_side; default "
                                   f"{MAX_BOX_FACTOR} x the working resolution {self.resolution}): downscale the image first")
+            rw, rh = sizes[i] if len(sizes) > 1 else sizes[0]
+            if (x1 - x0) > MAX_REFERENCE_UPSCALE * rw or (y1 - y0) > MAX_REFERENCE_UPSCALE * rh:
+                raise input_error(f"reference_image[{i if len(sizes) > 1 else 0}] size", f"{rw}x{rh}",
+                                  f"a reference at least 1/{MAX_REFERENCE_UPSCALE:g} of its region's side "
+                                  f"({x1 - x0}x{y1 - y0} px, W x H): it would be upscaled more than "
+                                  f"{MAX_REFERENCE_UPSCALE:g}x")
 
     def _regions(self, images: torch.Tensor, box, mask_image, mask_threshold) -> torch.Tensor:
         """(B,1,H,W) in {0,1}: the boxes drawn as masks, or the given masks binarized."""
@@ -202,10 +216,11 @@ class ReferenceInpaintPipeline(MaskedInpaintPipeline):
         boxes = [check_box(bx, (h, w), name="box" if b == 1 else f"box[{i}]") for i, bx in enumerate(boxes)]
         return torch.stack([box_mask(bx, (h, w)) for bx in boxes])
 
-    def prepare_references(self, reference_image, image_channels_list: list[int]) -> torch.Tensor:
-        """The encoder's input batch (B,3,S,S), one reference per image. A reference with another channel count
-        than its image is converted with a warning: gray → RGB by repeating the channel, RGB → gray by the
-        channel mean (the rule the gray result uses)."""
+    def prepare_references(self, reference_image, image_channels_list: list[int], raw: bool = False):
+        """The encoder's input batch (B,3,S,S), one reference per image (with ``raw``: also the references as
+        (3,h,w) tensors in [0,1] at their own size). A reference with another channel count than its image is
+        converted with a warning: gray → RGB by repeating the channel, RGB → gray by the channel mean (the rule
+        the gray result uses)."""
         refs = _items(reference_image, "reference_image")
         b = len(image_channels_list)
         if len(refs) == 1 and b > 1:
@@ -220,7 +235,11 @@ class ReferenceInpaintPipeline(MaskedInpaintPipeline):
                 if c == 3:  # RGB reference for a gray image: its channel mean
                     ref = as_batch(ref, mode="RGB", name=f"reference_image[{i}]")[0].mean(0, keepdim=True)
             out.append(ref)
-        return self.reference_encoder.preprocess(out)
+        prepared = self.reference_encoder.preprocess(out)
+        if not raw:
+            return prepared
+        full = [as_batch(r, mode="RGB", name=f"reference_image[{i}]")[0] for i, r in enumerate(out)]
+        return prepared, [r.expand(3, -1, -1) if r.shape[0] == 1 else r for r in full]
 
     # ------------------------------------------------------------------ call
     @torch.no_grad()
@@ -243,6 +262,7 @@ class ReferenceInpaintPipeline(MaskedInpaintPipeline):
         callback_on_step_end: Callable | None = None,
         callback_on_step_end_tensor_inputs: list[str] | None = None,
         return_dict: bool = True,
+        paste_mode: str = "plain",
     ) -> ReferenceInpaintOutput:
         """Paint ``reference_image`` into ``box`` (or ``mask_image``) of each image.
 
@@ -255,8 +275,9 @@ class ReferenceInpaintPipeline(MaskedInpaintPipeline):
             mask_image: (B,1,H,W) / PIL, 1 (white) = region to repaint, binarized at ``mask_threshold``.
                 Exactly one of ``box`` and ``mask_image``.
             num_inference_steps: denoising steps of ``self.scheduler`` (at most its ``num_train_timesteps``).
-            guidance_scale: classifier-free guidance weight towards the reference (against the learned null
-                reference), in [0, 100]; 1 disables it.
+            guidance_scale: the reference guidance scale: classifier-free guidance towards the reference (its
+                tokens and, for an adapter trained with the high-frequency hint, its hint) against the learned
+                null reference (null tokens, no hint), in [0, 100]; 1 disables it.
             generator: a ``torch.Generator`` (or one per image; CPU or on the pipeline's device) for reproducible
                 noise: same seed → bit-identical output on CPU; with one per image, each image's noise comes from
                 its own generator, so its result is the same in any batch up to kernel rounding (~1e-7), exactly
@@ -267,14 +288,16 @@ class ReferenceInpaintPipeline(MaskedInpaintPipeline):
             batch_size: windows denoised together (one U-Net batch).
             max_box_side: largest allowed region side in pixels (default 4 × the working resolution): a larger
                 box would be inpainted at a small fraction of its size and come out blurred.
-            strength: paste-and-refine (the same implementation as the defect pipeline's): with the reference
-                already placed in the region (:func:`counterfactory.sampling.paste.paste_defect`), denoising starts
-                from ``image`` noised to level ``strength`` in [0, 1]; 1 (default) generates from noise, 0 returns
-                ``image`` unchanged.
+            strength: paste-and-refine (the same implementation as the defect pipeline's): below 1 the reference
+                is first resized into the region's box and pasted where the region is 1
+                (:func:`counterfactory.sampling.paste.paste_defect`, ``paste_mode``), then denoising starts from
+                that composite noised to level ``strength`` in [0, 1]; 1 (default) generates from noise, 0 returns
+                the pasted composite unchanged.
             callback_on_step_end: ``fn(pipeline, step, timestep, callback_kwargs) -> dict`` after every denoising
                 step of every chunk of windows, as in diffusers.
             callback_on_step_end_tensor_inputs: the tensors passed in ``callback_kwargs`` (default ``["latents"]``).
             return_dict: False returns the tuple ``(images, masks, windows)``.
+            paste_mode: ``"plain"`` (default) or ``"poisson"``: how ``strength`` < 1 places the reference.
 
         Returns:
             :class:`ReferenceInpaintOutput`, always 3 channels; for a 1-channel (gray) image the region gets the
@@ -282,19 +305,25 @@ class ReferenceInpaintPipeline(MaskedInpaintPipeline):
         """
         self.check_inputs(image, reference_image, box, mask_image, num_inference_steps, guidance_scale, output_type,
                           crop_margin, mask_threshold, max_box_side, batch_size, generator, strength,
-                          callback_on_step_end, callback_on_step_end_tensor_inputs)
+                          callback_on_step_end, callback_on_step_end_tensor_inputs, paste_mode)
         images = self.prepare_images(image)
         chans = [image_channels(im, f"image[{i}]") for i, im in enumerate(_items(image))]
         if len(chans) == 1 and images.shape[0] > 1:
             chans = chans * images.shape[0]
         masks = self._regions(images, box, mask_image, mask_threshold)
-        references = self.prepare_references(reference_image, chans)
+        references, raw = self.prepare_references(reference_image, chans, raw=True)
         h, w = images.shape[-2:]
+        if float(strength) < 1:  # paste-and-refine: the reference placed in the region, then refined
+            images = images.clone()
+            for i in range(images.shape[0]):
+                x0, y0, x1, y1 = bbox(masks[i, 0])
+                ref = resize_image(raw[i], (y1 - y0, x1 - x0))
+                images[i], _ = paste_defect(images[i], ref, masks[i, :, y0:y1, x0:x1], (x0, y0), mode=paste_mode)
         jobs = []
         windows: list[list[tuple[int, int, int, int]]] = []
         for i in range(images.shape[0]):
             wins = group_windows(masks[i, 0].numpy(), (h, w), crop_margin, min_size=min(self.resolution, max(h, w)))
-            jobs += [(i, win, references[i : i + 1]) for win in wins]
+            jobs += [(i, win, (references[i : i + 1], raw[i], _region_box(masks[i, 0], win.box))) for win in wins]
             windows.append([win.box for win in wins])
 
         out = self.run_windows(images, masks, jobs, crop_to_mask=True, generator=generator, batch_size=batch_size,
@@ -311,12 +340,24 @@ class ReferenceInpaintPipeline(MaskedInpaintPipeline):
         return ReferenceInpaintOutput(images=result, masks=masks, windows=windows)
 
     def encode_conditioning(self, payloads: list) -> tuple[torch.Tensor, torch.Tensor]:
-        """Reference tokens (the payloads are prepared references (1,3,S,S)) and the learned null reference."""
+        """Reference tokens (payloads: (prepared reference (1,3,S,S), raw reference, box in the window)) and the
+        learned null reference."""
         p = next(iter(self.reference_encoder.parameters()), None)
-        refs = torch.cat(payloads)
+        refs = torch.cat([pl[0] for pl in payloads])
         if p is not None:
             refs = refs.to(device=p.device, dtype=p.dtype)
         return self.reference_encoder(refs), self.reference_encoder.null_tokens(len(payloads))
+
+    def encode_hint(self, payloads: list, mask: torch.Tensor) -> torch.Tensor | None:
+        """The reference's high-frequency map warped into each window's region box at working resolution
+        (:func:`~counterfactory.models.reference.warp_hint`); None for an adapter trained without the hint."""
+        if getattr(self.reference_encoder, "hint", None) is None:
+            return None
+        h, w = mask.shape[-2:]
+        boxes = []
+        for _, _, (bx0, by0, bx1, by1, ww, wh) in payloads:  # region box in window pixels → working resolution
+            boxes.append((bx0 * w / ww, by0 * h / wh, bx1 * w / ww, by1 * h / wh))
+        return warp_hint([pl[1] for pl in payloads], boxes, (h, w))
 
 
 def _items(x, name: str = "image") -> list:
@@ -327,6 +368,13 @@ def _items(x, name: str = "image") -> list:
     if isinstance(x, torch.Tensor) and x.ndim == 4:
         return list(x.unbind(0))
     return [x]
+
+def _region_box(mask: torch.Tensor, window: tuple[int, int, int, int]) -> tuple[int, int, int, int, int, int]:
+    """The region's bounding box inside a window, in window pixels, with the window's size: (x0,y0,x1,y1,w,h)."""
+    wx0, wy0, wx1, wy1 = window
+    x0, y0, x1, y1 = bbox(mask[wy0:wy1, wx0:wx1])
+    return x0, y0, x1, y1, wx1 - wx0, wy1 - wy0
+
 
 def _is_one_box(box) -> bool:
     if isinstance(box, torch.Tensor):
@@ -367,5 +415,6 @@ def load_reference_adapter(unet, adapter, expected_kind: str, encoder_weights=No
     unet = copy.deepcopy(unet)
     add_lora(unet, rank=cfg["lora_rank"], alpha=cfg.get("lora_alpha"), target_modules=tuple(cfg["lora_targets"]))
     load_lora(unet, adapter)
+    attach_hint(unet, encoder)
     unet.eval().requires_grad_(False)
     return unet, encoder, cfg

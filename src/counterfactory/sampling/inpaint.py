@@ -65,8 +65,11 @@ def masked_image(image: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return image * (mask < 0.5)
 
 
-def unet_input(latents: torch.Tensor, mask: torch.Tensor, masked_latents: torch.Tensor) -> torch.Tensor:
-    return torch.cat([latents, mask, masked_latents], dim=1)
+def unet_input(latents: torch.Tensor, mask: torch.Tensor, masked_latents: torch.Tensor,
+               hint: torch.Tensor | None = None) -> torch.Tensor:
+    """``cat([latents, mask, masked_latents])``, plus ``hint`` channels (a spatial reference hint) when given."""
+    parts = [latents, mask, masked_latents] + ([hint] if hint is not None else [])
+    return torch.cat(parts, dim=1)
 
 
 def guided(pred_uncond: torch.Tensor, pred_cond: torch.Tensor, guidance_scale: float) -> torch.Tensor:
@@ -146,14 +149,14 @@ def denoise(unet, scheduler, space, x01: torch.Tensor, mask: torch.Tensor, cond:
             uncond: torch.Tensor | None, num_inference_steps: int, guidance_scale: float, generator,
             reinject: bool = True, progress: dict | None = None, strength: float = 1.0,
             callback_on_step_end: Callable | None = None, callback_on_step_end_tensor_inputs: Sequence[str] = ("latents",),
-            pipeline=None) -> torch.Tensor:
+            pipeline=None, hint: torch.Tensor | None = None) -> torch.Tensor:
     """:func:`denoise_latents`, then decoded: (B,3,h,w) in [0,1] on the CPU, float32.
 
     Raises :class:`NonFiniteResultError` rather than return non-finite pixels.
     """
     latents = denoise_latents(unet, scheduler, space, x01, mask, cond, uncond, num_inference_steps, guidance_scale,
                               generator, reinject, progress, strength, callback_on_step_end,
-                              callback_on_step_end_tensor_inputs, pipeline)
+                              callback_on_step_end_tensor_inputs, pipeline, hint)
     decoded = space.decode(latents).to(device="cpu", dtype=torch.float32) if torch.isfinite(latents).all() else None
     if decoded is None or not torch.isfinite(decoded).all():
         raise NonFiniteResultError(
@@ -167,7 +170,8 @@ def denoise_latents(unet, scheduler, space, x01: torch.Tensor, mask: torch.Tenso
                     uncond: torch.Tensor | None, num_inference_steps: int, guidance_scale: float, generator,
                     reinject: bool = True, progress: dict | None = None, strength: float = 1.0,
                     callback_on_step_end: Callable | None = None,
-                    callback_on_step_end_tensor_inputs: Sequence[str] = ("latents",), pipeline=None) -> torch.Tensor:
+                    callback_on_step_end_tensor_inputs: Sequence[str] = ("latents",), pipeline=None,
+                    hint: torch.Tensor | None = None) -> torch.Tensor:
     """The masked denoising loop shared by the inpainting pipelines; returns the final latents on the U-Net's device.
 
     ``x01`` (B,3,h,w) windows in [0,1] at working resolution, ``mask`` (B,1,h,w) in {0,1}; ``cond`` (B,T,D)
@@ -180,6 +184,8 @@ def denoise_latents(unet, scheduler, space, x01: torch.Tensor, mask: torch.Tenso
     must remain, see :func:`min_steps_for_strength`). ``callback_on_step_end(pipeline, step, t, kwargs)`` as in
     diffusers: ``kwargs`` holds the tensors named in ``callback_on_step_end_tensor_inputs`` (from
     :data:`CALLBACK_TENSOR_INPUTS`); a returned dict may replace them. ``scheduler`` is copied, never mutated.
+    ``hint`` (B,K,h,w): extra input channels of the conditional branch (a spatial reference hint, e.g.
+    :func:`counterfactory.models.reference.warp_hint`); the unconditional branch of the guidance gets zeros.
     """
     scheduler = copy.deepcopy(scheduler)
     device, dtype = module_device_dtype(unet)
@@ -189,6 +195,10 @@ def denoise_latents(unet, scheduler, space, x01: torch.Tensor, mask: torch.Tenso
     uncond = uncond.to(device=device, dtype=dtype) if uncond is not None else None
     b, _, hh, ww = x.shape
     f = space.scale_factor
+    if hint is not None:
+        hint = hint.to(device=device, dtype=dtype)
+        if hint.shape[-2:] != (hh // f, ww // f):
+            hint = F.interpolate(hint, size=(hh // f, ww // f), mode="area")
     shape = (b, space.channels, hh // f, ww // f)
     if isinstance(generator, list):  # one generator per window: results independent of batching
         noise = torch.cat([initial_noise((1, *shape[1:]), g, device=device) for g in generator]).to(dtype)
@@ -222,7 +232,8 @@ def denoise_latents(unet, scheduler, space, x01: torch.Tensor, mask: torch.Tenso
         model_in = scheduler.scale_model_input(model_in, t)
         mi = torch.cat([tensors["mask"]] * 2) if use_cfg else tensors["mask"]
         ml = torch.cat([tensors["masked_image_latents"]] * 2) if use_cfg else tensors["masked_image_latents"]
-        pred = unet(unet_input(model_in, mi, ml), t, encoder_hidden_states=context, return_dict=False)[0]
+        hi = (torch.cat([torch.zeros_like(hint), hint]) if use_cfg else hint) if hint is not None else None
+        pred = unet(unet_input(model_in, mi, ml, hi), t, encoder_hidden_states=context, return_dict=False)[0]
         if use_cfg:
             pu, pc = pred.chunk(2)
             pred = guided(pu, pc, guidance_scale)

@@ -41,11 +41,12 @@ CONV_TARGETS = ("conv1", "conv2")
 
 
 def inpaint_loss(unet, scheduler, space, x0: torch.Tensor, mask: torch.Tensor, context: torch.Tensor,
-                 gen: torch.Generator, outside_weight: float) -> torch.Tensor:
+                 gen: torch.Generator, outside_weight: float, hint: torch.Tensor | None = None) -> torch.Tensor:
     """One denoising loss on model-space images ``x0`` (B,3,H,W) with masks (B,1,H,W).
 
     Target follows ``scheduler.config.prediction_type`` (sample = x0, epsilon, v_prediction). The loss is
-    weighted 1 inside the mask and ``outside_weight`` outside (normalised by the mean weight).
+    weighted 1 inside the mask and ``outside_weight`` outside (normalised by the mean weight). ``hint``: extra
+    input channels (a spatial reference hint) appended to the U-Net input.
     """
     with torch.no_grad():
         latents = space.encode(x0, sample=False)
@@ -55,7 +56,11 @@ def inpaint_loss(unet, scheduler, space, x0: torch.Tensor, mask: torch.Tensor, c
     noise = torch.randn(latents.shape, generator=gen).to(latents.device, latents.dtype)
     t = torch.randint(0, scheduler.config.num_train_timesteps, (latents.shape[0],), generator=gen).to(latents.device)
     noisy = scheduler.add_noise(latents, noise, t)
-    pred = unet(unet_input(noisy, m, masked), t, encoder_hidden_states=context, return_dict=False)[0]
+    if hint is not None:
+        hint = hint.to(latents.device, latents.dtype)
+        if hint.shape[-2:] != latents.shape[-2:]:
+            hint = torch.nn.functional.interpolate(hint, size=tuple(latents.shape[-2:]), mode="area")
+    pred = unet(unet_input(noisy, m, masked, hint), t, encoder_hidden_states=context, return_dict=False)[0]
     kind = scheduler.config.prediction_type
     target = latents if kind == "sample" else noise if kind == "epsilon" else scheduler.get_velocity(latents, noise, t)
     w = outside_weight + (1.0 - outside_weight) * m

@@ -9,7 +9,13 @@ Each training item is one real defect (a connected component of a training mask)
   region's shape from the mask; the defect box is always inside the region;
 - the **reference** is the same defect cropped from the same image with a jittered crop, flipped, rotated
   and sometimes blurred (PbE: crop + flips + rotation + blur), then resized to the encoder's input;
-- with probability ``reference_dropout`` the reference is replaced by the learned null reference (CFG);
+- the **high-frequency hint** (``hint="hf"``, AnyDoor's detail map): the reference's high-pass band and Sobel
+  magnitude, warped into the defect's box, enter the U-Net as extra input channels through a zero-initialised
+  hint encoder added to ``conv_in`` (:class:`~counterfactory.models.reference.HintEncoder`); it carries the
+  reference's structure *in place*, which a few global tokens at the lowest U-Net resolution cannot;
+- ``mask_perturb`` switches the region perturbation above off (the region is then the defect box itself);
+- with probability ``reference_dropout`` the reference is replaced by the learned null reference and the hint by
+  zeros (CFG: the pipeline's ``guidance_scale`` is the reference guidance scale);
 - with probability ``background_prob`` the row is a defect-sized box on a *defect-free* training image trained
   with the null reference (AnydoorMed's erased-reference rows on healthy images): the null branch learns plain
   surface filling on the real product, so guidance pushes towards the reference's defect, and the LoRA keeps
@@ -48,15 +54,18 @@ from ..io.manifest import atomic_write_json, sha256_file
 from ..io.masks import Box, bbox, components, window_around
 from ..models.reference import (
     ENCODER_KINDS,
+    HINT_KINDS,
     REFERENCE_ADAPTER_CONFIG,
     REFERENCE_ADAPTER_FORMAT,
     TOKEN_MODES,
     ReferenceEncoderConfig,
+    attach_hint,
     build_reference_encoder,
     int_box,
     reference_batch,
     reference_crop,
     save_reference_encoder,
+    warp_hint,
 )
 from ..sampling.inpaint import to_working_resolution
 from .checkpoint import data_identity, run_identity, step_generator
@@ -89,7 +98,9 @@ class ReferenceTrainConfig:
     lora_alpha: float | None = None
     lora_targets: tuple[str, ...] = ATTENTION_TARGETS + CONV_TARGETS
     batch_size: int = 8
-    reference_dropout: float = 0.2  # PbE's u_cond_percent: rows trained with the null reference
+    reference_dropout: float = 0.2  # PbE's u_cond_percent: rows trained with the null reference (and no hint)
+    hint: str = "hf"  # "hf": AnyDoor-style high-frequency map of the reference in the box as extra input channels
+    mask_perturb: bool = True  # region = box extended at random, Bezier outline (PbE/AnyDoor); False: the box itself
     outside_weight: float = 0.1
     margin_range: tuple[float, float] = (0.3, 1.0)  # window context around the defect box, per item
     box_extend: float = 0.4  # each region side extends by up to this fraction of its free space (PbE: 0.4)
@@ -116,6 +127,8 @@ class ReferenceTrainConfig:
             raise ConfigError(f"encoder_weights=None: a local {self.encoder} transformers folder for --encoder {self.encoder}")
         if self.token_mode not in TOKEN_MODES:
             raise ConfigError(f"token_mode={self.token_mode!r}: one of {', '.join(TOKEN_MODES)}")
+        if self.hint not in HINT_KINDS:
+            raise ConfigError(f"hint={self.hint!r}: one of {', '.join(HINT_KINDS)}")
         if self.batch_size < 1 or self.lora_rank < 1:
             raise ConfigError(f"batch_size={self.batch_size}, lora_rank={self.lora_rank}: integers >= 1")
         if not 0 <= self.reference_dropout < 1:
@@ -297,12 +310,13 @@ def photometric_jitter(x: torch.Tensor, rng: np.random.Generator, contrast: floa
 def reference_batch_for_step(items: list[DefectItem], types: list[str], res: int, ref_size: int,
                              cfg: ReferenceTrainConfig, step: int, backgrounds: list[DefectItem] | None = None):
     """(targets in model space (B,3,res,res), regions (B,1,res,res), references (B,3,S,S) in [0,1], null rows (B,)
-    bool: background rows that must be trained with the null reference); a pure function of (cfg.loop.seed, step)."""
+    bool: background rows that must be trained with the null reference, hints (B,K,res,res): the reference's
+    high-frequency map warped into the defect box, zero on null rows); a pure function of (cfg.loop.seed, step)."""
     rng = np.random.default_rng([cfg.loop.seed, step, 6])
     per_type: dict[str, list[int]] = {}
     for k, it in enumerate(items):
         per_type.setdefault(it.defect_type, []).append(k)
-    xs, ms, refs, nulls = [], [], [], []
+    xs, ms, refs, nulls, hint_refs, hint_boxes = [], [], [], [], [], []
     for _ in range(cfg.batch_size):
         t = types[int(rng.integers(len(types)))]
         it = items[per_type[t][int(rng.integers(len(per_type[t])))]]
@@ -330,8 +344,8 @@ def reference_batch_for_step(items: list[DefectItem], types: list[str], res: int
         if cfg.vflip and rng.random() < 0.5:
             x = x.flip(-2)
             b = (b[0], res - b[3], b[2], res - b[1])
-        ext = extend_box(b, (0, 0, res, res), rng, cfg.box_extend)
-        if rng.random() < cfg.irregular_prob:
+        ext = extend_box(b, (0, 0, res, res), rng, cfg.box_extend if cfg.mask_perturb else 0.0)
+        if cfg.mask_perturb and rng.random() < cfg.irregular_prob:
             region = torch.from_numpy(irregular_region(b, ext, (res, res), rng))
         else:
             region = torch.zeros(res, res)
@@ -344,7 +358,11 @@ def reference_batch_for_step(items: list[DefectItem], types: list[str], res: int
         ms.append(region[None, None])
         refs.append(reference_batch(ref, ref_size))
         nulls.append(is_bg)
-    return to_model_space(torch.cat(xs)), torch.cat(ms), torch.cat(refs), torch.tensor(nulls, dtype=torch.bool)
+        hint_refs.append(ref)
+        hint_boxes.append(None if is_bg else b)
+    hints = warp_hint(hint_refs, hint_boxes, (res, res))
+    return (to_model_space(torch.cat(xs)), torch.cat(ms), torch.cat(refs), torch.tensor(nulls, dtype=torch.bool),
+            hints)
 
 
 # ====================================================================== training
@@ -370,19 +388,23 @@ def train_reference(cfg: ReferenceTrainConfig, progress: bool = True) -> dict:
     dim = unet.config.cross_attention_dim
     n_tok = cfg.num_tokens or (base_tokens.shape[0] if base_tokens is not None else 4)
     enc_cfg = ReferenceEncoderConfig(kind=cfg.encoder, dim=dim, num_tokens=n_tok, input_size=cfg.reference_size,
-                                     token_mode=cfg.token_mode, backbone=cfg.encoder_weights)
+                                     token_mode=cfg.token_mode, backbone=cfg.encoder_weights, hint=cfg.hint,
+                                     hint_out=unet.conv_in.out_channels)
     encoder = build_reference_encoder(enc_cfg, seed=cfg.loop.seed)
+    attach_hint(unet, encoder)
     if base_tokens is not None and tuple(base_tokens.shape) == tuple(encoder.null.shape):
         encoder.init_from_tokens(base_tokens)
     module = _ReferenceModule(unet, encoder)
     ref_size = encoder.input_size
 
     def loss_fn(step: int, device) -> torch.Tensor:
-        x0, region, refs, null_rows = reference_batch_for_step(items, types, res, ref_size, cfg, step, backgrounds)
+        x0, region, refs, null_rows, hints = reference_batch_for_step(items, types, res, ref_size, cfg, step, backgrounds)
         gen = step_generator(cfg.loop.seed, step)
         drop = (torch.rand(x0.shape[0], generator=gen) < cfg.reference_dropout) | null_rows
         ctx = encoder(refs.to(device), drop=drop.to(device))
-        return inpaint_loss(unet, train_s, space, x0.to(device), region.to(device), ctx, gen, cfg.outside_weight)
+        hint = hints.masked_fill(drop[:, None, None, None], 0.0) if encoder.hint is not None else None
+        return inpaint_loss(unet, train_s, space, x0.to(device), region.to(device), ctx, gen, cfg.outside_weight,
+                            hint=hint)
 
     identity = run_identity("train-reference", cfg, data=data_id, split=split_digest(split), types=types,
                             backgrounds=len(backgrounds),
@@ -402,6 +424,9 @@ def train_reference(cfg: ReferenceTrainConfig, progress: bool = True) -> dict:
         "base_sha256": sha256_file(base_file) if base_file and Path(base_file).is_file() else None,
         "encoder": cfg.encoder,
         "encoder_weights": cfg.encoder_weights,
+        "hint": cfg.hint,
+        "mask_perturb": cfg.mask_perturb,
+        "reference_dropout": cfg.reference_dropout,
         "types": types,
         "defects": identity["defects"],
         "lora_rank": cfg.lora_rank,

@@ -40,7 +40,7 @@ from counterfactory.causal.training import (
     train_predictors,
     train_vae,
 )
-from counterfactory.data.morphomnist import load_morphomnist
+from counterfactory.data.morphomnist import StructureData, load_morphomnist
 from counterfactory.evaluation.stats import mean_std, paired_difference
 from counterfactory.io.manifest import atomic_write_json
 
@@ -83,6 +83,7 @@ def main() -> None:
     ap.add_argument("--predictor-steps", type=int, default=TrainConfig.predictor_steps)
     ap.add_argument("--full-test", action="store_true",
                     help="test on every default scale (0.6..1.4) with composition and reversibility (default: the 4 scales of tuning)")
+    ap.add_argument("--eval-images", type=int, default=0, help="evaluate on the first N images of val and test (0: all)")
     ap.add_argument("--max-minutes", type=float, default=1e9)
     args = ap.parse_args()
     torch.set_num_threads(1)
@@ -94,6 +95,9 @@ def main() -> None:
     base = root / "base"
     data = load_morphomnist(args.data)
     train, val, test = (build_variant(data, sp, args.data_variant) for sp in ("train", "val", "test"))
+    if args.eval_images:
+        val, test = (StructureData(*(t[: args.eval_images] for t in (d.images, d.area, d.intensity, d.digit, d.source,
+                                                                     d.csv_intensity))) for d in (val, test))  # fmt: skip
     scm = ParentSCM.fit(train.area, train.intensity, train.digit)
     steps = dict(cft_steps=args.cft_steps, vae_steps=args.vae_steps, predictor_steps=args.predictor_steps)
     cfg0 = TrainConfig(**steps)
@@ -115,6 +119,7 @@ def main() -> None:
         return value
 
     def fine_tune(mode: str, variant: str, lr: float, seed: int) -> Path:
+        vae_for(seed)
         folder = cft_folder(root, mode, lr)
         if not (folder / variant / f"seed{seed}" / "config.json").is_file():
             tick(f"{folder.name}/{variant}/seed{seed}")
@@ -123,7 +128,8 @@ def main() -> None:
             print(f"  trained {folder.name}/{variant}/seed{seed}: {time.time() - t0:.0f} s", flush=True)
         return folder / variant / f"seed{seed}"
 
-    out_summary: dict = {"data_variant": args.data_variant, "seeds": seeds, "lrs": lrs, "cft_steps": args.cft_steps}
+    out_summary: dict = {"data_variant": args.data_variant, "seeds": seeds, "lrs": lrs, "steps": steps,
+                         "eval_images": len(test), "test_scales": list(test_scales)}
     try:
         tick("predictors")
         train_predictors(base, train, scm, cfg0, False, args.data_variant)
@@ -133,9 +139,16 @@ def main() -> None:
             lambda: predictor_accuracy(regressor, segmentor, scm, test.images, test.area, test.intensity))
         corr = torch.corrcoef(train.area.T)[0, 1] if train.num_structures > 1 else torch.tensor(float("nan"))
         out_summary["train_area_correlation"] = float(corr)
-        for s in sorted(set(seeds) | {args.tune_seed}):
-            tick(f"vae seed{s}")
-            train_vae(base, train, scm, cfg0, s, False, args.data_variant)
+        trained_vaes: set[int] = set()
+
+        def vae_for(seed: int) -> None:  # trained when first needed, so that a stop leaves whole seeds done
+            if seed not in trained_vaes:
+                if not (base / "none" / f"seed{seed}" / "config.json").is_file():
+                    tick(f"vae seed{seed}")
+                    t0 = time.time()
+                    train_vae(base, train, scm, cfg0, seed, False, args.data_variant)
+                    print(f"  trained base/none/seed{seed}: {time.time() - t0:.0f} s", flush=True)
+                trained_vaes.add(seed)
 
         def val_eval(mode, variant, lr, seed):
             def run():
@@ -155,6 +168,7 @@ def main() -> None:
 
         def test_eval(mode, variant, seed):
             def run():
+                vae_for(seed)
                 folder = (base / "none" / f"seed{seed}" if variant == "none"
                           else fine_tune(mode, variant, chosen[f"{mode}/{variant}"], seed))  # fmt: skip
                 vae, scm_v, _ = load_causal_model(folder)

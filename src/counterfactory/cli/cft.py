@@ -148,7 +148,7 @@ def run_evaluate(args) -> int:
     import torch
 
     from ..causal.checkpoint import read_meta
-    from ..causal.evaluate import evaluate_run, markdown_table
+    from ..causal.evaluate import evaluate_run, markdown_table, run_mode
     from ..causal.metrics import DEFAULT_SCALES, check_scales
     from ..causal.structures import build_variant, data_variant_name, run_data_variant
     from ..causal.training import TrainConfig
@@ -174,14 +174,16 @@ def run_evaluate(args) -> int:
             raise input_error("--run", str(run), "a run folder written by `cft train`")
     first = read_meta(run / args.variants[0] / f"seed{seeds[0]}", "causal_model", args.variants[0])
     lo, hi = TrainConfig.scale_min, TrainConfig.scale_max
-    for v in args.variants:
-        if v != "none":
-            tr = read_meta(run / v / f"seed{seeds[0]}", "causal_model", v)["settings"]["train"]
-            lo, hi = tr["scale_min"], tr["scale_max"]
+    metas = [read_meta(run / v / f"seed{seeds[0]}", "causal_model", v) for v in args.variants]
+    run_mode(metas, args.counterfactual)  # a mode other than the one CFT was trained with: exit 2 before any work
+    for meta in metas:
+        if meta["variant"] != "none":
+            lo, hi = meta["settings"]["train"]["scale_min"], meta["settings"]["train"]["scale_max"]
     scales = check_scales(args.scales if args.scales is not None else DEFAULT_SCALES, lo, hi)
     name = run_data_variant(first)
     if args.structures is not None or args.pairing is not None:
-        asked = data_variant_name(args.structures or (1 if name == "single" else 2), args.pairing or "random")
+        structures = args.structures or (2 if args.pairing == "correlated" or name != "single" else 1)
+        asked = data_variant_name(structures, args.pairing or "random")
         if asked != name:
             raise input_error("--structures/--pairing", f"{args.structures},{args.pairing}", f"the run's data variant {name!r} (it was trained on that)")
     test = build_variant(load_morphomnist(args.data), "test", name)

@@ -160,6 +160,9 @@ def main() -> None:
         chosen: dict = {}
         for mode in modes:
             for variant in ("reg", "seg"):
+                if len(lrs) == 1:  # nothing to choose
+                    chosen[f"{mode}/{variant}"] = lrs[0]
+                    continue
                 scores = {lr: val_eval(mode, variant, lr, args.tune_seed)["area_mape"] for lr in lrs}
                 chosen[f"{mode}/{variant}"] = best = min(lrs, key=lambda lr: scores[lr])
                 print(f"tuning {mode}/{variant}: val area MAPE " + ", ".join(f"lr {lr:g}: {v:.2f} %" for lr, v in scores.items())

@@ -181,15 +181,24 @@ def main() -> None:
             return cached(root / "test" / f"{mode}-{tag}-seed{seed}.json", run)
 
         results = {m: {v: {} for v in ("none", "reg", "seg")} for m in modes}
-        for s in seeds:  # seeds outer: a stop leaves whole seeds done in every mode
-            for mode in modes:
-                for v in ("none", "reg", "seg"):
-                    results[mode][v][s] = test_eval(mode, v, s)
+        done = []
+        try:
+            for s in seeds:  # seeds outer: a stop leaves whole seeds done in every mode
+                for mode in modes:
+                    for v in ("none", "reg", "seg"):
+                        results[mode][v][s] = test_eval(mode, v, s)
+                done.append(s)
+        except OutOfTime as exc:
+            print(f"stopped at --max-minutes before {exc}; rerun the same command to continue", file=sys.stderr)
+        if len(done) < len(seeds):
+            print(f"partial: the tables below cover the finished seeds {done} of {seeds}", flush=True)
+        seeds = done
+        if not seeds:
+            return
     except OutOfTime as exc:
         print(f"stopped at --max-minutes before {exc}; rerun the same command to continue", file=sys.stderr)
-        results = None
-    if results is None:
         return
+    out_summary["seeds"] = seeds
     out_summary["modes"] = {}
     print(f"\n{args.data_variant}: train area correlation r = {out_summary['train_area_correlation']:.3f}; "
           f"predictors on test: {json.dumps({k: round(v, 3) for k, v in out_summary['predictors'].items() if k != 'seconds'})}")

@@ -143,11 +143,12 @@ def main() -> None:
 
         def vae_for(seed: int) -> None:  # trained when first needed, so that a stop leaves whole seeds done
             if seed not in trained_vaes:
-                if not (base / "none" / f"seed{seed}" / "config.json").is_file():
+                meta_file = base / "none" / f"seed{seed}" / "config.json"
+                if not (meta_file.is_file() and "train_nelbo" in json.loads(meta_file.read_text())):
                     tick(f"vae seed{seed}")
-                    t0 = time.time()
-                    train_vae(base, train, scm, cfg0, seed, False, args.data_variant)
-                    print(f"  trained base/none/seed{seed}: {time.time() - t0:.0f} s", flush=True)
+                t0 = time.time()
+                train_vae(base, train, scm, cfg0, seed, False, args.data_variant)  # a finished one is returned as is
+                print(f"  base/none/seed{seed}: {time.time() - t0:.0f} s", flush=True)
                 trained_vaes.add(seed)
 
         def val_eval(mode, variant, lr, seed):

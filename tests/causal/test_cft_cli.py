@@ -62,3 +62,22 @@ def test_bad_arguments_exit_2(tmp_path, run_cli):
     assert code == 2 and "--variant" in _one_line(err)
     code, _, err = run_cli("cft", "evaluate", "--variants", "none")
     assert code == 2 and "--run/--checkpoint" in _one_line(err)
+
+
+def test_data_variant_and_mode_refusals_exit_2(tmp_path, run_cli):
+    code, _, err = run_cli("cft", "train", "--out", str(tmp_path / "o"), "--pairing", "sorted")
+    assert code == 2 and "--pairing" in _one_line(err)
+    code, _, err = run_cli("cft", "train", "--out", str(tmp_path / "o"), "--structures", "3")
+    assert code == 2 and "--structures" in _one_line(err)
+    code, _, err = run_cli("cft", "train", "--out", str(tmp_path / "o"), "--structures", "1", "--pairing", "correlated")
+    assert code == 2 and "pairing=correlated" in _one_line(err)
+    assert not (tmp_path / "o").exists()  # nothing written
+    code, _, err = run_cli("cft", "train", "--out", str(tmp_path / "o"), "--cft-lr", "3")
+    assert code == 2 and "--cft-lr" in _one_line(err)
+    run = _fake_run(tmp_path / "run", "reg")  # a single-digit run, fine-tuned with the pixel-noise counterfactual
+    code, _, err = run_cli("cft", "evaluate", "--run", str(run), "--variants", "none,reg", "--seeds", "0", "--pairing", "correlated")
+    line = _one_line(err)
+    assert code == 2 and "--structures/--pairing" in line and "'single'" in line
+    code, _, err = run_cli("cft", "evaluate", "--run", str(run), "--variants", "none,reg", "--seeds", "0", "--counterfactual", "latent")
+    line = _one_line(err)
+    assert code == 2 and "counterfactual=latent" in line and "'noise'" in line

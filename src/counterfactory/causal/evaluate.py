@@ -11,13 +11,15 @@ import torch
 from tqdm.auto import tqdm
 
 from ..data.morphomnist import StructureData
-from ..errors import CheckpointError
+from ..errors import CheckpointError, input_error
 from ..io.manifest import atomic_write_json
 from . import report as rep
 from .checkpoint import VARIANT_NAMES, read_meta
 from .metrics import DEFAULT_SCALES, METRIC_INFO, evaluate_model, summarize
 from .predictors import predictor_accuracy
+from .structures import run_data_variant
 from .training import load_causal_model, load_predictors
+from .vae import check_mode
 
 GRID_SCALES = (0.7, 1.3)
 
@@ -34,7 +36,9 @@ def _check_finished(folder: Path, variant: str) -> dict:
 
 
 @torch.no_grad()
-def counterfactual_rows(vae, scm, test: StructureData, indices: list[int], structure: int = 0) -> list[list[np.ndarray]]:
+def counterfactual_rows(
+    vae, scm, test: StructureData, indices: list[int], structure: int = 0, mode: str = "noise"
+) -> list[list[np.ndarray]]:
     """original | do(area x 0.7) | do(area x 1.3) | Δ(0.7) | Δ(1.3) for each index (structure ``structure``)."""
     rows = []
     for n in indices:
@@ -44,10 +48,27 @@ def counterfactual_rows(vae, scm, test: StructureData, indices: list[int], struc
         for s in GRID_SCALES:
             new = (a[:, structure] * s).clamp(scm.area_min, scm.area_max)
             a_cf, i_cf = scm.intervene_area(a, i, d, torch.tensor([structure]), new)
-            cfs.append(vae.counterfactual(x, cond, scm.condition(a_cf, i_cf, d))[0, 0].numpy())
+            cfs.append(vae.counterfactual(x, cond, scm.condition(a_cf, i_cf, d), mode)[0, 0].numpy())
         x0 = x[0, 0].numpy()
         rows.append([x0, *cfs, *[c - x0 for c in cfs]])
     return rows
+
+
+def run_mode(metas: list[dict], requested: str | None = None) -> str:
+    """The counterfactual mode of a set of checkpoints: the one their CFT was trained with (all must agree).
+
+    No-CFT checkpoints were trained without counterfactuals: they take ``requested`` (default ``"noise"``).
+    A request that differs from what the CFT checkpoints were trained with is refused.
+    """
+    trained = {m.get("counterfactual", "noise") for m in metas if m.get("variant") != "none"}
+    if len(trained) > 1:
+        raise CheckpointError(f"checkpoints: trained with counterfactual modes {sorted(trained)}; allowed: one mode per evaluation")
+    if trained:
+        mode = trained.pop()
+        if requested is not None and requested != mode:
+            raise input_error("counterfactual", requested, f"{mode!r}, the mode these checkpoints were fine-tuned with")
+        return mode
+    return check_mode(requested or "noise")
 
 
 def evaluate_run(
@@ -60,17 +81,20 @@ def evaluate_run(
     command: str = "",
     progress: bool = True,
     results_path: Path | None = None,
+    mode: str | None = None,
 ) -> dict:
     """Evaluate every (variant, seed) under ``out`` on ``test``; returns and writes ``results.json``."""
     folders = {(v, s): model_folder(out, v, s) for v in variants for s in seeds}
-    for (v, _), f in folders.items():  # refuse early: missing, unfinished or wrong-variant checkpoints
-        _check_finished(f, v)
+    metas = [_check_finished(f, v) for (v, _), f in folders.items()]  # refuse early: missing, unfinished, wrong variant
+    mode = run_mode(metas, mode)
     regressor, segmentor, pmeta = load_predictors(out / "predictors")
     _, scm, _ = load_causal_model(folders[(variants[0], seeds[0])])
     t0 = time.time()
     results = {
         "structures": test.num_structures,
         "n_test": len(test),
+        "counterfactual": mode,
+        "data_variant": run_data_variant(metas[0]),
         "scales": list(scales),
         "seeds": seeds,
         "predictors": predictor_accuracy(regressor, segmentor, scm, test.images, test.area, test.intensity),
@@ -81,7 +105,7 @@ def evaluate_run(
         per_seed = []
         for s in seeds:
             vae, scm_v, meta = load_causal_model(folders[(v, s)], v)
-            r = evaluate_model(vae, scm_v, regressor, segmentor, test, scales, progress=bar)
+            r = evaluate_model(vae, scm_v, regressor, segmentor, test, scales, progress=bar, mode=mode)
             r["seed"] = s
             r["train_nelbo"] = meta.get("train_nelbo")
             per_seed.append(r)
@@ -124,7 +148,11 @@ def markdown_table(results: dict, variants: list[str]) -> str:
 
 def write_report(path: Path, out: Path, test: StructureData, results: dict, variants, seeds, command: str) -> Path:
     K = test.num_structures
-    name = "single digit (28x28)" if K == 1 else "two digits side by side (28x56), interventions on one digit"
+    name = {"single": "single digit (28x28)", "pair": "two digits side by side (28x56), interventions on one digit",
+            "pair-corr": "two digits of similar size side by side (28x56, areas correlated), interventions on one digit",
+            }.get(results.get("data_variant"), f"{K} structure(s)")
+    if results.get("counterfactual") == "latent":
+        name += ", latent-only counterfactuals"
     blocks = [
         rep.text_block(
             f"Morpho-MNIST, {name}. Test split: {results['n_test']} images. Seeds {seeds}. "
@@ -148,7 +176,8 @@ def write_report(path: Path, out: Path, test: StructureData, results: dict, vari
                 ["regressor", "intensity MAE (/255)", f"{p['regressor_intensity_mae']:.2f}"],
                 ["segmentor", "Dice (foreground of each digit)", f"{p['segmentor_dice']:.4f}"],
                 ["segmentor", "soft-area MAE (px) / MAPE (%)", f"{p['segmentor_area_mae']:.2f} / {p['segmentor_area_mape']:.2f}"],
-            ],
+            ] + [[n, "cross-talk: reading of one digit per px of the other digit's area", f"{p[f'{n}_crosstalk']:.3f}"]
+                 for n in ("regressor", "segmentor") if f"{n}_crosstalk" in p],
         )
     )
     xs = [float(s) for s in results["scales"]]
@@ -162,7 +191,7 @@ def write_report(path: Path, out: Path, test: StructureData, results: dict, vari
     cols = ["original", "do(area×0.7)", "do(area×1.3)", "Δ ×0.7", "Δ ×1.3"]
     for v in variants:
         vae, scm, _ = load_causal_model(model_folder(out, v, seeds[0]), v)
-        rows_img = counterfactual_rows(vae, scm, test, idx)
+        rows_img = counterfactual_rows(vae, scm, test, idx, mode=results.get("counterfactual", "noise"))
         blocks.append(rep.grid_block(f"{VARIANT_NAMES[v]} (seed {seeds[0]})", rows_img, cols,
                                      "Δ = counterfactual − original (red brighter, blue darker)"))  # fmt: skip
     if command:

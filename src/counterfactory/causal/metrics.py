@@ -6,7 +6,7 @@ their median), not from the regressor or segmentor that guided fine-tuning. What
 same counterfactuals is reported alongside (``guide_*``), which shows when a variant pleases its guide more
 than the pixels.
 
-Counterfactual = ``x + mu(z, pa*) - mu(z, pa)`` (vae.py). Interventions ``do(area_k = area_k * s)`` whose value
+Counterfactual = ``x + mu(z, pa*) - mu(z, pa)`` (vae.py), or ``mu(z, pa*)`` in the latent-only mode. Interventions ``do(area_k = area_k * s)`` whose value
 falls outside the training range of area are not evaluated; how many were left out is reported.
 """
 
@@ -22,7 +22,7 @@ from ..errors import input_error
 from ..evaluation.stats import mean_std
 from .predictors import Regressor, Segmentor, regressor_decode
 from .scm import ParentSCM
-from .vae import CondVAE
+from .vae import CondVAE, check_mode
 
 DEFAULT_SCALES = (0.6, 0.7, 0.8, 0.9, 1.1, 1.2, 1.3, 1.4)
 REVERSE_SCALES = (0.7, 1.3)
@@ -66,8 +66,15 @@ def evaluate_model(
     scales=DEFAULT_SCALES,
     batch: int = 250,
     progress=None,
+    mode: str = "noise",
+    reverse: bool = True,
 ) -> dict:
-    """Metrics of one causal model on ``test`` (means over examples, structures and scales)."""
+    """Metrics of one causal model on ``test`` (means over examples, structures and scales).
+
+    ``mode``: the counterfactual (vae.py): ``"noise"`` abducts the pixel noise, ``"latent"`` predicts x* from
+    the model alone. ``reverse=False`` skips reversibility and composition (faster, for model selection).
+    """
+    check_mode(mode)
     vae.eval()
     K = test.num_structures
     cols = structure_columns(K)
@@ -87,7 +94,10 @@ def evaluate_model(
         B = x.shape[0]
         cond = scm.condition(a, i, d)
         z, u = vae.abduct(x, cond)
+        if mode == "latent":
+            u = torch.zeros_like(u)
         mu0 = vae.decode(z, cond)
+        null_area = measure((mu0 + u).clamp(0, 1), K)[0] if K > 1 else None  # the null intervention's areas
         near = F.max_pool2d(foreground(x, K).any(1, keepdim=True).float(), 2 * FAR_RADIUS + 1, 1, FAR_RADIUS) > 0
         for s in scales:
             for k in range(K):
@@ -100,6 +110,7 @@ def evaluate_model(
                 a_cf, i_cf = scm.intervene_area(a, i, d, kk, torch.where(ok, new, a[:, k]))
                 x_cf = (vae.decode(z, scm.condition(a_cf, i_cf, d)) + u).clamp(0, 1)
                 x_cf, xo, a_cf, i_cf, nr = x_cf[ok], x[ok], a_cf[ok], i_cf[ok], near[ok]
+                null_ok = null_area[ok] if null_area is not None else None
                 ma, mi = measure(x_cf, K)
                 err = (ma[:, k] - a_cf[:, k]).abs()
                 add("area_mae", err)
@@ -116,6 +127,11 @@ def evaluate_model(
                     if j != k:
                         add("other_change", diff[:, :, cols[j]].flatten(1).mean(1))
                         add("other_area_drift", (ma[:, j] - a_cf[:, j]).abs())
+                        add("other_area_shift", (ma[:, j] - null_ok[:, j]).abs())
+        if not reverse:
+            if progress is not None:
+                progress.update(B)
+            continue
         # composition: the model's own reconstruction, applied 1x and 10x under the null intervention
         xr = mu0
         add("composition_1x", (xr - x).abs().flatten(1).mean(1))
@@ -132,8 +148,8 @@ def evaluate_model(
                 kk = torch.full((B,), k, dtype=torch.long)
                 a_cf, i_cf = scm.intervene_area(a, i, d, kk, torch.where(ok, new, a[:, k]))
                 c_cf = scm.condition(a_cf, i_cf, d)
-                x_cf = vae.counterfactual(x, cond, c_cf)
-                back = vae.counterfactual(x_cf, c_cf, cond)
+                x_cf = vae.counterfactual(x, cond, c_cf, mode)
+                back = vae.counterfactual(x_cf, c_cf, cond, mode)
                 add("reversibility", (back - x).abs()[ok].flatten(1).mean(1))
         add("test_nelbo", vae.nelbo(x, cond, torch.Generator().manual_seed(start)))
         if progress is not None:
@@ -153,6 +169,7 @@ METRIC_INFO = {  # name → (label, lower is better?, format)
     "guide_segmentor_area_mae": ("segmentor-read area MAE (px)", True, "{:.2f}"),
     "other_change": ("other digit: mean abs change (x100)", True, "{:.3f}"),
     "other_area_drift": ("other digit area drift (px)", True, "{:.2f}"),
+    "other_area_shift": ("other digit area shift vs null intervention (px)", True, "{:.2f}"),
     "far_change": (f"far field (>{FAR_RADIUS}px from stroke): mean abs change (x100)", True, "{:.3f}"),
     "composition_1x": ("composition L1 1x (x100)", True, "{:.3f}"),
     "composition_10x": ("composition L1 10x (x100)", True, "{:.3f}"),

@@ -104,6 +104,34 @@ def segmentor_loss(model: Segmentor, scm: ParentSCM, x, area, intensity) -> torc
 
 
 @torch.no_grad()
+def crosstalk(read_area, x: torch.Tensor, area: torch.Tensor, batch: int = 500) -> float:
+    """How much a predictor's area reading of structure k follows the *other* structure (pixels per pixel).
+
+    The other structure's columns are swapped for those of another image (the next one); the slope of the
+    change in the reading of structure k on the change in the other's true area, pooled over images and k.
+    0: the reading ignores the other structure (as it should); 1: it moves one for one with it.
+    """
+    from ..data.morphomnist import structure_columns
+
+    K = area.shape[1]
+    cols = structure_columns(K)
+    perm = torch.roll(torch.arange(len(x)), 1)
+    num = den = 0.0
+    for k in range(K):
+        for j in range(K):
+            if j == k:
+                continue
+            swapped = x.clone()
+            swapped[:, :, :, cols[j]] = x[perm][:, :, :, cols[j]]
+            d_read = torch.cat([read_area(swapped[s : s + batch])[:, k] - read_area(x[s : s + batch])[:, k]
+                                for s in range(0, len(x), batch)])  # fmt: skip
+            d_true = area[perm, j] - area[:, j]
+            num += float((d_read * d_true).sum())
+            den += float((d_true * d_true).sum())
+    return num / den if den > 0 else 0.0
+
+
+@torch.no_grad()
 def predictor_accuracy(regressor: Regressor, segmentor: Segmentor, scm: ParentSCM, x, area, intensity, batch: int = 500) -> dict:
     """Test-split accuracy: regressor MAE (area px, intensity /255), segmentor Dice and soft-area MAE / MAPE."""
     regressor.eval()
@@ -123,7 +151,11 @@ def predictor_accuracy(regressor: Regressor, segmentor: Segmentor, scm: ParentSC
             inter[k] += (p & t).sum()
             union_sum[k] += p.sum() + t.sum()
     ra, ri, sa = torch.cat(ra), torch.cat(ri), torch.cat(sa)
-    return {
+    extra = {}
+    if K > 1:
+        extra = {"regressor_crosstalk": crosstalk(lambda im: regressor_decode(scm, regressor(im))[0], x, area, batch),
+                 "segmentor_crosstalk": crosstalk(segmentor.soft_area, x, area, batch)}
+    return {**extra,
         "regressor_area_mae": float((ra - area).abs().mean()),
         "regressor_area_mape": float(((ra - area).abs() / area).mean() * 100),
         "regressor_intensity_mae": float((ri - intensity).abs().mean()),

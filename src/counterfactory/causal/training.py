@@ -38,7 +38,8 @@ from .predictors import (
     segmentor_loss,
 )
 from .scm import ParentSCM
-from .vae import CondVAE, VAEConfig
+from .structures import run_data_variant
+from .vae import CondVAE, VAEConfig, check_mode
 
 
 @dataclass(frozen=True)
@@ -56,6 +57,7 @@ class TrainConfig:
     damping: float = 100.0  # MDMM damping of the ELBO constraint (causal-gen: 100)
     scale_min: float = 0.6  # interventions drawn as area * U(scale_min, scale_max) during CFT
     scale_max: float = 1.4
+    counterfactual: str = "noise"  # "noise": x* = mu(z, pa*) + u (pixel noise abducted); "latent": x* = mu(z, pa*)
     save_every: int = 100
 
     def __post_init__(self):
@@ -64,6 +66,11 @@ class TrainConfig:
                 raise input_error(name, getattr(self, name), "a positive integer")
         if not 0 < self.scale_min < 1 < self.scale_max:
             raise input_error("scale range", (self.scale_min, self.scale_max), "0 < scale_min < 1 < scale_max")
+        for name in ("cft_lr", "vae_lr", "predictor_lr"):
+            v = getattr(self, name)
+            if not 0 < v < 1:
+                raise input_error(name, v, "a learning rate in (0, 1)")
+        check_mode(self.counterfactual)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -133,7 +140,13 @@ def _read_log(path: Path) -> list[dict]:
 
 
 # --------------------------------------------------------------------------------------------- predictors
-def train_predictors(out: Path, train: StructureData, scm: ParentSCM, cfg: TrainConfig, progress: bool = True) -> dict:
+def _variant_of(train: StructureData, data_variant: str | None) -> str:
+    return data_variant or ("single" if train.num_structures == 1 else "pair")
+
+
+def train_predictors(
+    out: Path, train: StructureData, scm: ParentSCM, cfg: TrainConfig, progress: bool = True, data_variant: str | None = None
+) -> dict:
     K = train.num_structures
     pcfg = PredictorConfig(height=train.images.shape[2], width=train.images.shape[3], num_structures=K)
     torch.manual_seed(1234)
@@ -149,7 +162,7 @@ def train_predictors(out: Path, train: StructureData, scm: ParentSCM, cfg: Train
 
     settings = {"structures": K, "train": {k: getattr(cfg, k) for k in ("batch_size", "predictor_steps", "predictor_lr")}}
     meta = {"kind": "predictors", "variant": None, "predictor_config": pcfg.to_dict(), "scm": scm.to_dict(),
-            "settings": settings, "data": data_identity(train)}
+            "settings": settings, "data": data_identity(train), "data_variant": _variant_of(train, data_variant)}
     return _run_stage(
         out / "predictors", meta, {"regressor": reg, "segmentor": seg}, {"regressor": opt_r, "segmentor": opt_s},
         {"regressor": drop, "segmentor": drop}, cfg.predictor_steps, loss_fn, cfg.save_every, "predictors", None,
@@ -179,7 +192,10 @@ def mean_nelbo(vae: CondVAE, scm: ParentSCM, data: StructureData, batch: int = 5
     return total / len(data)
 
 
-def train_vae(out: Path, train: StructureData, scm: ParentSCM, cfg: TrainConfig, seed: int, progress: bool = True) -> dict:
+def train_vae(
+    out: Path, train: StructureData, scm: ParentSCM, cfg: TrainConfig, seed: int, progress: bool = True,
+    data_variant: str | None = None,
+) -> dict:  # fmt: skip
     vcfg = VAEConfig(
         height=train.images.shape[2], width=train.images.shape[3], cond_dim=scm.cond_dim, z_dim=cfg.z_dim, channels=cfg.vae_channels
     )
@@ -197,7 +213,7 @@ def train_vae(out: Path, train: StructureData, scm: ParentSCM, cfg: TrainConfig,
     keys = ("batch_size", "vae_steps", "vae_lr", "z_dim", "vae_channels")
     settings = {"structures": train.num_structures, "seed": seed, "train": {k: getattr(cfg, k) for k in keys}}
     meta = {"kind": "causal_model", "variant": "none", "vae_config": vcfg.to_dict(), "scm": scm.to_dict(),
-            "settings": settings, "data": data_identity(train)}
+            "settings": settings, "data": data_identity(train), "data_variant": _variant_of(train, data_variant)}
     meta = _run_stage(folder, meta, {"vae": vae}, {"vae": opt},
                       {"vae": lambda step: 0.2 if step >= 0.8 * cfg.vae_steps else 1.0}, cfg.vae_steps, loss_fn,
                       cfg.save_every, "causal_model", "none", progress)
@@ -262,7 +278,7 @@ def cft_step(
     k, new = sample_intervention(scm, area, gen, cfg.scale_min, cfg.scale_max)
     area_cf, int_cf = scm.intervene_area(area, intensity, digit, k, new)
     cond, cond_cf = scm.condition(area, intensity, digit), scm.condition(area_cf, int_cf, digit)
-    nelbo, x_cf = vae.nelbo_and_counterfactual(x, cond, cond_cf, gen)
+    nelbo, x_cf = vae.nelbo_and_counterfactual(x, cond, cond_cf, gen, cfg.counterfactual)
     nelbo = nelbo.mean()
     aux = cft_aux_loss(variant, x_cf, area_cf, int_cf, scm, regressor, segmentor)
     gap = eps - nelbo
@@ -293,20 +309,24 @@ def train_cft(
         return cft_step(vae, scm, regressor, segmentor, variant, x, a, i, d, gen, eps, lagrange, cfg)
 
     keys = ("batch_size", "cft_steps", "cft_lr", "lagrange_lr", "damping", "scale_min", "scale_max")
+    if cfg.counterfactual != "noise":  # recorded when not the default, so that older runs still resume
+        keys += ("counterfactual",)
     settings = {"seed": seed, "base": base_meta["settings"], "train": {k: getattr(cfg, k) for k in keys}}
     meta = {**{k: base_meta[k] for k in ("vae_config", "scm", "train_nelbo")}, "kind": "causal_model", "variant": variant,
-            "settings": settings, "elbo_constraint": eps, "data": data_identity(train)}  # fmt: skip
+            "settings": settings, "elbo_constraint": eps, "data": data_identity(train),
+            "data_variant": run_data_variant(base_meta), "counterfactual": cfg.counterfactual}  # fmt: skip
     folder = out / variant / f"seed{seed}"
     return _run_stage(folder, meta, {"vae": vae, "lagrange": lagrange}, {"vae": opt, "lagrange": opt_l}, {},
                       cfg.cft_steps, loss_fn, cfg.save_every, "causal_model", variant, progress)
 
 
 def train_all(
-    out: Path, train: StructureData, variant: str, seed: int, cfg: TrainConfig, progress: bool = True
-) -> dict:
+    out: Path, train: StructureData, variant: str, seed: int, cfg: TrainConfig, progress: bool = True,
+    data_variant: str | None = None,
+) -> dict:  # fmt: skip
     """Whatever is missing of predictors → VAE(seed) → CFT(variant, seed); finished stages are skipped."""
     out.mkdir(parents=True, exist_ok=True)
     scm = ParentSCM.fit(train.area, train.intensity, train.digit)
-    train_predictors(out, train, scm, cfg, progress)
-    train_vae(out, train, scm, cfg, seed, progress)
+    train_predictors(out, train, scm, cfg, progress, data_variant)
+    train_vae(out, train, scm, cfg, seed, progress, data_variant)
     return train_cft(out, train, variant, seed, cfg, progress)

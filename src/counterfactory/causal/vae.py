@@ -9,6 +9,10 @@ Counterfactuals follow abduction–action–prediction as in causal-gen's DSCM:
 
 With this abduction a null intervention returns ``x`` exactly, so composition is reported on the model's own
 reconstruction (``mu(z, pa)`` without ``u``) as well; see metrics.py.
+
+``mode="latent"`` drops the pixel-noise abduction: the exogenous noise is the latent alone and
+``x* = mu(z, pa*)``. Every pixel of x* then comes from the generative model, so whether an intervention on one
+structure leaves the rest of the image alone is earned by the model rather than pinned by ``u``.
 """
 
 from __future__ import annotations
@@ -21,6 +25,14 @@ from torch import nn
 from torch.nn import functional as F
 
 from ..errors import input_error
+
+CF_MODES = ("noise", "latent")  # x* = mu(z, pa*) + u (pixel noise abducted) | x* = mu(z, pa*) (latent only)
+
+
+def check_mode(mode: str) -> str:
+    if mode not in CF_MODES:
+        raise input_error("counterfactual", mode, "'noise' (abduct the pixel noise) or 'latent' (latent only)")
+    return mode
 
 
 @dataclass(frozen=True)
@@ -91,11 +103,16 @@ class CondVAE(nn.Module):
         return self._nelbo_terms(x, self.decode(z, cond), mu, logvar)
 
     def nelbo_and_counterfactual(
-        self, x: torch.Tensor, cond: torch.Tensor, cond_cf: torch.Tensor, generator: torch.Generator | None = None
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+        self, x: torch.Tensor, cond: torch.Tensor, cond_cf: torch.Tensor, generator: torch.Generator | None = None,
+        mode: str = "noise",
+    ) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
         """``(nelbo(x), counterfactual(x))`` sharing one encoder pass and one batched decoder pass (CFT's step)."""
+        check_mode(mode)
         mu, logvar = self.encode(x, cond)
         z = mu + torch.exp(0.5 * logvar) * torch.randn(mu.shape, generator=generator)
+        if mode == "latent":
+            rec, mu_cf = self.decode(torch.cat([z, mu]), torch.cat([cond, cond_cf])).chunk(2)
+            return self._nelbo_terms(x, rec, mu, logvar), mu_cf
         rec, mu0, mu_cf = self.decode(torch.cat([z, mu, mu]), torch.cat([cond, cond, cond_cf])).chunk(3)
         return self._nelbo_terms(x, rec, mu, logvar), (mu_cf + (x - mu0)).clamp(0, 1)
 
@@ -104,8 +121,11 @@ class CondVAE(nn.Module):
         z, _ = self.encode(x, cond)
         return z, x - self.decode(z, cond)
 
-    def counterfactual(self, x: torch.Tensor, cond: torch.Tensor, cond_cf: torch.Tensor) -> torch.Tensor:
-        """x* = mu(z, pa*) + u, clamped to [0,1] (see the module docstring)."""
+    def counterfactual(self, x: torch.Tensor, cond: torch.Tensor, cond_cf: torch.Tensor, mode: str = "noise") -> torch.Tensor:
+        """x* = mu(z, pa*) + u clamped to [0,1]; with ``mode="latent"``, x* = mu(z, pa*) (module docstring)."""
+        if check_mode(mode) == "latent":
+            z, _ = self.encode(x, cond)
+            return self.decode(z, cond_cf)
         z, u = self.abduct(x, cond)
         return (self.decode(z, cond_cf) + u).clamp(0, 1)
 

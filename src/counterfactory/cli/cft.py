@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 
 from ..errors import input_error
-from ._args import SEED_MAX, check_fits, check_out, positive_int, threads_type
+from ._args import SEED_MAX, check_fits, check_out, float_range, positive_int, threads_type
 
 DEFAULT_DATA = "../shared/data/morphomnist"
 
@@ -73,11 +73,16 @@ def register(sub) -> None:
     t.add_argument("--data", default=DEFAULT_DATA, help="Morpho-MNIST folder (IDX + csv)")
     t.add_argument("--out", required=True, help="run folder, e.g. runs/cft/single")
     t.add_argument("--structures", type=int, default=1, choices=(1, 2), help="1: single digit; 2: two digits side by side")
+    t.add_argument("--pairing", default="random", choices=("random", "correlated"),
+                   help="two digits: random partners, or partners of similar area (areas correlated, r = 0.92)")
+    t.add_argument("--counterfactual", default="noise", choices=("noise", "latent"),
+                   help="noise: x* = mu(z, pa*) + abducted pixel noise; latent: x* = mu(z, pa*) from the model alone")
     t.add_argument("--variant", type=_variants, default=["none", "reg", "seg"], help="none | reg | seg | all | a list")
     t.add_argument("--seeds", type=_int_list("--seeds"), default=[0], help="e.g. 0,1,2")
     t.add_argument("--predictor-steps", type=positive_int("--predictor-steps"), default=None)
     t.add_argument("--vae-steps", type=positive_int("--vae-steps"), default=None)
     t.add_argument("--cft-steps", type=positive_int("--cft-steps"), default=None)
+    t.add_argument("--cft-lr", type=float_range("--cft-lr", 0.0, 0.1, lo_open=True), default=None, help="fine-tuning learning rate (default 5e-4)")
     t.add_argument("--batch-size", type=positive_int("--batch-size", 1_000_000), default=None)
     t.add_argument("--threads", type=threads_type(), default=1, help="torch threads (default 1)")
     t.add_argument("--no-progress", action="store_true")
@@ -89,6 +94,10 @@ def register(sub) -> None:
     e.add_argument("--checkpoint", help="instead of --run: one checkpoint folder, checked to be of --variants' one variant")
     e.add_argument("--variants", type=_variants, default=["none", "reg", "seg"], help="none | reg | seg | all | a list")
     e.add_argument("--seeds", type=_int_list("--seeds"), default=[0, 1, 2])
+    e.add_argument("--structures", type=int, default=None, choices=(1, 2), help="checked against the run (default: the run's)")
+    e.add_argument("--pairing", default=None, choices=("random", "correlated"), help="checked against the run (default: the run's)")
+    e.add_argument("--counterfactual", default=None, choices=("noise", "latent"),
+                   help="default: the mode the CFT checkpoints were trained with (noise for No-CFT alone)")
     e.add_argument("--scales", type=_float_list("--scales"), default=None, help="intervention scales (default 0.6..1.4 without 1.0)")
     e.add_argument("--report", help="HTML report path (default <run>/report.html)")
     e.add_argument("--threads", type=threads_type(), default=1)
@@ -103,9 +112,11 @@ def _command_line() -> str:
 def run_train(args) -> int:
     import torch
 
+    from ..causal.structures import build_variant, data_variant_name
     from ..causal.training import TrainConfig, train_all
-    from ..data.morphomnist import build_structures, load_morphomnist
+    from ..data.morphomnist import load_morphomnist
 
+    name = data_variant_name(args.structures, args.pairing)
     out = check_out(args.out, inputs={"--data": args.data})
     if args.batch_size:  # two structures side by side: 28 x 56 px; activations of a small conv VAE, a low estimate
         check_fits("--batch-size", args.batch_size, float(args.batch_size) * 28 * 28 * args.structures * 64 * 4 * 8,
@@ -118,15 +129,17 @@ def run_train(args) -> int:
             "vae_steps": args.vae_steps,
             "cft_steps": args.cft_steps,
             "batch_size": args.batch_size,
+            "cft_lr": args.cft_lr,
+            "counterfactual": args.counterfactual,
         }.items()
         if v is not None
     }
     cfg = TrainConfig(**overrides)
     data = load_morphomnist(args.data)
-    train = build_structures(data, "train", args.structures)
+    train = build_variant(data, "train", name)
     for seed in args.seeds:
         for variant in args.variant:
-            meta = train_all(out, train, variant, seed, cfg, progress=not args.no_progress)
+            meta = train_all(out, train, variant, seed, cfg, progress=not args.no_progress, data_variant=name)
             print(f"{variant} seed {seed}: {out / variant / f'seed{seed}'} (step {meta.get('step')}, done={meta.get('done')})")
     return 0
 
@@ -135,10 +148,11 @@ def run_evaluate(args) -> int:
     import torch
 
     from ..causal.checkpoint import read_meta
-    from ..causal.evaluate import evaluate_run, markdown_table
+    from ..causal.evaluate import evaluate_run, markdown_table, run_mode
     from ..causal.metrics import DEFAULT_SCALES, check_scales
+    from ..causal.structures import build_variant, data_variant_name, run_data_variant
     from ..causal.training import TrainConfig
-    from ..data.morphomnist import build_structures, load_morphomnist
+    from ..data.morphomnist import load_morphomnist
 
     if args.report:
         check_out(args.report, "--report", kind="file", inputs={"--data": args.data})
@@ -160,18 +174,25 @@ def run_evaluate(args) -> int:
             raise input_error("--run", str(run), "a run folder written by `cft train`")
     first = read_meta(run / args.variants[0] / f"seed{seeds[0]}", "causal_model", args.variants[0])
     lo, hi = TrainConfig.scale_min, TrainConfig.scale_max
-    for v in args.variants:
-        if v != "none":
-            tr = read_meta(run / v / f"seed{seeds[0]}", "causal_model", v)["settings"]["train"]
-            lo, hi = tr["scale_min"], tr["scale_max"]
+    metas = [read_meta(run / v / f"seed{seeds[0]}", "causal_model", v) for v in args.variants]
+    run_mode(metas, args.counterfactual)  # a mode other than the one CFT was trained with: exit 2 before any work
+    for meta in metas:
+        if meta["variant"] != "none":
+            lo, hi = meta["settings"]["train"]["scale_min"], meta["settings"]["train"]["scale_max"]
     scales = check_scales(args.scales if args.scales is not None else DEFAULT_SCALES, lo, hi)
-    structures = int(first["vae_config"]["width"]) // 28
-    test = build_structures(load_morphomnist(args.data), "test", structures)
+    name = run_data_variant(first)
+    if args.structures is not None or args.pairing is not None:
+        structures = args.structures or (2 if args.pairing == "correlated" or name != "single" else 1)
+        asked = data_variant_name(structures, args.pairing or "random")
+        if asked != name:
+            raise input_error("--structures/--pairing", f"{args.structures},{args.pairing}", f"the run's data variant {name!r} (it was trained on that)")
+    test = build_variant(load_morphomnist(args.data), "test", name)
     report = Path(args.report) if args.report else where / "report.html"
     if not args.report:
         check_out(report, "--run" if args.run else "--checkpoint", kind="file", inputs={"--data": args.data})
     check_out(where / "results.json", "--run" if args.run else "--checkpoint", kind="file", inputs={"--data": args.data})
-    results = evaluate_run(run, test, args.variants, seeds, scales, report, _command_line(), not args.no_progress, where / "results.json")
+    results = evaluate_run(run, test, args.variants, seeds, scales, report, _command_line(), not args.no_progress,
+                           where / "results.json", args.counterfactual)
     left = results["variants"][args.variants[0]]["per_seed"][0]["left_out_out_of_range"]
     if left:
         print(

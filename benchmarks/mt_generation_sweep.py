@@ -48,7 +48,8 @@ def run_setting(data: str, split: str, adapter: str, scale: float, strength: flo
         timing.write_text(json.dumps({"seconds": time.perf_counter() - t0}))
     if not (ev / "metrics.json").is_file():
         _cli("evaluate", "--real", data, "--split", split, "--generated", str(gen), "--extractor", "compact",
-             "--extractor-weights", str(EXTRACTOR), "--out", str(ev), "--threads", str(threads), log=log)
+             "--extractor-weights", str(EXTRACTOR), "--kid-subset-size", "16", "--out", str(ev), "--threads", str(threads),
+             log=log)
     metrics = json.loads((ev / "metrics.json").read_text())
     seconds = json.loads(timing.read_text())["seconds"]
     return {"name": name, "adapter": adapter, "scale": scale, "strength": strength, "metrics": metrics,

@@ -276,6 +276,14 @@ def inpaint_windows(images: torch.Tensor, masks: torch.Tensor, jobs: Sequence[tu
     an item outside its original batch, e.g. a resumed ``generate``, keep the batches fixed instead).
     """
     out = images.clone()
+    # round-robin over images (each image's windows keep their order), so tiles of one region, which must be
+    # denoised one after the other, share their chunks with other images' tiles instead of running one by one
+    seen: dict[int, int] = {}
+    ranked = []
+    for k, job in enumerate(jobs):
+        ranked.append((seen.get(job[0], 0), k))
+        seen[job[0]] = ranked[-1][0] + 1
+    jobs = [jobs[k] for _, k in sorted(ranked)]
     start = 0
     while start < len(jobs):
         chunk = _next_chunk(jobs, start, batch_size)

@@ -70,6 +70,7 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=4, help="per-rank batch (training)")
     ap.add_argument("--n", type=int, default=8, help="pairs per type (generation, 2 types)")
     ap.add_argument("--inference-steps", type=int, default=10)
+    ap.add_argument("--parts", nargs="+", choices=["train", "generate"], default=["train", "generate"])
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
@@ -77,7 +78,7 @@ def main() -> None:
                 str(args.steps), "--batch-size", str(args.batch), "--checkpoint-every", str(args.steps),
                 "--threads", str(args.threads)]
         step1, step2, gap = [], [], []
-        for r in range(args.repeats):
+        for r in range(args.repeats if "train" in args.parts else 0):
             o1, o2 = tmp / f"t1-{r}", tmp / f"t2-{r}"
             _cli(["train-base", "--out", str(o1), "--seed", str(r), "--gradient-accumulation-steps", "2", *tiny], 1,
                  args.threads)
@@ -86,9 +87,12 @@ def main() -> None:
             step2.append(json.loads((o2 / "train_summary.json").read_text())["wall_seconds"] / args.steps)
             h1, h2 = _history(o1), _history(o2)
             gap.append(max(abs(a - b) / abs(a) for a, b in zip(h1, h2)))
-        _report(f"train-base, global batch {2 * args.batch}, seconds per step", "s", step1, step2)
-        print(f"train-base: largest relative loss difference 2 vs 1 process over {args.steps} steps: "
-              f"{max(gap):.2e} (per repeat: {', '.join(f'{g:.1e}' for g in gap)})")
+        if step1:
+            _report(f"train-base, global batch {2 * args.batch}, seconds per step", "s", step1, step2)
+            print(f"train-base: largest relative loss difference 2 vs 1 process over {args.steps} steps: "
+                  f"{max(gap):.2e} (per repeat: {', '.join(f'{g:.1e}' for g in gap)})", flush=True)
+        if "generate" not in args.parts:
+            return
 
         # generation
         _cli(["data", "synth", "--out", str(tmp / "data"), "--seed", "0", "--size", "128", "--types", "crack,spot",

@@ -1,4 +1,4 @@
-"""Two CPU processes (accelerate launch --cpu, gloo) against one: training wall time per step, generation per pair.
+"""Two CPU processes (accelerate launch --multi_gpu on a CPU-only machine: gloo) against one: training wall time per step, generation per pair.
 
     .venv/bin/python benchmarks/scaling.py --repeats 3
 
@@ -34,7 +34,8 @@ def _cli(args: list[str], procs: int, threads: int) -> float:
     if procs == 1:
         cmd = [PY, "-m", "counterfactory", *args]
     else:
-        cmd = [PY, "-m", "accelerate.commands.launch", "--cpu", "--num_processes", str(procs), "--num_machines", "1",
+        # accelerate starts one process per rank through torchrun only with --multi_gpu (gloo on a CPU-only machine)
+        cmd = [PY, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(procs), "--num_machines", "1",
                "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "counterfactory", *args]
     t0 = time.perf_counter()
     subprocess.run(cmd, check=True, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

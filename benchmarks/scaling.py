@@ -1,4 +1,4 @@
-"""Two CPU processes (accelerate launch --cpu, gloo) against one: training wall time per step, generation per pair.
+"""Two CPU processes (accelerate launch --multi_gpu on a CPU-only machine: gloo) against one: training wall time per step, generation per pair.
 
     .venv/bin/python benchmarks/scaling.py --repeats 3
 
@@ -34,7 +34,8 @@ def _cli(args: list[str], procs: int, threads: int) -> float:
     if procs == 1:
         cmd = [PY, "-m", "counterfactory", *args]
     else:
-        cmd = [PY, "-m", "accelerate.commands.launch", "--cpu", "--num_processes", str(procs), "--num_machines", "1",
+        # accelerate starts one process per rank through torchrun only with --multi_gpu (gloo on a CPU-only machine)
+        cmd = [PY, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(procs), "--num_machines", "1",
                "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "counterfactory", *args]
     t0 = time.perf_counter()
     subprocess.run(cmd, check=True, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -70,6 +71,7 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=4, help="per-rank batch (training)")
     ap.add_argument("--n", type=int, default=8, help="pairs per type (generation, 2 types)")
     ap.add_argument("--inference-steps", type=int, default=10)
+    ap.add_argument("--parts", nargs="+", choices=["train", "generate"], default=["train", "generate"])
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
@@ -77,7 +79,7 @@ def main() -> None:
                 str(args.steps), "--batch-size", str(args.batch), "--checkpoint-every", str(args.steps),
                 "--threads", str(args.threads)]
         step1, step2, gap = [], [], []
-        for r in range(args.repeats):
+        for r in range(args.repeats if "train" in args.parts else 0):
             o1, o2 = tmp / f"t1-{r}", tmp / f"t2-{r}"
             _cli(["train-base", "--out", str(o1), "--seed", str(r), "--gradient-accumulation-steps", "2", *tiny], 1,
                  args.threads)
@@ -86,9 +88,12 @@ def main() -> None:
             step2.append(json.loads((o2 / "train_summary.json").read_text())["wall_seconds"] / args.steps)
             h1, h2 = _history(o1), _history(o2)
             gap.append(max(abs(a - b) / abs(a) for a, b in zip(h1, h2)))
-        _report(f"train-base, global batch {2 * args.batch}, seconds per step", "s", step1, step2)
-        print(f"train-base: largest relative loss difference 2 vs 1 process over {args.steps} steps: "
-              f"{max(gap):.2e} (per repeat: {', '.join(f'{g:.1e}' for g in gap)})")
+        if step1:
+            _report(f"train-base, global batch {2 * args.batch}, seconds per step", "s", step1, step2)
+            print(f"train-base: largest relative loss difference 2 vs 1 process over {args.steps} steps: "
+                  f"{max(gap):.2e} (per repeat: {', '.join(f'{g:.1e}' for g in gap)})", flush=True)
+        if "generate" not in args.parts:
+            return
 
         # generation
         _cli(["data", "synth", "--out", str(tmp / "data"), "--seed", "0", "--size", "128", "--types", "crack,spot",

@@ -1,5 +1,6 @@
-"""Run a command line on N CPU processes joined over gloo, as ``accelerate launch --cpu --num_processes N`` does,
-but forked from the test process (no second interpreter start-up: each rank is ready in well under a second)."""
+"""Run a command line on N CPU processes joined over gloo, as ``accelerate launch --multi_gpu --num_processes N``
+does on a CPU-only machine, but forked from the test process (no second interpreter start-up: each rank is ready
+in well under a second)."""
 
 from __future__ import annotations
 

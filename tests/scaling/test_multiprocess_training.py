@@ -1,4 +1,5 @@
-"""Training on 2 CPU processes joined over gloo (as under ``accelerate launch --cpu --num_processes 2``).
+"""Training on 2 CPU processes joined over gloo (as under ``accelerate launch --multi_gpu
+--num_processes 2`` on a CPU-only machine).
 
 The run on 2 processes with a per-rank batch of 1 sees exactly the micro-batches of a 1-process run with 2
 micro-batches per step (gradient accumulation): the same global batch. Their losses and weights then differ only

@@ -54,7 +54,6 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
 
-    from counterfactory.evaluation.stats import paired_difference, summarize
 
     adapters = dict(item.split("=") for item in args.adapters.split(","))
     settings = parse_settings(args.settings, adapters)
@@ -186,7 +185,7 @@ def report(args, per_seed, tasks, seeds, task_settings, settings, name) -> None:
     for task in tasks:
         t = summary["tasks"][task]
         print(f"\n{task} ({summary['n_cases'][task]} cases x {len(seeds)} seeds, {args.steps} steps)")
-        print(f"| method | ref_cos | ref_cos shuffled | struct | struct shuffled | seam | KID |")
+        print("| method | ref_cos | ref_cos shuffled | struct | struct shuffled | seam | KID |")
         print("|---|---|---|---|---|---|---|")
         for m in t["table"]:
             r = t["table"][m]

@@ -25,8 +25,8 @@ def main() -> None:
     ap.add_argument("--out", required=True)
     args = ap.parse_args()
 
-    from counterfactory.evaluation.insertion import InsertionCase, context_crop, load_case
     from counterfactory.evaluation.features import resize_square
+    from counterfactory.evaluation.insertion import InsertionCase, context_crop, load_case
     from counterfactory.io.images import load_image
 
     run = Path(args.run)

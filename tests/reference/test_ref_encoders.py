@@ -122,7 +122,7 @@ def test_high_frequency_hint_ignores_tone_and_lands_in_the_box():
     from counterfactory.models.reference import HINT_CHANNELS, high_frequency_map, warp_hint
 
     ref = torch.rand(3, 20, 16)
-    a, b = high_frequency_map(ref[None]), high_frequency_map((ref[None] * 0.5 + 0.3))
+    a, b = high_frequency_map(ref[None]), high_frequency_map(ref[None] * 0.5 + 0.3)
     assert torch.allclose(a * 0.5, b, atol=1e-5)  # an offset changes nothing; contrast scales the detail
     flat = high_frequency_map(torch.full((1, 3, 20, 16), 0.7))
     assert flat.abs().max() < 1e-3

@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from counterfactory.causal.metrics import evaluate_model
-from counterfactory.causal.training import load_causal_model, load_predictors, train_all
 from counterfactory.causal.structures import build_variant
+from counterfactory.causal.training import load_causal_model, load_predictors, train_all
 from counterfactory.data.morphomnist import StructureData, build_structures, load_morphomnist
 
 from .helpers import tiny_config

@@ -7,8 +7,13 @@ import torch
 from counterfactory.causal.evaluate import run_mode
 from counterfactory.causal.metrics import evaluate_model
 from counterfactory.causal.predictors import crosstalk
-from counterfactory.causal.structures import build_variant, correlated_partners, data_variant_name, run_data_variant
-from counterfactory.causal.training import TrainConfig, cft_step, Lagrange, train_all
+from counterfactory.causal.structures import (
+    build_variant,
+    correlated_partners,
+    data_variant_name,
+    run_data_variant,
+)
+from counterfactory.causal.training import Lagrange, TrainConfig, cft_step, train_all
 from counterfactory.data.morphomnist import MorphoMNIST, split_indices
 from counterfactory.errors import CheckpointError, InputError
 

@@ -391,11 +391,13 @@ def generate(pipe: DefectInpaintPipeline, backgrounds: list[Sample], masks: dict
                 for k in ks:
                     results[k] = imgs[k]
                 continue
+            # only pipelines that tile take max_window_scale (the ControlNet pipeline paints whole windows)
+            tiling = {} if cfg.max_window_scale is None else {"max_window_scale": cfg.max_window_scale}
             res = pipe(torch.stack([imgs[k] for k in ks]), torch.stack([refine[k] for k in ks]),
                        [metas[k]["type"] for k in ks], num_inference_steps=cfg.num_inference_steps,
                        guidance_scale=cfg.guidance_scale, generator=[gens[k] for k in ks],
                        crop_margin=cfg.crop_margin, batch_size=group, grain_transfer=cfg.grain_transfer,
-                       strength=cfg.strength, max_window_scale=cfg.max_window_scale)
+                       strength=cfg.strength, **tiling)
             for k, r in zip(ks, res.images):
                 results[k] = r
         for k, meta in enumerate(metas):

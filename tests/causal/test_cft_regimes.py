@@ -132,3 +132,19 @@ def test_metrics_in_both_modes_report_drift_against_observed_and_null(mode):
     for key in ("area_mape", "other_area_drift", "other_area_shift", "far_change"):
         assert out[key] == out[key], key
     assert "reversibility" not in out
+
+
+def test_cft_completes_a_vae_stage_whose_elbo_level_was_not_recorded(tmp_path):
+    import json
+
+    from counterfactory.causal.training import train_cft
+
+    data = tiny_digits(12)
+    train_all(tmp_path, data, "none", 0, tiny_config(), progress=False)
+    cfg_file = tmp_path / "none" / "seed0" / "config.json"
+    meta = json.loads(cfg_file.read_text())
+    level = meta.pop("train_nelbo")
+    cfg_file.write_text(json.dumps(meta))
+    out = train_cft(tmp_path, data, "reg", 0, tiny_config(), progress=False)
+    assert out["done"] and out["elbo_constraint"] == pytest.approx(level)
+    assert json.loads(cfg_file.read_text())["train_nelbo"] == pytest.approx(level)

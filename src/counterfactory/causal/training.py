@@ -294,6 +294,9 @@ def train_cft(
         raise input_error("variant", variant, f"one of {', '.join(VARIANTS)}")
     base = out / "none" / f"seed{seed}"
     vae, scm, base_meta = load_causal_model(base, "none")
+    if "train_nelbo" not in base_meta:  # a VAE stage stopped between finishing and recording its ELBO level
+        base_meta["train_nelbo"] = mean_nelbo(vae, scm, train)
+        save_checkpoint(base, base_meta, {"vae": vae})
     if variant == "none":
         return base_meta
     regressor, segmentor, _ = load_predictors(out / "predictors")

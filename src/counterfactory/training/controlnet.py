@@ -52,6 +52,7 @@ class ControlNetTrainConfig:
     vflip: bool = True
     rotate_degrees: float = 20.0
     scale: tuple[float, float] = (0.9, 1.1)
+    max_window_scale: None = None  # the shared few-shot batch's tiling; ControlNet windows are never tiled
     loop: LoopConfig = field(default_factory=lambda: LoopConfig(steps=400, lr=5e-4, warmup_steps=20, checkpoint_every=50))
 
     def __post_init__(self):
@@ -143,6 +144,7 @@ def train_controlnet(cfg: ControlNetTrainConfig, progress: bool = True) -> dict:
 
     identity = run_identity("train-controlnet", cfg, data=data_id, split=split_digest(split), types=types,
                             shots={t: sum(1 for it in items if it[3] == i) for i, t in enumerate(types)})
+    identity.pop("max_window_scale")  # always None here: runs started before the field existed stay resumable
     trainer = Trainer(module, loss_fn, cfg.loop, cfg.out, identity, progress=progress)
     trainer.check_resumable()
     if trainer.is_main_process:

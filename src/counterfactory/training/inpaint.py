@@ -331,9 +331,8 @@ def _adapter_batch(items, types, res, cfg: AdapterTrainConfig, augment, step: in
         h, w = mask.shape[-2:]
         margin = float(rng.uniform(*cfg.margin_range))
         win = window_around(box, (h, w), margin, min_size=min(res, max(h, w)))
-        scale = getattr(cfg, "max_window_scale", None)  # the ControlNet trainer shares this batch and never tiles
-        if scale is not None and win.size > scale * res:
-            win = _tile_around(mask[0], (h, w), margin, res, int(scale * res), rng)
+        if cfg.max_window_scale is not None and win.size > cfg.max_window_scale * res:
+            win = _tile_around(mask[0], (h, w), margin, res, int(cfg.max_window_scale * res), rng)
         x0, y0, x1, y1 = win.box
         xi, mi = to_working_resolution(img[None, :, y0:y1, x0:x1], win.paint_mask(mask[None]), res)
         xs.append(xi)

@@ -55,3 +55,16 @@ def tiny_adapter(tmp_path_factory, tiny_base, tiny_data):
                              loop=LoopConfig(steps=2, lr=1e-2, warmup_steps=1, ema_decay=0.0, checkpoint_every=2))
     train_adapter(cfg, progress=False)
     return out
+
+
+@pytest.fixture(scope="session")
+def tiny_controlnet(tmp_path_factory, tiny_base, tiny_data):
+    """A ControlNet for TYPES trained 2 steps on the tiny base (no EMA, large lr: it steers the base visibly)."""
+    from counterfactory.training.controlnet import ControlNetTrainConfig, train_controlnet
+    from counterfactory.training.trainer import LoopConfig
+
+    out = tmp_path_factory.mktemp("tiny_controlnet") / "controlnet"
+    cfg = ControlNetTrainConfig(out=str(out), data=str(tiny_data), base=str(tiny_base), batch_size=2,
+                                loop=LoopConfig(steps=2, lr=1e-2, warmup_steps=1, ema_decay=0.0, checkpoint_every=2))
+    train_controlnet(cfg, progress=False)
+    return out

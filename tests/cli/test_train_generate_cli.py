@@ -74,6 +74,47 @@ def test_generate_end_to_end(capsys, tmp_path, tiny_adapter, tiny_base, tiny_dat
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["skipped"] == 2
 
 
+def test_generate_with_the_controlnet_method(capsys, tmp_path, tiny_controlnet, tiny_base, tiny_data):
+    """Same folder layout and manifest as inpainting; pixels beyond the paste-back band are the background's."""
+    import torch
+
+    from counterfactory.io.images import load_image
+    from counterfactory.io.masks import dilate, read_mask
+
+    out = tmp_path / "g"
+    argv = ["generate", "--method", "controlnet", "--adapter", str(tiny_controlnet), "--base", str(tiny_base),
+            "--data", str(tiny_data), "--out", str(out), "--n", "1", "--num-inference-steps", "2",
+            "--paste-back-dilation", "3", "--quiet"]
+    assert main(argv) == 0
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["generated"] == 2
+    recs = [json.loads(line) for line in (out / "manifest.jsonl").read_text().splitlines()]
+    assert sorted(r["type"] for r in recs) == ["crack", "spot"]
+    assert all(r["method"] == "controlnet" and r["paste_back_dilation"] == 3 for r in recs)
+    changed_inside = 0.0
+    for r in recs:
+        img, src = load_image(out / r["image"]), load_image(r["source_image"])
+        m = torch.from_numpy(read_mask(out / r["mask"]))[None, None]
+        keep = (dilate(m, 3)[0] < 0.5).expand_as(img)
+        assert torch.equal((img * 255).round()[keep], (src * 255).round()[keep])
+        changed_inside += float((img - src).abs()[(m[0] > 0.5).expand_as(img)].mean())
+    assert changed_inside > 0.01  # the masks were painted
+    _fails(capsys, argv[:-1] + ["--no-paste-back", "--quiet"], "out=", "paste_back_dilation")  # another setting
+
+
+def test_generate_controlnet_method_refuses_what_it_cannot_use(capsys, tmp_path, tiny_controlnet, tiny_adapter,
+                                                               tiny_base, tiny_data):
+    common = ["--base", str(tiny_base), "--data", str(tiny_data), "--out", str(tmp_path / "g")]
+    _fails(capsys, ["generate", "--method", "controlnet", "--adapter", str(tiny_adapter), *common],
+           "--adapter", "controlnet_config.json", "--method inpaint")
+    _fails(capsys, ["generate", "--adapter", str(tiny_controlnet), *common], "--adapter", "adapter_config.json",
+           "--method controlnet")
+    _fails(capsys, ["generate", "--method", "controlnet", "--adapter", str(tiny_controlnet), *common,
+                    "--max-window-scale", "2"], "--max-window-scale")
+    _fails(capsys, ["generate", "--method", "controlnet", "--adapter", str(tiny_controlnet), *common,
+                    "--types", "dent"], "dent", "crack")
+    assert not (tmp_path / "g").exists()
+
+
 def test_train_base_tiny_run(capsys, tmp_path):
     out = tmp_path / "base"
     argv = ["train-base", "--out", str(out), "--steps", "1", "--pool-size", "2", "--resolution", "32",

@@ -235,11 +235,33 @@ def test_bulk_generate_runs_with_the_controlnet_pipeline(compact_pipe, tiny_data
 
     ds = open_dataset(tiny_data)
     masks = held_out_masks(ds, few_shot_split(ds), list(TYPES))
-    cfg = GenerateConfig(out=str(tmp_path / "gen"), n_per_type=2, num_inference_steps=2, batch_size=2)
+    cfg = GenerateConfig(out=str(tmp_path / "gen"), n_per_type=2, num_inference_steps=2, batch_size=2,
+                         method="controlnet", paste_back_dilation=2)
     generate(compact_pipe, ds.good(), masks, cfg, provenance={"base_sha256": "x"}, progress=False)
     records = [json.loads(line) for line in (tmp_path / "gen" / "manifest.jsonl").read_text().splitlines()]
     assert sorted(r["type"] for r in records) == ["crack", "crack", "spot", "spot"]
-    assert all((tmp_path / "gen" / r["type"] / f"{r['id']}.png").is_file() for r in records)
+    assert all(r["method"] == "controlnet" and r["paste_back_dilation"] == 2 for r in records)
+    for r in records:  # paste-back: every pixel beyond the dilated mask is the background's
+        from counterfactory.io.images import load_image
+        from counterfactory.io.masks import read_mask
+
+        out = load_image(tmp_path / "gen" / r["image"])
+        src = load_image(r["source_image"])
+        keep = dilate(torch.from_numpy(read_mask(tmp_path / "gen" / r["mask"]))[None, None], 2)[0] < 0.5
+        assert torch.equal((out * 255).round()[keep.expand_as(out)], (src * 255).round()[keep.expand_as(src)])
+
+
+def test_bulk_generate_refuses_a_pipeline_of_the_other_method(compact_pipe, tiny_data, tmp_path):
+    from counterfactory.data import open_dataset
+    from counterfactory.data.splits import few_shot_split
+    from counterfactory.pipelines.generate import GenerateConfig, generate, held_out_masks
+
+    ds = open_dataset(tiny_data)
+    masks = held_out_masks(ds, few_shot_split(ds), list(TYPES))
+    cfg = GenerateConfig(out=str(tmp_path / "gen"), n_per_type=1, num_inference_steps=2)
+    with pytest.raises(InputError, match="method"):
+        generate(compact_pipe, ds.good(), masks, cfg, progress=False)
+    assert not (tmp_path / "gen").exists()
 
 
 def test_to_moves_the_controlnet_and_embeddings(tiny_base, compact_controlnet):

@@ -21,7 +21,6 @@ from counterfactory.training.inpaint import (
     ADAPTER_CONFIG,
     AdapterTrainConfig,
     BaseTrainConfig,
-    check_adapter_types,
     sha256_file,
     train_adapter,
     train_base,
@@ -130,15 +129,6 @@ def test_adapter_on_a_missing_base_says_where_to_put_it(tiny_data, tmp_path):
                              loop=LoopConfig(steps=1))
     with pytest.raises(CheckpointError, match="not found"):
         train_adapter(cfg, progress=False)
-
-
-def test_check_adapter_types(tiny_adapter, tmp_path):
-    check_adapter_types(tiny_adapter, ["spot", "good"])
-    with pytest.raises(InputError) as exc:
-        check_adapter_types(tiny_adapter, ["crack", "dent"])
-    assert "dent" in str(exc.value) and "crack" in str(exc.value) and "spot" in str(exc.value)
-    with pytest.raises(CheckpointError, match=ADAPTER_CONFIG):
-        check_adapter_types(tmp_path, ["crack"])
 
 
 @pytest.mark.parametrize("kind", MASK_KINDS)

@@ -26,15 +26,42 @@ MAX_GUIDANCE = 50.0  # classifier-free guidance beyond this only saturates (and 
 
 
 def _pipeline(args):
+    from ..pipelines.defect_controlnet import DefectControlNetPipeline
     from ..pipelines.defect_inpaint import DefectInpaintPipeline
 
+    cls = DefectControlNetPipeline if args.method == "controlnet" else DefectInpaintPipeline
     if args.base_kind == "sd":
         from ..errors import input_error
 
         if not args.base:
-            raise input_error("--base", None, "a local SD-1.5-inpainting diffusers folder with --base-kind sd")
-        return DefectInpaintPipeline.from_sd(args.base, args.adapter)
-    return DefectInpaintPipeline.from_compact(args.base, args.adapter)
+            what = "text-to-image" if args.method == "controlnet" else "inpainting"
+            raise input_error("--base", None, f"a local SD-1.5 ({what}) diffusers folder with --base-kind sd")
+        return cls.from_sd(args.base, args.adapter)
+    return cls.from_compact(args.base, args.adapter)
+
+
+def _trained_folder(args) -> tuple[Path, dict]:
+    """The ``--adapter`` folder and its config: an adapter (``--method inpaint``) or a ControlNet (``controlnet``)."""
+    from ..errors import input_error
+    from ..models.controlnet import CONTROLNET_CONFIG
+    from ..training.inpaint import ADAPTER_CONFIG
+
+    folder = Path(args.adapter)
+    name, command = (CONTROLNET_CONFIG, "train-controlnet") if args.method == "controlnet" else (ADAPTER_CONFIG, "train-adapter")
+    if not (folder / name).is_file():
+        other = ADAPTER_CONFIG if args.method == "controlnet" else CONTROLNET_CONFIG
+        hint = f" (it holds {other}: use --method {'inpaint' if args.method == 'controlnet' else 'controlnet'})" \
+            if (folder / other).is_file() else ""
+        raise input_error("--adapter", args.adapter, f"a folder holding {name} (from {command}) with --method "
+                                                     f"{args.method}{hint}")
+    try:
+        cfg = json.loads((folder / name).read_text())
+    except ValueError:
+        raise input_error("--adapter", args.adapter, f"a folder whose {name} is readable JSON") from None
+    types = cfg.get("types")
+    if not isinstance(types, list) or not types or not all(isinstance(t, str) for t in types):
+        raise input_error("--adapter", args.adapter, f"a folder whose {name} lists its defect types")
+    return folder, cfg
 
 
 def _warn(text: str) -> None:
@@ -96,11 +123,10 @@ def cmd_generate(args) -> int:
         run_provenance,
         split_masks,
     )
-    from ..training.inpaint import ADAPTER_CONFIG, check_adapter_types
-
-    adapter = Path(args.adapter)
-    if not (adapter / ADAPTER_CONFIG).is_file():
-        raise input_error("--adapter", args.adapter, f"an adapter folder holding {ADAPTER_CONFIG} (from train-adapter)")
+    adapter, adapter_cfg = _trained_folder(args)
+    if args.method == "controlnet" and args.max_window_scale:
+        raise input_error("--max-window-scale", args.max_window_scale, "0 with --method controlnet (its windows are "
+                                                                       "generated whole, never tiled)")
     if not Path(args.data).is_dir():
         raise input_error("--data", args.data, "an existing dataset folder (its defect-free images are the backgrounds)")
     masks_folder = args.masks if args.masks not in ("held-out", "train") else None
@@ -117,15 +143,15 @@ def cmd_generate(args) -> int:
                                                            "rerun generate on it with --filter-iou and no shards)")
     device = device_of(args.device)
     set_threads(args)
-    adapter_cfg = json.loads((adapter / ADAPTER_CONFIG).read_text())
-    types = check_types_arg(args.types) or adapter_cfg.get("types")
-    if not isinstance(types, list) or not types:
-        raise input_error("--adapter", args.adapter, f"an adapter whose {ADAPTER_CONFIG} lists its defect types")
+    types = check_types_arg(args.types) or adapter_cfg["types"]
+    from ..data.sample import GOOD
     from ..io.names import check_path_name
 
-    for t in adapter_cfg.get("types") or []:  # names from a file become folder names under --out
-        check_path_name(t, f"{adapter / ADAPTER_CONFIG} type")
-    check_adapter_types(adapter, types)
+    for t in adapter_cfg["types"]:  # names from a file become folder names under --out
+        check_path_name(t, f"{args.adapter} type")
+    for t in types:
+        if t not in adapter_cfg["types"] and t != GOOD:
+            raise input_error("--types", t, f"a type the {args.method} model was trained for: {adapter_cfg['types']}")
     ds = open_dataset(args.data, skip_broken=True, warn=_warn)
     split_file = Path(args.split) if args.split else adapter / "split.json"
     split = load_split(split_file)
@@ -151,7 +177,8 @@ def cmd_generate(args) -> int:
                          guidance_scale=args.guidance_scale, batch_size=args.batch_size, seed=args.seed,
                          crop_margin=args.crop_margin, grain_transfer=args.grain_transfer, placement=args.placement,
                          deform=not args.no_deform, strength=args.strength, paste=args.paste,
-                         refine_dilate=args.refine_dilate, max_window_scale=args.max_window_scale or None)
+                         refine_dilate=args.refine_dilate, max_window_scale=args.max_window_scale or None,
+                         method=args.method, paste_back_dilation=None if args.no_paste_back else args.paste_back_dilation)
     check_resume(cfg, types, provenance, shard)  # a folder of another run is refused before the model loads
     pipe = _pipeline(args)
     if pipe.device != device:
@@ -175,7 +202,11 @@ def register(sub) -> None:
                                    "defects (augmented, placed on the product) or a mask folder. Writes "
                                    "<out>/<type>/<id>.png, <out>/ground_truth/<type>/<id>_mask.png and manifest.jsonl; "
                                    "a rerun resumes, and only with the same adapter, base, data and settings.")
-    p.add_argument("--adapter", required=True, help="adapter folder from train-adapter")
+    p.add_argument("--adapter", required=True,
+                   help="the trained folder: from train-adapter (--method inpaint) or train-controlnet (--method controlnet)")
+    p.add_argument("--method", default="inpaint", choices=["inpaint", "controlnet"],
+                   help="inpaint (default): repaint the mask, every other pixel bit-identical; controlnet: a ControlNet "
+                        "reads the mask and regenerates a window around it (the soft constraint, see docs/controlnet.md)")
     p.add_argument("--data", required=True, help="dataset folder whose defect-free images are the backgrounds")
     p.add_argument("--out", required=True, help="output folder (outside the adapter, data and mask folders)")
     base_args(p)
@@ -199,6 +230,10 @@ def register(sub) -> None:
     p.add_argument("--max-window-scale", type=zero_or_range("--max-window-scale", 1.0, 64.0), default=0.0,
                    help="paint a region whose context window is wider than this many working resolutions in tiles "
                         "of at most that size, so thin defects keep their native pixel scale (0 = off, default)")
+    p.add_argument("--paste-back-dilation", type=int_range("--paste-back-dilation", 0, 64), default=8,
+                   help="--method controlnet: keep every pixel farther than this many px from the mask, 0..64 (default 8)")
+    p.add_argument("--no-paste-back", action="store_true",
+                   help="--method controlnet: rewrite the whole context window around each mask (its border can show)")
     p.add_argument("--filter-iou", type=zero_or_range("--filter-iou", 0.01, 1.0), default=0.0,
                    help="keep a pair only if a segmenter trained on the real shots finds its mask with at least this "
                         "IoU; rejected pairs move to <out>/.rejected (0 = off, default)")

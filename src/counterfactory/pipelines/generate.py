@@ -19,6 +19,10 @@ orientation to the product edge (an edge chip stays on the edge), ``"uniform"`` 
 cloning), then the adapter re-denoises a slightly dilated region from noise level ``strength``; ``strength=1``
 generates the defect from noise, ``strength=0`` is the plain paste.
 
+``method="controlnet"`` writes the same folder with a :class:`DefectControlNetPipeline`: the ControlNet reads the
+placed mask and regenerates a context window around it (img2img from ``strength``), keeping every pixel farther
+than ``paste_back_dilation`` px from the mask (``None``: the whole window is rewritten).
+
 Sharding (``shard=``, ``--num-shards K --shard i`` or the ranks of ``accelerate launch``): items are denoised in
 fixed groups of ``batch_size`` consecutive items, and shard ``i`` of ``K`` takes groups ``i, i + K, ...`` (whole
 groups: a group's batch composition is what makes its pixels bit-identical to a one-process run). Each shard lists
@@ -70,6 +74,9 @@ class GenerateConfig:
     paste: str = "plain"  # how strength < 1 pastes: "plain" or "poisson"
     refine_dilate: int = 3  # px the refined region extends beyond the pasted defect (strength < 1)
     max_window_scale: float | None = None  # tile regions whose window exceeds this × the working resolution
+    method: str = "inpaint"  # "inpaint" (DefectInpaintPipeline) or "controlnet" (DefectControlNetPipeline)
+    paste_back_dilation: int | None = 8  # controlnet: keep pixels beyond the mask dilated by this many px; None: the
+    #                                     whole context window is rewritten
 
     def __post_init__(self):
         from ..data.placement import PLACEMENTS
@@ -91,6 +98,17 @@ class GenerateConfig:
             raise input_error("grain_transfer", self.grain_transfer, "a number in [0, 2]")
         if self.max_window_scale is not None and not 1 <= self.max_window_scale <= 64:
             raise input_error("max_window_scale", self.max_window_scale, "None or a number in [1, 64]")
+        if self.method not in METHODS:
+            raise input_error("method", self.method, f"one of {', '.join(METHODS)}")
+        if self.method == "controlnet" and self.max_window_scale is not None:
+            raise input_error("max_window_scale", self.max_window_scale, "None with method='controlnet' (its windows are "
+                                                                         "generated whole, never tiled)")
+        if self.paste_back_dilation is not None and not (isinstance(self.paste_back_dilation, int)
+                                                         and 0 <= self.paste_back_dilation <= 64):
+            raise input_error("paste_back_dilation", self.paste_back_dilation, "None or an integer in [0, 64]")
+
+
+METHODS = ("inpaint", "controlnet")
 
 
 def item_seed(seed: int, defect_type: str, index: int) -> int:
@@ -266,7 +284,8 @@ def _settings(cfg: GenerateConfig) -> dict:
     return {"steps": cfg.num_inference_steps, "guidance": cfg.guidance_scale, "grain_transfer": cfg.grain_transfer,
             "crop_margin": cfg.crop_margin, "foreground_overlap": cfg.foreground_overlap, "placement": cfg.placement,
             "deform": cfg.deform, "strength": cfg.strength, "paste": cfg.paste, "refine_dilate": cfg.refine_dilate,
-            "max_window_scale": cfg.max_window_scale}
+            "max_window_scale": cfg.max_window_scale, "method": cfg.method,
+            **({"paste_back_dilation": cfg.paste_back_dilation} if cfg.method == "controlnet" else {})}
 
 
 def _check_same_run(records: list[dict], cfg: GenerateConfig, provenance: dict, out: Path) -> None:
@@ -276,7 +295,8 @@ def _check_same_run(records: list[dict], cfg: GenerateConfig, provenance: dict, 
     # fields that records written before they were recorded lack: the value they were made with
     # (placement: older folders were placed by another rule, so they cannot be extended with this one)
     absent = {"grain_transfer": 0.0, "crop_margin": 0.5, "foreground_overlap": 0.9, "placement": "augment (older)",
-              "deform": False, "strength": 1.0, "paste": "plain", "refine_dilate": 3, "max_window_scale": None}
+              "deform": False, "strength": 1.0, "paste": "plain", "refine_dilate": 3, "max_window_scale": None,
+              "method": "inpaint"}
     diff: dict[str, tuple] = {}
     for r in records:
         for k, v in expected.items():
@@ -339,6 +359,11 @@ def generate(pipe: DefectInpaintPipeline, backgrounds: list[Sample], masks: dict
 
     ``shard``: only this shard's groups of items (module doc); its manifest is ``manifest-shard<i>-of<K>.jsonl``.
     """
+    from .defect_controlnet import DefectControlNetPipeline
+
+    if isinstance(pipe, DefectControlNetPipeline) != (cfg.method == "controlnet"):
+        raise input_error("method", cfg.method, f"the method of the pipeline given ({type(pipe).__name__}): "
+                                                f"{'controlnet' if isinstance(pipe, DefectControlNetPipeline) else 'inpaint'}")
     shard = shard or Shard()
     out = Path(cfg.out)
     types = list(cfg.types or pipe.defect_types)
@@ -391,13 +416,18 @@ def generate(pipe: DefectInpaintPipeline, backgrounds: list[Sample], masks: dict
                 for k in ks:
                     results[k] = imgs[k]
                 continue
-            # only pipelines that tile take max_window_scale (the ControlNet pipeline paints whole windows)
-            tiling = {} if cfg.max_window_scale is None else {"max_window_scale": cfg.max_window_scale}
-            res = pipe(torch.stack([imgs[k] for k in ks]), torch.stack([refine[k] for k in ks]),
+            if cfg.method == "controlnet":  # the ControlNet reads the defect mask; the band around it is its own
+                extra = {"crop_to_mask": True, "paste_back": cfg.paste_back_dilation is not None,
+                         "paste_back_dilation": cfg.paste_back_dilation or 0}
+                regions = msks
+            else:  # only the inpainting pipeline tiles
+                extra = {} if cfg.max_window_scale is None else {"max_window_scale": cfg.max_window_scale}
+                regions = refine
+            res = pipe(torch.stack([imgs[k] for k in ks]), torch.stack([regions[k] for k in ks]),
                        [metas[k]["type"] for k in ks], num_inference_steps=cfg.num_inference_steps,
                        guidance_scale=cfg.guidance_scale, generator=[gens[k] for k in ks],
                        crop_margin=cfg.crop_margin, batch_size=group, grain_transfer=cfg.grain_transfer,
-                       strength=cfg.strength, **tiling)
+                       strength=cfg.strength, **extra)
             for k, r in zip(ks, res.images):
                 results[k] = r
         for k, meta in enumerate(metas):

@@ -431,13 +431,3 @@ def _move_space(space, device) -> None:
     vae = getattr(space, "vae", None)
     if vae is not None:
         vae.to(device)
-
-
-def check_adapter_types(adapter_dir: str | Path, wanted: list[str]) -> None:
-    cfg_file = Path(adapter_dir) / ADAPTER_CONFIG
-    if not cfg_file.is_file():
-        raise CheckpointError(f"adapter not found: {cfg_file} is missing (train one with `counterfactory train-adapter`)")
-    have = json.loads(cfg_file.read_text())["types"]
-    for t in wanted:
-        if t not in have and t != GOOD:
-            raise input_error("defect type", t, f"one the adapter was trained for: {have}")

@@ -25,7 +25,7 @@ from torch import nn
 from ..data.augment import AugmentConfig, MaskAwareAugment
 from ..data.random_masks import random_mask
 from ..data.sample import GOOD, Sample
-from ..errors import CheckpointError, ConfigError, input_error
+from ..errors import ConfigError, input_error
 from ..io.images import to_model_space
 from ..io.manifest import atomic_write_json, sha256_file
 from ..io.masks import CropWindow, bbox, window_around

@@ -35,7 +35,7 @@ def cmd_train_controlnet(args) -> int:
         out=args.out, data=args.data, base=args.base, base_kind=args.base_kind, split=args.split, shots=args.shots,
         types=tuple(args.types) if args.types else None, batch_size=args.batch_size,
         outside_weight=args.outside_weight, hflip=not args.no_hflip, vflip=not args.no_vflip,
-        rotate_degrees=args.rotate, loop=loop_config(args, warmup=20),
+        rotate_degrees=args.rotate, mask_encoder_init=args.mask_encoder_init, loop=loop_config(args, warmup=20),
     )
     summary = train_controlnet(cfg, progress=not args.quiet)
     print(json.dumps(summary))
@@ -62,6 +62,9 @@ def register(sub) -> None:
     p.add_argument("--no-hflip", action="store_true", help="no horizontal flips (orientation-sensitive products)")
     p.add_argument("--no-vflip", action="store_true", help="no vertical flips")
     p.add_argument("--rotate", type=float_range("--rotate", 0.0, 180.0), default=20.0, help="max rotation in degrees (default 20)")
+    p.add_argument("--mask-encoder-init", default="random", choices=["random", "zero"],
+                   help="last layer of the mask encoder: random (default: the mask steers from the first step) or "
+                        "zero (diffusers' initialisation)")
     loop_args(p, steps=400, lr=5e-4, batch=8, ckpt=50)
     bound_loop_flags(p)
     p.set_defaults(func=cmd_train_controlnet)

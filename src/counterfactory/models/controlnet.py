@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..errors import CheckpointError
+from ..errors import CheckpointError, ConfigError
 from ..io.manifest import atomic_write_json, check_trained_on
 from .conditioning import DamageTypeEmbedding
 
@@ -39,14 +39,28 @@ def conditioning_embedding_channels(scale_factor: int) -> tuple[int, ...]:
     return widths[:n] if n <= len(widths) else widths + tuple(256 for _ in range(n - len(widths)))
 
 
-def build_controlnet(unet, scale_factor: int, seed: int = 0):
-    """A ControlNet initialised from ``unet`` (encoder weights copied, zero convolutions zero; deterministic by seed)."""
+MASK_ENCODER_INITS = ("random", "zero")
+
+
+def build_controlnet(unet, scale_factor: int, seed: int = 0, mask_encoder_init: str = "random"):
+    """A ControlNet initialised from ``unet`` (encoder weights copied, zero convolutions zero; deterministic by seed).
+
+    ``mask_encoder_init``: ``"random"`` (default) gives the mask encoder's last convolution PyTorch's default
+    initialisation instead of diffusers' zeros, so the mask reaches the ControlNet's features from the first step
+    (with both it and the zero convolutions at zero, neither gets a gradient through the other until the other
+    moves); ``"zero"`` keeps diffusers' initialisation. Either way the zero convolutions make a fresh ControlNet
+    leave the base unchanged.
+    """
     from diffusers import ControlNetModel
 
+    if mask_encoder_init not in MASK_ENCODER_INITS:
+        raise ConfigError(f"mask_encoder_init={mask_encoder_init!r}: one of {MASK_ENCODER_INITS}")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         net = ControlNetModel.from_unet(unet, conditioning_channels=CONDITIONING_CHANNELS,
                                         conditioning_embedding_out_channels=conditioning_embedding_channels(scale_factor))
+        if mask_encoder_init == "random":
+            net.controlnet_cond_embedding.conv_out.reset_parameters()
     return net
 
 
@@ -173,4 +187,4 @@ def load_controlnet_folder(folder, expected_kind: str, base_file: Path | None):
 
 __all__ = ["ControlledUNet", "build_controlnet", "conditioning_embedding_channels", "mask_to_control",
            "base_weights_file", "load_sd_base", "save_controlnet_folder", "load_controlnet_folder",
-           "CONTROLNET_CONFIG", "CONTROLNET_FORMAT"]
+           "CONTROLNET_CONFIG", "CONTROLNET_FORMAT", "MASK_ENCODER_INITS"]

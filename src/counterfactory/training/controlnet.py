@@ -23,6 +23,7 @@ from ..errors import ConfigError, input_error
 from ..io.manifest import sha256_file
 from ..models.conditioning import DamageTypeEmbedding
 from ..models.controlnet import (
+    MASK_ENCODER_INITS,
     ControlledUNet,
     base_weights_file,
     build_controlnet,
@@ -53,6 +54,7 @@ class ControlNetTrainConfig:
     rotate_degrees: float = 20.0
     scale: tuple[float, float] = (0.9, 1.1)
     max_window_scale: None = None  # the shared few-shot batch's tiling; ControlNet windows are never tiled
+    mask_encoder_init: str = "random"  # "random" or diffusers' "zero" (see models.controlnet.build_controlnet)
     loop: LoopConfig = field(default_factory=lambda: LoopConfig(steps=400, lr=5e-4, warmup_steps=20, checkpoint_every=50))
 
     def __post_init__(self):
@@ -66,6 +68,8 @@ class ControlNetTrainConfig:
             raise ConfigError(f"margin_range={self.margin_range}: 0 <= low <= high")
         if self.batch_size < 1:
             raise ConfigError(f"batch_size={self.batch_size}: an integer >= 1")
+        if self.mask_encoder_init not in MASK_ENCODER_INITS:
+            raise ConfigError(f"mask_encoder_init={self.mask_encoder_init!r}: one of {MASK_ENCODER_INITS}")
 
 
 class _ControlNetModule(nn.Module):
@@ -133,7 +137,7 @@ def train_controlnet(cfg: ControlNetTrainConfig, progress: bool = True) -> dict:
     base_file = base_weights_file(cfg.base, cfg.base_kind)
     types, items, data_id, split = _few_shot_items(cfg)
     unet.requires_grad_(False)
-    controlnet = build_controlnet(unet, space.scale_factor, seed=cfg.loop.seed)
+    controlnet = build_controlnet(unet, space.scale_factor, seed=cfg.loop.seed, mask_encoder_init=cfg.mask_encoder_init)
     controlnet.train().requires_grad_(True)
     emb = seeded_type_embedding(types, cfg.num_tokens, unet.config.cross_attention_dim, base_tokens, cfg.loop.seed)
     model = ControlledUNet(unet, controlnet)

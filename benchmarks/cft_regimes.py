@@ -111,11 +111,12 @@ def main() -> None:
         if path.is_file():
             return json.loads(path.read_text())
         tick(str(path))
-        t0 = time.time()
+        t0, c0 = time.time(), time.process_time()
         value = compute()
         value["seconds"] = round(time.time() - t0, 1)
+        value["cpu_seconds"] = round(time.process_time() - c0, 1)
         atomic_write_json(path, value)
-        print(f"  {path.relative_to(root)}: {value['seconds']} s", flush=True)
+        print(f"  {path.relative_to(root)}: {value['seconds']} s wall, {value['cpu_seconds']} s CPU", flush=True)
         return value
 
     def fine_tune(mode: str, variant: str, lr: float, seed: int) -> Path:
@@ -123,9 +124,10 @@ def main() -> None:
         folder = cft_folder(root, mode, lr)
         if not (folder / variant / f"seed{seed}" / "config.json").is_file():
             tick(f"{folder.name}/{variant}/seed{seed}")
-            t0 = time.time()
+            t0, c0 = time.time(), time.process_time()
             train_cft(folder, train, variant, seed, TrainConfig(**steps, cft_lr=lr, counterfactual=mode), False)
-            print(f"  trained {folder.name}/{variant}/seed{seed}: {time.time() - t0:.0f} s", flush=True)
+            print(f"  trained {folder.name}/{variant}/seed{seed}: {time.time() - t0:.0f} s wall, "
+                  f"{time.process_time() - c0:.0f} s CPU", flush=True)
         return folder / variant / f"seed{seed}"
 
     out_summary: dict = {"data_variant": args.data_variant, "seeds": seeds, "lrs": lrs, "steps": steps,
@@ -146,9 +148,10 @@ def main() -> None:
                 meta_file = base / "none" / f"seed{seed}" / "config.json"
                 if not (meta_file.is_file() and "train_nelbo" in json.loads(meta_file.read_text())):
                     tick(f"vae seed{seed}")
-                t0 = time.time()
+                t0, c0 = time.time(), time.process_time()
                 train_vae(base, train, scm, cfg0, seed, False, args.data_variant)  # a finished one is returned as is
-                print(f"  base/none/seed{seed}: {time.time() - t0:.0f} s", flush=True)
+                print(f"  base/none/seed{seed}: {time.time() - t0:.0f} s wall, {time.process_time() - c0:.0f} s CPU",
+                      flush=True)
                 trained_vaes.add(seed)
 
         def val_eval(mode, variant, lr, seed):
@@ -202,7 +205,7 @@ def main() -> None:
     out_summary["seeds"] = seeds
     out_summary["modes"] = {}
     print(f"\n{args.data_variant}: train area correlation r = {out_summary['train_area_correlation']:.3f}; "
-          f"predictors on test: {json.dumps({k: round(v, 3) for k, v in out_summary['predictors'].items() if k != 'seconds'})}")
+          f"predictors on test: {json.dumps({k: round(v, 3) for k, v in out_summary['predictors'].items() if k not in ('seconds', 'cpu_seconds')})}")
     for mode in modes:
         print(f"\n### {args.data_variant}, counterfactual = {mode}; seeds {seeds}; lr reg {chosen[f'{mode}/reg']:g}, "
               f"seg {chosen[f'{mode}/seg']:g}, {args.cft_steps} CFT steps")
@@ -224,7 +227,9 @@ def main() -> None:
         secs = sum(results[mode][v][s]["seconds"] for v in ("none", "reg", "seg") for s in seeds)
         print(f"(* interval excludes 0; evaluation {secs / 60:.1f} min for this mode)")
         out_summary["modes"][mode] = table
+    out_summary["cpu_minutes_this_run"] = round(time.process_time() / 60, 1)
     atomic_write_json(root / "summary.json", out_summary)
+    print(f"\nthis invocation: {time.process_time() / 60:.1f} CPU-minutes (finished units are cached, not recounted)")
     print(f"\nsummary: {root / 'summary.json'}  ({', '.join(VARIANT_NAMES.values())})")
 
 

@@ -81,6 +81,8 @@ def main() -> None:
     ap.add_argument("--cft-steps", type=int, default=TrainConfig.cft_steps)
     ap.add_argument("--vae-steps", type=int, default=TrainConfig.vae_steps)
     ap.add_argument("--predictor-steps", type=int, default=TrainConfig.predictor_steps)
+    ap.add_argument("--vae-channels", type=int, default=TrainConfig.vae_channels, help="generator width (first conv)")
+    ap.add_argument("--z-dim", type=int, default=TrainConfig.z_dim, help="generator latent size")
     ap.add_argument("--full-test", action="store_true",
                     help="test on every default scale (0.6..1.4) with composition and reversibility (default: the 4 scales of tuning)")
     ap.add_argument("--eval-images", type=int, default=0, help="evaluate on the first N images of val and test (0: all)")
@@ -99,7 +101,8 @@ def main() -> None:
         val, test = (StructureData(*(t[: args.eval_images] for t in (d.images, d.area, d.intensity, d.digit, d.source,
                                                                      d.csv_intensity))) for d in (val, test))  # fmt: skip
     scm = ParentSCM.fit(train.area, train.intensity, train.digit)
-    steps = dict(cft_steps=args.cft_steps, vae_steps=args.vae_steps, predictor_steps=args.predictor_steps)
+    steps = dict(cft_steps=args.cft_steps, vae_steps=args.vae_steps, predictor_steps=args.predictor_steps,
+                 vae_channels=args.vae_channels, z_dim=args.z_dim)  # fmt: skip
     cfg0 = TrainConfig(**steps)
     test_scales = DEFAULT_SCALES if args.full_test else VAL_SCALES
 

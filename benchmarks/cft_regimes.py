@@ -81,6 +81,8 @@ def main() -> None:
     ap.add_argument("--cft-steps", type=int, default=TrainConfig.cft_steps)
     ap.add_argument("--vae-steps", type=int, default=TrainConfig.vae_steps)
     ap.add_argument("--predictor-steps", type=int, default=TrainConfig.predictor_steps)
+    ap.add_argument("--vae-channels", type=int, default=TrainConfig.vae_channels, help="generator width (first conv)")
+    ap.add_argument("--z-dim", type=int, default=TrainConfig.z_dim, help="generator latent size")
     ap.add_argument("--full-test", action="store_true",
                     help="test on every default scale (0.6..1.4) with composition and reversibility (default: the 4 scales of tuning)")
     ap.add_argument("--eval-images", type=int, default=0, help="evaluate on the first N images of val and test (0: all)")
@@ -99,7 +101,8 @@ def main() -> None:
         val, test = (StructureData(*(t[: args.eval_images] for t in (d.images, d.area, d.intensity, d.digit, d.source,
                                                                      d.csv_intensity))) for d in (val, test))  # fmt: skip
     scm = ParentSCM.fit(train.area, train.intensity, train.digit)
-    steps = dict(cft_steps=args.cft_steps, vae_steps=args.vae_steps, predictor_steps=args.predictor_steps)
+    steps = dict(cft_steps=args.cft_steps, vae_steps=args.vae_steps, predictor_steps=args.predictor_steps,
+                 vae_channels=args.vae_channels, z_dim=args.z_dim)  # fmt: skip
     cfg0 = TrainConfig(**steps)
     test_scales = DEFAULT_SCALES if args.full_test else VAL_SCALES
 
@@ -111,11 +114,12 @@ def main() -> None:
         if path.is_file():
             return json.loads(path.read_text())
         tick(str(path))
-        t0 = time.time()
+        t0, c0 = time.time(), time.process_time()
         value = compute()
         value["seconds"] = round(time.time() - t0, 1)
+        value["cpu_seconds"] = round(time.process_time() - c0, 1)
         atomic_write_json(path, value)
-        print(f"  {path.relative_to(root)}: {value['seconds']} s", flush=True)
+        print(f"  {path.relative_to(root)}: {value['seconds']} s wall, {value['cpu_seconds']} s CPU", flush=True)
         return value
 
     def fine_tune(mode: str, variant: str, lr: float, seed: int) -> Path:
@@ -123,9 +127,10 @@ def main() -> None:
         folder = cft_folder(root, mode, lr)
         if not (folder / variant / f"seed{seed}" / "config.json").is_file():
             tick(f"{folder.name}/{variant}/seed{seed}")
-            t0 = time.time()
+            t0, c0 = time.time(), time.process_time()
             train_cft(folder, train, variant, seed, TrainConfig(**steps, cft_lr=lr, counterfactual=mode), False)
-            print(f"  trained {folder.name}/{variant}/seed{seed}: {time.time() - t0:.0f} s", flush=True)
+            print(f"  trained {folder.name}/{variant}/seed{seed}: {time.time() - t0:.0f} s wall, "
+                  f"{time.process_time() - c0:.0f} s CPU", flush=True)
         return folder / variant / f"seed{seed}"
 
     out_summary: dict = {"data_variant": args.data_variant, "seeds": seeds, "lrs": lrs, "steps": steps,
@@ -146,9 +151,10 @@ def main() -> None:
                 meta_file = base / "none" / f"seed{seed}" / "config.json"
                 if not (meta_file.is_file() and "train_nelbo" in json.loads(meta_file.read_text())):
                     tick(f"vae seed{seed}")
-                t0 = time.time()
+                t0, c0 = time.time(), time.process_time()
                 train_vae(base, train, scm, cfg0, seed, False, args.data_variant)  # a finished one is returned as is
-                print(f"  base/none/seed{seed}: {time.time() - t0:.0f} s", flush=True)
+                print(f"  base/none/seed{seed}: {time.time() - t0:.0f} s wall, {time.process_time() - c0:.0f} s CPU",
+                      flush=True)
                 trained_vaes.add(seed)
 
         def val_eval(mode, variant, lr, seed):
@@ -202,7 +208,7 @@ def main() -> None:
     out_summary["seeds"] = seeds
     out_summary["modes"] = {}
     print(f"\n{args.data_variant}: train area correlation r = {out_summary['train_area_correlation']:.3f}; "
-          f"predictors on test: {json.dumps({k: round(v, 3) for k, v in out_summary['predictors'].items() if k != 'seconds'})}")
+          f"predictors on test: {json.dumps({k: round(v, 3) for k, v in out_summary['predictors'].items() if k not in ('seconds', 'cpu_seconds')})}")
     for mode in modes:
         print(f"\n### {args.data_variant}, counterfactual = {mode}; seeds {seeds}; lr reg {chosen[f'{mode}/reg']:g}, "
               f"seg {chosen[f'{mode}/seg']:g}, {args.cft_steps} CFT steps")
@@ -224,7 +230,9 @@ def main() -> None:
         secs = sum(results[mode][v][s]["seconds"] for v in ("none", "reg", "seg") for s in seeds)
         print(f"(* interval excludes 0; evaluation {secs / 60:.1f} min for this mode)")
         out_summary["modes"][mode] = table
+    out_summary["cpu_minutes_this_run"] = round(time.process_time() / 60, 1)
     atomic_write_json(root / "summary.json", out_summary)
+    print(f"\nthis invocation: {time.process_time() / 60:.1f} CPU-minutes (finished units are cached, not recounted)")
     print(f"\nsummary: {root / 'summary.json'}  ({', '.join(VARIANT_NAMES.values())})")
 
 

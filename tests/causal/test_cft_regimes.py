@@ -148,3 +148,26 @@ def test_cft_completes_a_vae_stage_whose_elbo_level_was_not_recorded(tmp_path):
     out = train_cft(tmp_path, data, "reg", 0, tiny_config(), progress=False)
     assert out["done"] and out["elbo_constraint"] == pytest.approx(level)
     assert json.loads(cfg_file.read_text())["train_nelbo"] == pytest.approx(level)
+
+
+def test_reg_and_seg_cft_of_one_seed_see_the_same_batches_and_interventions(tmp_path, monkeypatch):
+    """Seeds are paired across the compared variants: same seed → same batches, interventions and noise."""
+    import counterfactory.causal.training as training
+
+    data = tiny_digits(16)
+    drawn: dict[str, list] = {"reg": [], "seg": []}
+    real = training.sample_intervention
+    current = {}
+
+    def spy(scm, area, gen, lo, hi):
+        k, new = real(scm, area, gen, lo, hi)
+        drawn[current["variant"]].append((area.clone(), k.clone(), new.clone()))
+        return k, new
+
+    monkeypatch.setattr(training, "sample_intervention", spy)
+    for variant in ("reg", "seg"):
+        current["variant"] = variant
+        train_all(tmp_path, data, variant, 0, tiny_config(), progress=False)
+    assert len(drawn["reg"]) == len(drawn["seg"]) == 4
+    for (a_r, k_r, n_r), (a_s, k_s, n_s) in zip(drawn["reg"], drawn["seg"]):
+        assert torch.equal(a_r, a_s) and torch.equal(k_r, k_s) and torch.equal(n_r, n_s)

@@ -307,7 +307,8 @@ def train_cft(
     eps = float(base_meta["train_nelbo"])
 
     def loss_fn(step: int, device) -> tuple[torch.Tensor, dict[str, float]]:
-        gen = step_generator(seed, step, stream=2 + VARIANTS.index(variant))
+        # one stream for both guides: Reg- and Seg-CFT of a seed see the same batches, interventions and noise
+        gen = step_generator(seed, step, stream=2)
         x, a, i, d = _batch(train, cfg.batch_size, gen)
         return cft_step(vae, scm, regressor, segmentor, variant, x, a, i, d, gen, eps, lagrange, cfg)
 

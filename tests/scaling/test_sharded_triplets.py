@@ -170,3 +170,16 @@ def test_cli_shard_with_other_settings_is_one_line_and_writes_nothing(morpho, sh
     fails_one_line(capsys, _argv(out, morpho, "--num-shards", "2", "--shard", "0", "--seed", "3"),
                    "seed: 0 there, 3 now")
     assert {p: p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()} == before
+
+
+def test_shards_in_separate_folders_merged_by_hand(morpho, pipe, reference, shard1_alone, tmp_path, capsys):
+    """Shards that cannot see each other: each stops on its own batches; copied into one folder and merged by hand,
+    the one-process files."""
+    out = tmp_path / "t"
+    s0 = write_triplets(_cfg(out, morpho), pipe, progress=False, shard=Shard(0, 2))
+    assert s0["merged"] is False
+    fails_one_line(capsys, ["merge-manifests", str(out)], "batch 1 is not", "shard 1 of 2")
+    shutil.copytree(shard1_alone, out, dirs_exist_ok=True)
+    assert main(["merge-manifests", str(out)]) == 0
+    assert json.loads(capsys.readouterr().out)["records"] == 8
+    assert _files(out) == _files(reference)

@@ -61,11 +61,12 @@ from ..io.manifest import (
     merge_shards,
     read_all,
 )
+from ..models.compact import DEFAULT_WEIGHTS_DIR
 from .text_edit import TextEditPipeline
 
 SET_SIZE = 6  # CIRR img_set size: reference, target and 4 distractors
 FILTERS = ("attribute", "others", "class", "local", "similarity")
-WEIGHTS = Path(__file__).resolve().parents[3] / "weights"
+WEIGHTS = DEFAULT_WEIGHTS_DIR  # the shipped instruments are package data, like the compact base
 DEFAULT_CLASSIFIER = WEIGHTS / "digit_classifier"
 DEFAULT_ENCODER = WEIGHTS / "cir_encoder"
 

@@ -3,7 +3,9 @@
 ``counterfactory insert --image T.png --box x0,y0,x1,y1 --reference R.png --out O.png --adapter DIR`` paints the
 reference into the box (pixels outside the box unchanged). ``counterfactory insert --data DIR --out RUN`` runs
 the three AnydoorMed tasks (reinsertion, replacement, insertion) on the split's held-out images with the model
-and the copy-paste / Poisson baselines, and writes metrics.json + report.html.
+and the copy-paste / Poisson baselines, and writes metrics.json + report.html; with ``--num-shards K --shard i``
+(or the ranks of ``accelerate launch``) each process runs its share of the cases, and the one that finds every
+result saved writes the metrics (docs/scaling.md).
 """
 
 from __future__ import annotations

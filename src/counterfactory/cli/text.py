@@ -147,7 +147,7 @@ def cmd_triplets(args) -> int:
                                 "--classifier": args.classifier, "--encoder": args.encoder})
     _fraction("--cross-replace-steps", args.cross_replace_steps)
     _fraction("--self-replace-steps", args.self_replace_steps)
-    from ..pipelines.triplets import check_shards, format_summary
+    from ..pipelines.triplets import format_summary
     from .shards import shard_of
 
     shard = shard_of(args)
@@ -158,7 +158,6 @@ def cmd_triplets(args) -> int:
                         blend_threshold=args.blend_threshold, outside_tolerance=args.outside_tolerance,
                         model=args.model, filters=tuple(args.filters), classifier=args.classifier,
                         encoder=args.encoder, similarity_threshold=args.similarity_threshold)
-    check_shards(cfg, shard)  # shards of this folder started with other settings: refused before anything loads
     summary = write_triplets(cfg, progress=not args.quiet, shard=shard)
     if "kept" in summary:  # a shard that did not finish the run has no counts yet
         print(format_summary(summary))

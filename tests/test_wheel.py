@@ -19,6 +19,10 @@ SCRIPT = textwrap.dedent("""
     here = Path(counterfactory.__file__).resolve()
     assert "site-packages" in str(here), here
     assert (DEFAULT_WEIGHTS_DIR / "compact_inpaint.safetensors").is_file(), DEFAULT_WEIGHTS_DIR
+    from counterfactory.models.text2image import DEFAULT_TEXT2IMAGE_DIR
+    from counterfactory.pipelines.triplets import DEFAULT_CLASSIFIER, DEFAULT_ENCODER
+    for d in (DEFAULT_TEXT2IMAGE_DIR, DEFAULT_CLASSIFIER, DEFAULT_ENCODER):  # the other shipped models
+        assert d.is_dir() and str(d).startswith(str(DEFAULT_WEIGHTS_DIR)), d
     pipe = DefectInpaintPipeline.from_compact()
     pipe.set_progress_bar_config(disable=True)
     img = torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(0))

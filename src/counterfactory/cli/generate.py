@@ -20,6 +20,7 @@ from ._args import (
     unet_activation_bytes,
     zero_or_range,
 )
+from .shards import shard_args, shard_of
 from .train import COMPACT_RESOLUTION, base_args, check_types_arg
 
 MAX_GUIDANCE = 50.0  # classifier-free guidance beyond this only saturates (and overflows towards 1e300)
@@ -66,25 +67,6 @@ def _trained_folder(args) -> tuple[Path, dict]:
 
 def _warn(text: str) -> None:
     print(text, file=sys.stderr, flush=True)
-
-
-MAX_SHARDS = 100_000
-
-
-def shard_of(args):
-    """The shard of this process from ``--num-shards`` / ``--shard`` and the launcher's ranks (one line if wrong)."""
-    from ..errors import input_error
-    from ..io.manifest import current_shard
-
-    if args.shard is not None and args.num_shards is None:
-        raise input_error("--shard", args.shard, "used with --num-shards K (this process's part of K)")
-    k = args.num_shards or 1
-    i = args.shard if args.shard is not None else 0
-    if args.num_shards is not None and args.shard is None and k > 1:
-        raise input_error("--num-shards", k, "used with --shard i (which of the K parts this process writes)")
-    if i >= k:
-        raise input_error("--shard", i, f"an integer in [0, {k - 1}] (below --num-shards {k})")
-    return current_shard(k, i)
 
 
 def device_of(text: str):
@@ -260,12 +242,3 @@ def register(sub) -> None:
     threads_arg(p)
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_generate)
-
-
-def shard_args(p) -> None:
-    p.add_argument("--num-shards", type=positive_int("--num-shards", MAX_SHARDS), default=None, metavar="K",
-                   help="split the items over K processes or machines writing into the same --out (each resumes on "
-                        "its own; the last to finish writes manifest.jsonl). Under accelerate launch every rank is "
-                        "a shard already")
-    p.add_argument("--shard", type=int_range("--shard", 0, MAX_SHARDS - 1), default=None, metavar="i",
-                   help="which of the --num-shards parts this process writes, 0..K-1")

@@ -3,7 +3,9 @@
 ``counterfactory insert --image T.png --box x0,y0,x1,y1 --reference R.png --out O.png --adapter DIR`` paints the
 reference into the box (pixels outside the box unchanged). ``counterfactory insert --data DIR --out RUN`` runs
 the three AnydoorMed tasks (reinsertion, replacement, insertion) on the split's held-out images with the model
-and the copy-paste / Poisson baselines, and writes metrics.json + report.html.
+and the copy-paste / Poisson baselines, and writes metrics.json + report.html; with ``--num-shards K --shard i``
+(or the ranks of ``accelerate launch``) each process runs its share of the cases, and the one that finds every
+result saved writes the metrics (docs/scaling.md).
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from ._args import (
     threads_arg,
     unet_activation_bytes,
 )
+from .shards import shard_args, shard_of
 from .train import check_types_arg
 
 
@@ -164,6 +167,9 @@ def cmd_insert(args) -> int:
                               ("--out", args.out)) if not v]
     if missing:
         raise input_error(missing[0], None, "--image, --box, --reference and --out for one image (or --data for the benchmark)")
+    if args.num_shards is not None or args.shard is not None:
+        flag, value = ("--num-shards", args.num_shards) if args.num_shards is not None else ("--shard", args.shard)
+        raise input_error(flag, value, "used with --data (the benchmark's cases split over processes or machines)")
     import torch
 
     from ..io.images import save_image, to_gray, to_rgb
@@ -265,6 +271,7 @@ def cmd_benchmark(args) -> int:
                                 "--split": args.split, "--extractor-weights": args.extractor_weights,
                                 "--encoder-weights": args.encoder_weights})
     _check_model_folders(args)
+    shard = shard_of(args)
     set_threads(args)
     tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
     for t in tasks:
@@ -312,7 +319,23 @@ def cmd_benchmark(args) -> int:
     if not cases:
         raise input_error("--data", args.data, "a dataset with held-out defects (no case could be built)")
     # refuse a folder of another run now, before the feature extractor is trained into it
-    _identity_check(out, {"cases": [c.to_dict() for c in cases], "methods": sorted(fns), **identity})
+    run_identity = {"cases": [c.to_dict() for c in cases], "methods": sorted(fns), **identity}
+    if shard.count > 1:  # the shards share the case list and the settings: refuse one started otherwise
+        import hashlib
+
+        from ..io.manifest import claim_shards
+
+        cases_sha256 = hashlib.sha256(json.dumps(run_identity["cases"], sort_keys=True).encode()).hexdigest()
+        settings = {"writer": "insert", "num_shards": shard.count, "tasks": tasks, "n": args.n,
+                    "cases_sha256": cases_sha256, "methods": sorted(fns), **identity}
+        claim_shards(out, settings, argument="--out", write=False)
+    _identity_check(out, run_identity)
+    timings = None
+    if shard.count > 1:
+        claim_shards(out, settings, argument="--out")
+        timings = _run_shard(cases, fns, out, shard, progress=not args.quiet)
+        if timings is None:
+            return 0
     index = ds.by_id()
     held = [index[i] for t in split.held_out if t != "good" for i in split.held_out[t] if i in index]
     train_imgs = [index[i].image_path for t in split.train for i in split.train[t] if i in index]
@@ -321,10 +344,49 @@ def cmd_benchmark(args) -> int:
     cfg = InsertionEvalConfig(out=str(out), seed=args.seed)
     with torch.inference_mode():
         summary = evaluate_insertion(cases, fns, ext, real, cfg, identity=identity, progress=not args.quiet,
-                                     log=lambda s: None)
+                                     log=lambda s: None, timings=timings)
     for r in summary["rows"]:
         print(json.dumps({k: (round(v, 4) if isinstance(v, float) else v) for k, v in r.items()}))
     return 0
+
+
+def _run_shard(cases, fns, out: Path, shard, progress: bool):
+    """This shard's cases (``k % count == index``): each method's result saved as a one-process run saves it, and a
+    line in ``manifest-shard<i>-of<K>.jsonl`` with its seconds. When every case of every shard has its results:
+    the seconds per case of all shards by ``(task, method)`` (the metrics are computed next, as a one-process run
+    computes them), else None after a one-line summary."""
+    import time
+
+    from tqdm.auto import tqdm
+
+    from ..evaluation.insertion import result_path, run_methods
+    from ..io.manifest import Manifest, read_all
+
+    manifest = Manifest(shard.manifest_path(out))
+    listed = manifest.done()
+    mine = [c for k, c in enumerate(cases) if shard.takes(k)]
+    made = 0
+    t0 = time.time()
+    for case in tqdm(mine, desc=f"insertion cases (shard {shard})", disable=not progress):
+        present = all(result_path(out, case, m).is_file() for m in fns)
+        if present and case.case_id in listed:
+            continue
+        seconds: dict = {}
+        run_methods(case, fns, out, timings=seconds)
+        made += not present
+        if case.case_id not in listed:
+            manifest.append({"id": case.case_id, "task": case.task,
+                             "seconds": {m: round(v[0], 4) for (_, m), v in sorted(seconds.items())}})
+    finished = all(result_path(out, c, m).is_file() for c in cases for m in fns)
+    if not finished:
+        print(json.dumps({"shard": str(shard), "cases": len(mine), "computed": made, "merged": False,
+                          "seconds": round(time.time() - t0, 1)}))
+        return None
+    timings: dict = {}
+    for r in read_all(out):
+        for m, v in r.get("seconds", {}).items():
+            timings.setdefault((r["task"], m), []).append(float(v))
+    return timings
 
 
 def cmd_train_reference(args) -> int:
@@ -413,6 +475,7 @@ def register(sub) -> None:
     b.add_argument("--max-box-side", type=int_range("--max-box-side", 8, 65536), default=None,
                    help="largest box side the model accepts in the benchmark, >= 8 px (default: no limit, every real "
                         "box is evaluated even when much larger than the working resolution)")
+    shard_args(b, merged="metrics.json and report.html")
     _model_args(p)
     p.set_defaults(func=cmd_insert)
 

@@ -17,6 +17,7 @@ from ._args import (
     set_threads,
     threads_arg,
 )
+from .shards import shard_args
 
 
 def _filter_list(text: str) -> list[str]:
@@ -147,7 +148,9 @@ def cmd_triplets(args) -> int:
     _fraction("--cross-replace-steps", args.cross_replace_steps)
     _fraction("--self-replace-steps", args.self_replace_steps)
     from ..pipelines.triplets import format_summary
+    from .shards import shard_of
 
+    shard = shard_of(args)
     cfg = TripletConfig(out=args.out, data=args.data, n=args.n, split=args.split, seed=args.seed,
                         batch_size=args.batch_size, max_candidates=args.max_candidates, method=args.method,
                         num_inference_steps=args.num_inference_steps, guidance_scale=args.guidance_scale,
@@ -155,8 +158,9 @@ def cmd_triplets(args) -> int:
                         blend_threshold=args.blend_threshold, outside_tolerance=args.outside_tolerance,
                         model=args.model, filters=tuple(args.filters), classifier=args.classifier,
                         encoder=args.encoder, similarity_threshold=args.similarity_threshold)
-    summary = write_triplets(cfg, progress=not args.quiet)
-    print(format_summary(summary))
+    summary = write_triplets(cfg, progress=not args.quiet, shard=shard)
+    if "kept" in summary:  # a shard that did not finish the run has no counts yet
+        print(format_summary(summary))
     print(json.dumps(summary))
     return 0
 
@@ -221,5 +225,6 @@ def register(sub) -> None:
     p.add_argument("--similarity-threshold", type=float_range("--similarity-threshold", 0.0, 1.0), default=0.2,
                    help="least directional similarity cos(E(edit) - E(ref), T(new caption) - T(caption)) (default 0.2)")
     p.add_argument("--quiet", action="store_true", help="no progress lines")
+    shard_args(p, merged="manifest.jsonl, the caption, split and summary files")
     _edit_args(p)
     p.set_defaults(func=cmd_triplets)

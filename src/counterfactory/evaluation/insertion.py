@@ -62,6 +62,8 @@ __all__ = [
     "poisson_blend",
     "insertion_region",
     "real_defect_crops",
+    "result_path",
+    "run_methods",
 ]
 
 # ====================================================================== metrics
@@ -173,15 +175,42 @@ def _identity_check(out: Path, identity: dict) -> None:
     atomic_write_json(f, identity)
 
 
+def result_path(out: str | Path, case: InsertionCase, method: str) -> Path:
+    """Where the result of ``method`` on ``case`` is saved under the run folder ``out``."""
+    return Path(out) / case.task / method / f"{case.case_id}.png"
+
+
+def run_methods(case: InsertionCase, methods: dict[str, Callable], out: str | Path, target: torch.Tensor | None = None,
+                reference: torch.Tensor | None = None,
+                timings: dict[tuple[str, str], list[float]] | None = None) -> dict[str, torch.Tensor]:
+    """Each method's result on ``case`` as saved (8-bit): the file of an earlier run when present, else computed
+    and saved atomically (its seconds appended to ``timings[(task, method)]``)."""
+    if target is None or reference is None:
+        target, reference = load_case(case)
+    results = {}
+    for name, fn in methods.items():
+        path = result_path(out, case, name)
+        if not path.is_file():
+            t0 = time.perf_counter()
+            result = fn(target, case.box, reference, case).clamp(0, 1)
+            if timings is not None:
+                timings.setdefault((case.task, name), []).append(time.perf_counter() - t0)
+            save_image(result, path)
+        results[name] = load_image(path)  # metrics on what was saved (8-bit)
+    return results
+
+
 def evaluate_insertion(cases: list[InsertionCase], methods: dict[str, Callable], extractor: FeatureExtractor,
                        real_crops: list[torch.Tensor], cfg: InsertionEvalConfig, identity: dict | None = None,
-                       progress: bool = True, log=print) -> dict:
+                       progress: bool = True, log=print,
+                       timings: dict[tuple[str, str], list[float]] | None = None) -> dict:
     """Run every method on every case, save results, compute the metrics and write ``metrics.json``,
     ``cases.jsonl`` and ``report.html`` into ``cfg.out``.
 
     ``methods``: name → ``fn(target (3,H,W), box, reference (3,h,w), case) -> result (3,H,W)`` in [0,1].
     Results are written to ``<out>/<task>/<method>/<case_id>.png`` and reused on a rerun with the same
-    ``identity`` (a different one is refused).
+    ``identity`` (a different one is refused). ``timings``: seconds per case of results computed elsewhere
+    (the shards of a sharded run), by ``(task, method)``, reported with this run's own.
     """
     from tqdm.auto import tqdm
 
@@ -194,22 +223,13 @@ def evaluate_insertion(cases: list[InsertionCase], methods: dict[str, Callable],
         real_feats = extractor.extract(real_crops) if real_crops else torch.zeros(0, extractor.num_features)
     per: dict[tuple[str, str], dict[str, list]] = {}
     thumbs: dict[str, list] = {}
-    timings: dict[tuple[str, str], list[float]] = {}
+    timings = {k: list(v) for k, v in (timings or {}).items()}
     for case in tqdm(cases, desc="insertion cases", disable=not progress):
         target, reference = load_case(case)
         region = box_mask(case.box, tuple(target.shape[-2:]))
         row = {"target": context_crop(target, case.box, cfg.crop_margin, cfg.crop_min_size),
                "reference": reference, "box": _outlined(target, case.box, cfg), "results": {}}
-        for name, fn in methods.items():
-            path = out / case.task / name / f"{case.case_id}.png"
-            if path.is_file():
-                result = load_image(path)
-            else:
-                t0 = time.perf_counter()
-                result = fn(target, case.box, reference, case).clamp(0, 1)
-                timings.setdefault((case.task, name), []).append(time.perf_counter() - t0)
-                save_image(result, path)
-                result = load_image(path)  # metrics on what was saved (8-bit)
+        for name, result in run_methods(case, methods, out, target, reference, timings).items():
             rec = per.setdefault((case.task, name), {"crop": [], "box_feat_pair": [], "loc": [], "paired": [],
                                                     "ids": [], "seam": [], "struct": [], "ref": []})
             rec["ids"].append(case.case_id)

@@ -20,9 +20,10 @@ from diffusers import DDIMScheduler, UNet2DConditionModel
 
 from ..errors import CheckpointError, ConfigError, input_error
 from ..io.manifest import atomic_write_json
+from .compact import DEFAULT_WEIGHTS_DIR
 from .text import DEFAULT_MAX_LENGTH, WordTokenizer, build_text_encoder
 
-DEFAULT_TEXT2IMAGE_DIR = Path(__file__).resolve().parents[3] / "weights" / "text2image"
+DEFAULT_TEXT2IMAGE_DIR = DEFAULT_WEIGHTS_DIR / "text2image"  # shipped package data, like the compact base
 CONFIG_FILE = "text2image.json"
 
 

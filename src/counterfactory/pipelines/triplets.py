@@ -27,6 +27,16 @@ Output folder (CIRR layout, readable by the CIR evaluation)::
 
 Work goes in fixed batches; batch k is a pure function of (seed, k), so a killed run resumes where it stopped and
 the result is bit-identical to an uninterrupted one.
+
+Sharding (``shard=``, ``--num-shards K --shard i`` or the ranks of ``accelerate launch``): shard ``i`` of ``K``
+takes batches ``i, i + K, ...`` and lists its candidates in ``manifest-shard<i>-of<K>.jsonl``; the settings every
+shard must share (with ``n`` and ``max_candidates``) are in ``shards.json``. A one-process run stops after the first
+batch that brings the kept count to ``n``; a shard cannot know that batch while earlier batches of other shards are
+unfinished, so before each batch it reads the other shards' manifests (shards share the folder) and stops once the
+finished batches before it hold ``n`` kept triplets. The shard that finds every batch up to the stopping one
+finished writes the folder of a one-process run (:func:`merge_triplets`: ``manifest.jsonl``, caption, split,
+summary and report files, byte-identical) and removes the images of batches past the stopping one that shards
+running ahead computed.
 """
 
 from __future__ import annotations
@@ -41,12 +51,22 @@ import torch
 
 from ..errors import ConfigError, input_error
 from ..io.images import save_image
-from ..io.manifest import Manifest, atomic_write_json, atomic_write_text
+from ..io.manifest import (
+    SHARDS_FILE,
+    Manifest,
+    Shard,
+    atomic_write_json,
+    atomic_write_text,
+    claim_shards,
+    merge_shards,
+    read_all,
+)
+from ..models.compact import DEFAULT_WEIGHTS_DIR
 from .text_edit import TextEditPipeline
 
 SET_SIZE = 6  # CIRR img_set size: reference, target and 4 distractors
 FILTERS = ("attribute", "others", "class", "local", "similarity")
-WEIGHTS = Path(__file__).resolve().parents[3] / "weights"
+WEIGHTS = DEFAULT_WEIGHTS_DIR  # the shipped instruments are package data, like the compact base
 DEFAULT_CLASSIFIER = WEIGHTS / "digit_classifier"
 DEFAULT_ENCODER = WEIGHTS / "cir_encoder"
 
@@ -95,6 +115,86 @@ def _settings(cfg: TripletConfig) -> dict:
     for k in ("out", "n", "max_candidates"):
         d.pop(k)  # more or fewer triplets, or another folder, do not change what each batch is
     return d
+
+
+def _max_candidates(cfg: TripletConfig) -> int:
+    return cfg.max_candidates or 10 * cfg.n
+
+
+def _shard_settings(cfg: TripletConfig, shard: Shard) -> dict:
+    """What every shard of a folder must share: the batches' settings, and where the run stops."""
+    return {"writer": "triplets", "num_shards": shard.count, "n": cfg.n, "max_candidates": _max_candidates(cfg),
+            **_settings(cfg)}
+
+
+def check_shards(cfg: TripletConfig, shard: Shard | None = None, write: bool = False) -> None:
+    """InputError naming every setting that differs from what the other shards of ``cfg.out`` were started with (a
+    one-process run of a sharded folder too: ``num_shards`` differs); ``write``: a shard records the settings."""
+    shard = shard or Shard()
+    out = Path(cfg.out)
+    if shard.count > 1 or (out / SHARDS_FILE).is_file():
+        claim_shards(out, _shard_settings(cfg, shard), write=write and shard.count > 1)
+
+
+def _complete_batches(records, batch_size: int) -> dict[int, list[dict]]:
+    """Batch -> its records in pairid order, for the batches whose every candidate is listed (first copy of each)."""
+    by_id: dict[str, dict] = {}
+    for r in records:
+        by_id.setdefault(str(r["id"]), r)
+    batches: dict[int, list[dict]] = {}
+    for r in by_id.values():
+        batches.setdefault(int(r["batch"]), []).append(r)
+    return {b: sorted(rs, key=lambda r: r["pairid"]) for b, rs in batches.items() if len(rs) == batch_size}
+
+
+def _stopping_batch(cfg: TripletConfig, complete: dict[int, list[dict]]) -> tuple[int | None, int | None]:
+    """``(last batch of the run, None)`` when every batch a one-process run makes is finished, else ``(None, first
+    unfinished batch)``. The run makes batches 0, 1, ... up to the first that brings the kept count to ``n``, or
+    up to ``max_candidates``."""
+    kept = 0
+    last = -(-_max_candidates(cfg) // cfg.batch_size) - 1
+    for k in range(last + 1):
+        if k not in complete:
+            return None, k
+        kept += sum(r["kept"] for r in complete[k])
+        if kept >= cfg.n:
+            return k, None
+    return last, None
+
+
+def _needed_images(records: list[dict]) -> set[str]:
+    """The files under images/ and attention/ that the kept candidates of ``records`` use."""
+    names = set()
+    for r in records:
+        if r["kept"]:
+            names |= {f"images/cf-{r['pairid']:08d}.png", f"attention/cf-{r['pairid']:08d}.png"}
+            names |= {f"images/mm-{j:05d}.png" for j in [r["reference_index"], *r["set_members"]]}
+    return names
+
+
+def merge_triplets(out: str | Path) -> Path:
+    """The folder of a one-process run from a finished sharded one: ``manifest.jsonl`` (the candidates of every
+    batch up to the stopping one, each line as its shard wrote it), the caption, split, summary and report files,
+    and no image of a batch past the stopping one. InputError naming the first unfinished batch otherwise."""
+    out = Path(out)
+    header = json.loads((out / SHARDS_FILE).read_text())
+    fields = set(TripletConfig.__dataclass_fields__) - {"out"}
+    cfg = TripletConfig(out=str(out), **{k: tuple(v) if k == "filters" else v for k, v in header.items() if k in fields})
+    complete = _complete_batches(read_all(out), cfg.batch_size)
+    last, missing = _stopping_batch(cfg, complete)
+    if missing is not None:
+        count = header.get("num_shards")
+        raise input_error("out", str(out), f"a folder whose {count} shards are all finished (batch {missing} is not: "
+                                           f"run shard {missing % count} of {count} again, it resumes; then merge)")
+    records = [r for k in range(last + 1) for r in complete[k]]
+    path = merge_shards(out, [r["id"] for r in records])
+    needed = _needed_images(records)
+    for folder in ("images", "attention"):
+        for f in sorted((out / folder).glob("*.png")):
+            if f"{folder}/{f.name}" not in needed:
+                f.unlink(missing_ok=True)
+    write_outputs(cfg, records)
+    return path
 
 
 def _write_digit(path: Path, img: np.ndarray) -> None:
@@ -226,9 +326,24 @@ class TripletWriter:
         return F.cosine_similarity(e1 - e0, t1 - t0, dim=-1).numpy(), F.cosine_similarity(e0, e1, dim=-1).numpy()
 
     # ------------------------------------------------------------------ the run
-    def run(self) -> dict:
+    def _write_batch(self, batch: list[dict]) -> None:
+        """The images of a batch's kept candidates (before any of its manifest lines: a killed run never lists a
+        missing image)."""
+        img_dir = self.out / "images"
+        for r in batch:
+            if r["kept"]:
+                _write_digit(img_dir / f"cf-{r['pairid']:08d}.png", r["_edited"])
+                _write_digit(self.out / "attention" / f"cf-{r['pairid']:08d}.png", r["_attention"])
+                for j in [r["reference_index"], *r["set_members"]]:
+                    _write_digit(img_dir / f"mm-{j:05d}.png", self.data.images[j])
+
+    def run(self, shard: Shard | None = None) -> dict:
         cfg = self.cfg
+        shard = shard or Shard()
+        check_shards(cfg, shard, write=True)
         self._check_settings()
+        if shard.count > 1:
+            return self._run_shard(shard)
         manifest = Manifest(self.out / "manifest.jsonl")
         by_id = {r["id"]: r for r in manifest.read()}  # a batch cut by a kill is redone; its lines are not doubled
         counts: dict[int, int] = {}
@@ -237,7 +352,7 @@ class TripletWriter:
         done_batches = {b for b, c in counts.items() if c == cfg.batch_size}
         records = [r for r in by_id.values() if r["batch"] in done_batches]
         kept = sum(r["kept"] for r in records)
-        max_cand = cfg.max_candidates or 10 * cfg.n
+        max_cand = _max_candidates(cfg)
         k = 0
         t0 = time.time()
         img_dir = self.out / "images"
@@ -247,12 +362,7 @@ class TripletWriter:
                 k += 1
                 continue
             batch = self.process_batch(k)
-            for r in batch:  # images first, then the manifest line: a killed run never lists a missing image
-                if r["kept"]:
-                    _write_digit(img_dir / f"cf-{r['pairid']:08d}.png", r["_edited"])
-                    _write_digit(self.out / "attention" / f"cf-{r['pairid']:08d}.png", r["_attention"])
-                    for j in [r["reference_index"], *r["set_members"]]:
-                        _write_digit(img_dir / f"mm-{j:05d}.png", self.data.images[j])
+            self._write_batch(batch)
             for r in batch:
                 r = {k2: v for k2, v in r.items() if not k2.startswith("_")}
                 if r["id"] not in by_id:
@@ -268,28 +378,67 @@ class TripletWriter:
         summary["seconds_this_run"] = round(time.time() - t0, 1)
         return summary
 
-    def write_outputs(self, records: list[dict]) -> dict:
+    def _run_shard(self, shard: Shard) -> dict:
+        """This shard's batches (module doc); the folder of a one-process run once every needed batch is done."""
         cfg = self.cfg
-        kept = [r for r in sorted(records, key=lambda r: r["pairid"]) if r["kept"]][: cfg.n]
-        entries, names = [], {}
-        for r in kept:
-            ref = f"mm-{r['reference_index']:05d}"
-            tgt = f"cf-{r['pairid']:08d}"
-            members = [ref, tgt] + [f"mm-{j:05d}" for j in r["set_members"]]
-            order = np.random.default_rng([cfg.seed, r["pairid"], 31]).permutation(len(members))
-            members = [members[o] for o in order]
-            entries.append({"pairid": r["pairid"], "reference": ref, "target_hard": tgt, "target_soft": {tgt: 1.0},
-                            "caption": r["modification"],
-                            "img_set": {"id": r["pairid"], "members": members,
-                                        "reference_rank": members.index(ref), "target_rank": members.index(tgt)}})
-            for name in members:
-                names[name] = f"./images/{name}.png"
-        atomic_write_text(self.out / f"cap.rc2.{cfg.cirr_split}.json", json.dumps(entries))
-        atomic_write_text(self.out / f"split.rc2.{cfg.cirr_split}.json", json.dumps(dict(sorted(names.items()))))
-        summary = summarize_records(records, kept, cfg.filters)
-        atomic_write_json(self.out / "summary.json", summary)
-        atomic_write_text(self.out / "report.html", report_html(kept, summary, self.out))
+        manifest = Manifest(shard.manifest_path(self.out))
+        (self.out / "images").mkdir(parents=True, exist_ok=True)
+        last = -(-_max_candidates(cfg) // cfg.batch_size) - 1
+        made = skipped = 0
+        t0 = time.time()
+        for k in range(shard.index, last + 1, shard.count):
+            records = read_all(self.out)  # every shard's progress so far
+            complete = _complete_batches(records, cfg.batch_size)
+            if sum(r["kept"] for j, rs in complete.items() if j < k for r in rs) >= cfg.n:
+                break  # the run stops before batch k
+            if k in complete:
+                skipped += 1
+                continue
+            listed = {str(r["id"]) for r in records}
+            batch = self.process_batch(k)
+            self._write_batch(batch)
+            for r in batch:
+                if r["id"] not in listed:  # a batch cut by a kill is redone; its lines are not doubled
+                    manifest.append({k2: v for k2, v in r.items() if not k2.startswith("_")})
+            made += 1
+            if self.progress:
+                print(f"shard {shard} batch {k}: {sum(r['kept'] for r in batch)} kept of {len(batch)} "
+                      f"({time.time() - t0:.0f} s)", flush=True)
+        done, _ = _stopping_batch(cfg, _complete_batches(read_all(self.out), cfg.batch_size))
+        summary = {"shard": str(shard), "batches": made, "skipped": skipped, "merged": done is not None}
+        if done is not None:
+            merge_triplets(self.out)
+            summary.update(json.loads((self.out / "summary.json").read_text()))
+        summary["seconds_this_run"] = round(time.time() - t0, 1)
         return summary
+
+    def write_outputs(self, records: list[dict]) -> dict:
+        return write_outputs(self.cfg, records)
+
+
+def write_outputs(cfg: TripletConfig, records: list[dict]) -> dict:
+    """The caption, split, summary and report files of ``cfg.out`` from the candidates in ``records``."""
+    out = Path(cfg.out)
+    kept = [r for r in sorted(records, key=lambda r: r["pairid"]) if r["kept"]][: cfg.n]
+    entries, names = [], {}
+    for r in kept:
+        ref = f"mm-{r['reference_index']:05d}"
+        tgt = f"cf-{r['pairid']:08d}"
+        members = [ref, tgt] + [f"mm-{j:05d}" for j in r["set_members"]]
+        order = np.random.default_rng([cfg.seed, r["pairid"], 31]).permutation(len(members))
+        members = [members[o] for o in order]
+        entries.append({"pairid": r["pairid"], "reference": ref, "target_hard": tgt, "target_soft": {tgt: 1.0},
+                        "caption": r["modification"],
+                        "img_set": {"id": r["pairid"], "members": members,
+                                    "reference_rank": members.index(ref), "target_rank": members.index(tgt)}})
+        for name in members:
+            names[name] = f"./images/{name}.png"
+    atomic_write_text(out / f"cap.rc2.{cfg.cirr_split}.json", json.dumps(entries))
+    atomic_write_text(out / f"split.rc2.{cfg.cirr_split}.json", json.dumps(dict(sorted(names.items()))))
+    summary = summarize_records(records, kept, cfg.filters)
+    atomic_write_json(out / "summary.json", summary)
+    atomic_write_text(out / "report.html", report_html(kept, summary, out))
+    return summary
 
 
 def _edit_name(r: dict) -> str:
@@ -401,8 +550,12 @@ def report_html(kept: list[dict], summary: dict, root: str | Path, per_type: int
     return "\n".join(rows) + "\n"
 
 
-def write_triplets(cfg: TripletConfig, pipe: TextEditPipeline | None = None, progress: bool = True) -> dict:
-    return TripletWriter(cfg, pipe, progress).run()
+def write_triplets(cfg: TripletConfig, pipe: TextEditPipeline | None = None, progress: bool = True,
+                   shard: Shard | None = None) -> dict:
+    """Run the loop of the module doc (``shard``: only this shard's batches) and return the summary."""
+    check_shards(cfg, shard)  # a folder of shards started otherwise is refused before the model loads
+    return TripletWriter(cfg, pipe, progress).run(shard)
 
 
-__all__ = ["FILTERS", "TripletConfig", "TripletWriter", "format_summary", "summarize_records", "write_triplets"]
+__all__ = ["FILTERS", "TripletConfig", "TripletWriter", "check_shards", "format_summary", "merge_triplets",
+           "summarize_records", "write_outputs", "write_triplets"]

@@ -53,7 +53,7 @@ def run_setting(data: str, split: str, adapter: str, scale: float, strength: flo
     metrics = json.loads((ev / "metrics.json").read_text())
     seconds = json.loads(timing.read_text())["seconds"]
     return {"name": name, "adapter": adapter, "scale": scale, "strength": strength, "metrics": metrics,
-            "seconds_per_pair": seconds / max(1, n * len(metrics["per_type"]) - ("all" in metrics["per_type"]))}
+            "seconds_per_pair": seconds / max(1, n * sum(not t.startswith("all") for t in metrics["per_type"]))}
 
 
 def _pick(per_type: dict, prefix: str, suffix: str = "") -> float | None:

@@ -54,7 +54,7 @@ class ControlNetTrainConfig:
     rotate_degrees: float = 20.0
     scale: tuple[float, float] = (0.9, 1.1)
     max_window_scale: None = None  # the shared few-shot batch's tiling; ControlNet windows are never tiled
-    mask_encoder_init: str = "random"  # "random" or diffusers' "zero" (see models.controlnet.build_controlnet)
+    mask_encoder_init: str = "zero"  # diffusers' "zero" or "random" (see models.controlnet.build_controlnet)
     loop: LoopConfig = field(default_factory=lambda: LoopConfig(steps=400, lr=5e-4, warmup_steps=20, checkpoint_every=50))
 
     def __post_init__(self):

@@ -117,7 +117,7 @@ def test_same_processors_edit_a_tiny_sd_unet():
         s3, t3, _ = p2p_sample(unet, sched, inv, src, tgt, free, 2.0, null)
     assert torch.equal(s2, x0)  # direct inversion: the source branch is the image
     assert torch.equal(t1, s1)  # same prompt under negative-prompt inversion: the target is the source
-    assert calls == 12
+    assert calls == 12  # negative-prompt: 4 rows per step
     # every attention layer of the SD U-Net went through the controller, and the target read the source's maps
     layers = len(unet.attn_processors) // 2  # attn1 (self) and attn2 (cross) per transformer block
     assert edit.seen == {"cross": 3 * layers, "self": 3 * layers}
@@ -131,6 +131,48 @@ class Checked(P2PController):
         out = super().__call__(probs, is_cross, heads)
         self.seen = self.seen or {"cross": 0, "self": 0}
         self.seen["cross" if is_cross else "self"] += 1
-        cond = out.view(2, 2, self.n, heads, *out.shape[1:])[1]
+        cond = out.view(-1, heads, *out.shape[1:])[-2 * self.n:].view(2, self.n, heads, *out.shape[1:])
         assert torch.equal(cond[1], cond[0])
         return out
+
+
+def test_direct_edit_skips_the_source_unconditional_row_with_the_same_result():
+    """Direct inversion resets the source branch every step, so its guided prediction is not computed (3 rows per
+    image and step instead of 4); the edited image is the one the full 4-row batch gives."""
+    from diffusers import DDIMScheduler
+
+    from counterfactory.editing.inversion import sample_step, sampling_schedule
+
+    unet = tiny_sd_unet()
+    sched = DDIMScheduler(num_train_timesteps=1000, clip_sample=False, set_alpha_to_one=True)
+    g = torch.Generator().manual_seed(4)
+    n, steps = 2, 3
+    x0 = torch.randn(n, 4, 16, 16, generator=g)
+    src, tgt, null = (torch.randn(n, 7, 32, generator=g) for _ in range(3))
+    toks_s, toks_t = [["w1", "w2", "w3", "w4", "w5"]] * n, [["w1", "w2", "x3", "w4", "w5"]] * n
+
+    def eps_fn(x, t, c):
+        return unet(x, t, encoder_hidden_states=c).sample
+
+    def controller():
+        return P2PController(n, steps, toks_s, toks_t, cross_replace_steps=0.7, self_replace_steps=0.4)
+
+    with torch.no_grad():
+        inv = invert(eps_fn, sched, x0, src, null, method="direct", num_inference_steps=steps)
+        s_new, t_new, calls = p2p_sample(unet, sched, inv, src, tgt, controller(), 2.0, null)
+        # the full batch: [uncond source, uncond target, cond source, cond target]
+        c = controller()
+        prev = install(unet, c)
+        ts, stride = sampling_schedule(sched, steps)
+        x = torch.cat([inv.x_T, inv.x_T])
+        for i, t in enumerate(ts):
+            c.begin_step(i)
+            e = unet(torch.cat([x, x]), t, encoder_hidden_states=torch.cat([null, null, src, tgt])).sample
+            eu, ec = e.chunk(2)
+            x = sample_step(sched, x, eu + 2.0 * (ec - eu), t, stride)
+            x = torch.cat([inv.latents[steps - 1 - i], x[n:]])
+        uninstall(unet, prev)
+    assert calls == 3 * steps
+    assert torch.equal(s_new, x0)
+    assert torch.allclose(t_new, x[n:], atol=1e-5)
+    assert (t_new - x0).abs().max() > 1e-3  # an edit happened

@@ -37,7 +37,7 @@ def test_edit_is_deterministic_and_local_blend_keeps_outside_pixels():
     assert torch.equal(a.source_images, img)
     assert a.changed_words[0] == (["thin"], ["thick"]) and a.edit_types == ["replace", "replace"]
     assert a.attention_maps.shape == (2, 1, 28, 28) and float(a.attention_maps.max()) == pytest.approx(1.0)
-    assert a.unet_calls == 3 + 4 * 3
+    assert a.unet_calls == 3 + 3 * 3  # inversion, then (target uncond, source cond, target cond) per step
 
 
 def test_other_word_counts_fall_back_to_refine_or_error():

@@ -6,8 +6,10 @@ in its core library). Install it on any ``UNet2DConditionModel`` with :func:`ins
 Stable Diffusion alike — and remove it with :func:`uninstall`.
 
 Batch layout the controller expects (``n_images`` images, each with a source and a target prompt):
-``[uncond half | cond half]`` when guidance is on, each half ``[source_1..source_n, target_1..target_n]``.
-Only the conditional half is edited (as in the reference implementation); the controller:
+``[uncond half | cond half]`` when guidance is on, each half ``[source_1..source_n, target_1..target_n]``; the
+unconditional half may hold the targets only (``[target_1..target_n | cond half]``, 3n rows) when the source
+branch's guided prediction is not needed. Only the conditional half is edited (as in the reference
+implementation); the controller:
 
 - **replace** (word swap): the target's cross-attention map is the source's, re-indexed token-for-token
   (prompts with the same word count); **refine**: aligned tokens take the source's map, added words keep their
@@ -146,11 +148,11 @@ class P2PController:
     def __call__(self, probs: torch.Tensor, is_cross: bool, heads: int) -> torch.Tensor:
         """``probs``: (batch·heads, Q, K) attention probabilities of one layer."""
         rows = probs.shape[0] // heads
-        halves = 2 if self.guidance else 1
-        if rows != halves * 2 * self.n:
+        allowed = (3 * self.n, 4 * self.n) if self.guidance else (2 * self.n,)
+        if rows not in allowed:
             return probs  # not an editing batch (e.g. a plain forward): untouched
-        p = probs.view(halves, 2, self.n, heads, *probs.shape[1:])
-        cond = p[-1]  # (2, n, heads, Q, K)
+        p = probs.view(rows, heads, *probs.shape[1:])
+        cond = p[-2 * self.n:].view(2, self.n, heads, *probs.shape[1:])  # the conditional [source, target] rows
         src, tgt = cond[0], cond[1]
         if is_cross:
             self._record(cond)
@@ -177,7 +179,7 @@ class P2PController:
         else:
             return probs
         out = p.clone()
-        out[-1, 1] = tgt
+        out[-self.n:] = tgt
         return out.view_as(probs)
 
     def _record(self, cond: torch.Tensor) -> None:

@@ -65,20 +65,27 @@ def p2p_sample(unet, scheduler, inv: Inversion, cond_src: torch.Tensor, cond_tgt
     stride = scheduler.config.num_train_timesteps // len(ts)
     steps = len(ts)
     x = torch.cat([inv.x_T, inv.x_T])
+    # direct inversion puts the source branch back on the inversion path after every step, so the source's guided
+    # prediction is never used: its unconditional row is skipped (3n rows per call instead of 4n); the source's
+    # conditional row stays, prompt-to-prompt needs its attention
+    direct = inv.method == "direct"
     previous = install(unet, controller)
     rows = 0
     try:
         for i, t in enumerate(ts):
             controller.begin_step(i)
             unc = inv.uncond_at(i) if inv.method in CAPTION_AS_UNCOND + ("null-text",) else null
-            ctx = torch.cat([unc, unc, cond_src, cond_tgt])
-            e = unet(torch.cat([x, x]), t, encoder_hidden_states=ctx).sample
-            rows += 4 * n
-            eu, ec = e.chunk(2)
-            eps = eu + guidance_scale * (ec - eu)
-            x = sample_step(scheduler, x, eps, t, stride)
-            if inv.method == "direct":  # the per-step offset: the source branch stays on the inversion path
-                x = torch.cat([inv.latents[steps - 1 - i], x[n:]])
+            if direct:
+                e = unet(torch.cat([x[n:], x]), t, encoder_hidden_states=torch.cat([unc, cond_src, cond_tgt])).sample
+                rows += 3 * n
+                eu, ec = e[:n], e[2 * n:]
+                x_tgt = sample_step(scheduler, x[n:], eu + guidance_scale * (ec - eu), t, stride)
+                x = torch.cat([inv.latents[steps - 1 - i], x_tgt])  # the per-step offset of direct inversion
+            else:
+                e = unet(torch.cat([x, x]), t, encoder_hidden_states=torch.cat([unc, unc, cond_src, cond_tgt])).sample
+                rows += 4 * n
+                eu, ec = e.chunk(2)
+                x = sample_step(scheduler, x, eu + guidance_scale * (ec - eu), t, stride)
             x = controller.blend(x, x.shape[-1])
     finally:
         uninstall(unet, previous)

@@ -20,6 +20,15 @@ def _one_torch_thread():
     torch.set_num_threads(previous)
 
 
+@pytest.fixture(autouse=True)
+def _one_torch_thread_per_test():
+    """Each test starts on one thread too (code under test may set another count, e.g. a CLI's --threads)."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
 @pytest.fixture(scope="session")
 def tiny_config() -> CompactConfig:
     return TINY

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image, ImageDraw
 
 from counterfactory.data.morphomnist import IMAGES_FILE, LABELS_FILE, MORPHO_FILE, write_idx
@@ -12,14 +11,6 @@ from counterfactory.editing.captions import VOCABULARY
 from counterfactory.models.text2image import Text2ImageConfig, Text2ImageModel
 
 TINY = Text2ImageConfig(block_out_channels=(8, 16, 16), text_hidden=16, text_layers=1, text_heads=2, norm_num_groups=4)
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def tiny_model(seed: int = 0) -> Text2ImageModel:

@@ -15,11 +15,6 @@ SRC = "a thin, upright, dim seven"
 TGT = "a thick, upright, dim seven"
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    torch.set_num_threads(1)
-
-
 def _digits(n=2):
     return torch.from_numpy(stroke_digits(n, seed=3)).float()[:, None] / 255.0
 

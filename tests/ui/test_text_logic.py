@@ -24,14 +24,6 @@ def models(tmp_path_factory):
     return logic.Models(text_model=folder)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _digit() -> np.ndarray:
     return stroke_digits(1, seed=3)[0].astype(np.float32) / 255.0
 

@@ -205,8 +205,8 @@ def register(sub) -> None:
     p.add_argument("--strength", type=float_range("--strength", 0.0, 1.0), default=1.0,
                    help="1 (default): paint the defect from noise; below 1: paste the shot's own defect pixels at the "
                         "placement and refine them from this noise level (0: the paste as is); needs the split's masks")
-    p.add_argument("--paste", default="plain", choices=["plain", "poisson"],
-                   help="how --strength < 1 pastes the shot's pixels (default plain)")
+    p.add_argument("--paste-mode", "--paste", dest="paste", default="plain", choices=["plain", "poisson"],
+                   help="how --strength < 1 pastes the shot's pixels (default plain; the same option as insert's)")
     p.add_argument("--refine-dilate", type=int_range("--refine-dilate", 0, 64), default=3,
                    help="px the refined region reaches beyond the pasted defect, 0..64 (default 3)")
     p.add_argument("--max-window-scale", type=zero_or_range("--max-window-scale", 1.0, 64.0), default=0.0,

@@ -31,7 +31,9 @@ def _parse(spec: str) -> tuple[str, dict]:
         key, _, value = item.partition("=")
         if key not in fields:
             raise SystemExit(f"--setting {spec}: {key!r} is not a TripletConfig field")
-        kw[key] = int(value) if fields[key] == "int" else float(value) if fields[key] == "float" else value
+        kind = fields[key]
+        kw[key] = (int(value) if kind == "int" else float(value) if kind == "float"
+                   else value.lower() in ("1", "true", "on", "yes") if kind == "bool" else value)
     return name, kw
 
 

@@ -173,3 +173,25 @@ def test_cli_triplets_with_the_shipped_model_and_instruments(tmp_path, fake_morp
     assert "| all | 2 |" in printed
     settings = json.loads((out / "settings.json").read_text())
     assert settings["filters"] == summary["filters"] and settings["similarity_threshold"] == 0.2
+
+
+def test_restore_intensity_undoes_an_unasked_gain_inside_the_region_only():
+    from counterfactory.data.morphomnist import measure
+    from counterfactory.pipelines.triplets import restore_intensity
+    from tests.editing.conftest import stroke_digits
+
+    before = stroke_digits(3, seed=5)
+    after = np.round(before.astype(np.float64) * 0.6).astype(np.uint8)  # the edit dimmed every stroke
+    region = np.ones_like(before, dtype=bool)
+    region[2, :, :14] = False  # the third edit may change only its right half
+    which = np.array([True, False, True])  # the second edit was asked for intensity: left alone
+    out, gains = restore_intensity(before, after, region, which)
+
+    def intensity(u8):
+        return measure(torch.from_numpy(u8).float()[:, None] / 255.0)[1][:, 0].numpy()
+
+    assert abs(intensity(out[:1])[0] - intensity(before[:1])[0]) <= 1.0
+    assert np.array_equal(out[1], after[1]) and gains[1] == 1.0
+    assert np.array_equal(out[2][:, :14], after[2][:, :14])  # outside the region: untouched
+    assert not np.array_equal(out[2][:, 14:], after[2][:, 14:])
+    assert gains[0] == pytest.approx(1 / 0.6, rel=0.02)

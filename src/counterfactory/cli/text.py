@@ -157,7 +157,8 @@ def cmd_triplets(args) -> int:
                         cross_replace_steps=args.cross_replace_steps, self_replace_steps=args.self_replace_steps,
                         blend_threshold=args.blend_threshold, outside_tolerance=args.outside_tolerance,
                         model=args.model, filters=tuple(args.filters), classifier=args.classifier,
-                        encoder=args.encoder, similarity_threshold=args.similarity_threshold)
+                        encoder=args.encoder, similarity_threshold=args.similarity_threshold,
+                        restore_intensity=not args.no_restore_intensity)
     summary = write_triplets(cfg, progress=not args.quiet, shard=shard)
     if "kept" in summary:  # a shard that did not finish the run has no counts yet
         print(format_summary(summary))
@@ -224,6 +225,9 @@ def register(sub) -> None:
                    help="dual-encoder folder for the similarity filter (default: the shipped weights/cir_encoder)")
     p.add_argument("--similarity-threshold", type=float_range("--similarity-threshold", 0.0, 1.0), default=0.2,
                    help="least directional similarity cos(E(edit) - E(ref), T(new caption) - T(caption)) (default 0.2)")
+    p.add_argument("--no-restore-intensity", action="store_true",
+                   help="keep the edited stroke's intensity as the model drew it (default: edits that do not name "
+                        "intensity get the reference's stroke intensity back inside the blend region)")
     p.add_argument("--quiet", action="store_true", help="no progress lines")
     shard_args(p, merged="manifest.jsonl, the caption, split and summary files")
     _edit_args(p)

@@ -93,6 +93,7 @@ class TripletConfig:
     classifier: str | None = None  # digit-classifier folder (default: the shipped weights/digit_classifier)
     encoder: str | None = None  # dual-encoder folder (default: the shipped weights/cir_encoder)
     similarity_threshold: float = 0.2  # directional similarity threshold (LANCE / InstructPix2Pix: 0.2 with CLIP)
+    restore_intensity: bool = True  # edits that do not name intensity get the reference's stroke intensity back
 
     def __post_init__(self):
         for name in ("n", "batch_size", "num_inference_steps"):
@@ -197,6 +198,25 @@ def merge_triplets(out: str | Path) -> Path:
     return path
 
 
+def restore_intensity(before_u8: np.ndarray, after_u8: np.ndarray, region: np.ndarray,
+                      which: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Give the edits in ``which`` the reference's stroke intensity back: inside ``region`` (the local-blend mask),
+    the edited digit is multiplied by (reference intensity / edited intensity), measured as Morpho-MNIST does
+    (median foreground value). In Morpho-MNIST intensity is one gain on the whole stroke, so an edit that was asked
+    for thickness or slant and also brightened or dimmed the stroke made a second, unasked change; this undoes it.
+    ``before_u8``/``after_u8``: (N,28,28) uint8; ``region``: (N,28,28) bool; ``which``: (N,) bool. Returns the
+    digits (uint8) and the gains (1 where not applied)."""
+    from ..data.morphomnist import measure
+
+    def _intensity(u8):
+        return measure(torch.from_numpy(u8).float()[:, None] / 255.0)[1][:, 0].double().numpy()
+
+    ib, ia = _intensity(before_u8), _intensity(after_u8)
+    gains = np.where(which & (ia > 0), ib / np.maximum(ia, 1e-6), 1.0)
+    scaled = np.clip(np.round(after_u8.astype(np.float64) * gains[:, None, None]), 0, 255).astype(np.uint8)
+    return np.where(region & which[:, None, None], scaled, after_u8), gains
+
+
 def _write_digit(path: Path, img: np.ndarray) -> None:
     if not path.is_file():
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -277,6 +297,10 @@ class TripletWriter:
                         guidance_scale=cfg.guidance_scale, cross_replace_steps=cfg.cross_replace_steps,
                         self_replace_steps=cfg.self_replace_steps, blend_threshold=cfg.blend_threshold)
         edited = (out.images[:, 0].numpy() * 255.0).round().astype(np.uint8)  # what is written is what is measured
+        gains = np.ones(len(refs))
+        if cfg.restore_intensity:
+            edited, gains = restore_intensity(imgs_u8, edited, out.blend_masks[:, 0].numpy() > 0.5,
+                                              np.array([a != "intensity" for a in attrs]))
         outside = 1.0 - out.blend_masks[:, 0].numpy()
         diff = np.abs(edited.astype(np.float64) - imgs_u8.astype(np.float64)) / 255.0
         outside_change = (diff * outside).sum(axis=(1, 2)) / np.maximum(outside.sum(axis=(1, 2)), 1.0)
@@ -303,6 +327,7 @@ class TripletWriter:
                 "drift": {a: round(float(v), 4) for a, v in chk["drift"].items()},
                 "moved": bool(chk["moved"]), "others_ok": bool(chk["others_ok"]),
                 "outside_change": round(float(outside_change[i]), 5), "local_ok": local_ok,
+                "intensity_gain": round(float(gains[i]), 4),
                 "predicted_class": None if predicted is None else int(predicted[i]),
                 "similarity": None if similarity is None else round(float(similarity[i]), 4),
                 "image_similarity": None if image_similarity is None else round(float(image_similarity[i]), 4),
@@ -558,4 +583,4 @@ def write_triplets(cfg: TripletConfig, pipe: TextEditPipeline | None = None, pro
 
 
 __all__ = ["FILTERS", "TripletConfig", "TripletWriter", "check_shards", "format_summary", "merge_triplets",
-           "summarize_records", "write_outputs", "write_triplets"]
+           "restore_intensity", "summarize_records", "write_outputs", "write_triplets"]

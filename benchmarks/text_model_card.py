@@ -58,13 +58,14 @@ def main() -> None:
   10 % empty captions (classifier-free guidance).
 - **Command**: `{args.command}`
 - **Steps**: {summary['steps']} (batch {cfg['batch_size']}, AdamW lr {cfg['loop']['lr']}, EMA {cfg['loop']['ema_decay']});
-  seed {cfg['loop']['seed']}; wall time {summary['wall_seconds'] / 60:.1f} min of training on a shared 2-core CPU
-  with 1 torch thread at low priority (captioning the split came before that); final loss {summary['final_loss']:.4f}.
+  seed {cfg['loop']['seed']}; wall time {summary['wall_seconds'] / 60:.1f} min of training on a 2-core CPU with 1 torch
+  thread (captioning the split came before that); final loss {summary['final_loss']:.4f}.
 - **Sample grid** (`sample_grid.png`): rows = {", ".join(repr(c) for c in CAPTIONS)}; columns = seeds; DDIM 20
   steps, guidance 3.0.
-- **Limits**: trained for a few hundred steps only (CPU time); samples are rough and the words' control is weak.
-  Editing real digits uses inversion, so reconstructions are faithful regardless; whether an edit moves the
-  named attribute is measured, not assumed (see docs/text.md).
+- **Limits**: a small model trained on a CPU for {summary['steps']} steps: samples are rough, and the words steer
+  intensity and thickness more reliably than slant. Editing real digits uses inversion, so reconstructions are
+  faithful regardless; whether an edit moves the named attribute is measured, not assumed (docs/text.md gives the
+  filters' pass rates per edit type).
 """
     (dest / "MODEL_CARD.md").write_text(card)
     print(card)

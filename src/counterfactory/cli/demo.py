@@ -30,14 +30,15 @@ def _num(x: float) -> float | None:
 
 def text_edit_section(out: Path, n: int, seed: int, steps: int, method: str = "direct") -> dict:
     """Draw ``n`` digits with the shipped text-to-image model, caption them from their measured attributes, swap
-    one attribute word (seeded) and edit them; write ``out/report.html`` and ``out/edits.json``, return the
-    summary (per edit: captions, measured change of the named attribute, whether the edit check passed)."""
+    one attribute word (seeded), edit them and restore the stroke intensity of edits that do not name it (as
+    ``triplets`` does); write ``out/report.html`` and ``out/edits.json``, return the summary (per edit: captions, measured change of the named attribute, whether the edit check passed)."""
     import numpy as np
     import torch
 
     from ..editing.captions import AttributeCaptioner, RulePerturber, check_edit, describe_change
     from ..io.manifest import atomic_write_json, atomic_write_text
     from ..pipelines.text_edit import EditRow, TextEditPipeline, edit_report_html, generate
+    from ..pipelines.triplets import restore_intensity
 
     t0 = time.time()
     pipe = TextEditPipeline.from_pretrained()
@@ -53,14 +54,19 @@ def text_edit_section(out: Path, n: int, seed: int, steps: int, method: str = "d
     with torch.no_grad():
         result = pipe(digits, captions, targets, method=method, num_inference_steps=steps)
     after = (result.images[:, 0] * 255).round().to(torch.uint8).numpy()
+    changes = [describe_change(words) for _, _, words in edits]
+    # as the triplet writer does: edits that do not name intensity get the reference's stroke intensity back
+    after, _ = restore_intensity(u8, after, result.blend_masks[:, 0].numpy() > 0.5,
+                                 np.array([a != "intensity" for a, _ in changes]))
+    edited = torch.from_numpy(after).float()[:, None] / 255.0
     rows, records = [], []
     for i, (c, (text, tgt, words)) in enumerate(zip(captions, edits)):
-        attr, sign = describe_change(words)
+        attr, sign = changes[i]
         chk = check_edit(u8[i], after[i], attr, sign)
         records.append({"source": c, "target": tgt, "modification": text, "attribute": attr, "direction": sign,
                         "change": round(float(chk["change"]), 3), "passed": bool(chk["passed"]),
                         "edit_type": result.edit_types[i]})
-        rows.append(EditRow(digits[i], result.images[i], c, tgt, result.attention_maps[i],
+        rows.append(EditRow(digits[i], edited[i], c, tgt, result.attention_maps[i],
                             note=f"{text}: {attr} {chk['change']:+.2f} ({'passes' if chk['passed'] else 'fails'} "
                                  "the edit check)"))
     out.mkdir(parents=True, exist_ok=True)

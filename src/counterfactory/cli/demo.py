@@ -31,7 +31,8 @@ def _num(x: float) -> float | None:
 def text_edit_section(out: Path, n: int, seed: int, steps: int, method: str = "direct") -> dict:
     """Draw ``n`` digits with the shipped text-to-image model, caption them from their measured attributes, swap
     one attribute word (seeded), edit them and restore the stroke intensity of edits that do not name it (as
-    ``triplets`` does); write ``out/report.html`` and ``out/edits.json``, return the summary (per edit: captions, measured change of the named attribute, whether the edit check passed)."""
+    ``triplets`` does); write ``out/report.html`` and ``out/edits.json``, return the summary (per edit: captions,
+    measured change of the named attribute, whether the edit check passed)."""
     import numpy as np
     import torch
 

@@ -61,7 +61,7 @@ def text_edit_section(out: Path, n: int, seed: int, steps: int, method: str = "d
                                  np.array([a != "intensity" for a, _ in changes]))
     edited = torch.from_numpy(after).float()[:, None] / 255.0
     rows, records = [], []
-    for i, (c, (text, tgt, words)) in enumerate(zip(captions, edits)):
+    for i, (c, (text, tgt, _)) in enumerate(zip(captions, edits)):
         attr, sign = changes[i]
         chk = check_edit(u8[i], after[i], attr, sign)
         records.append({"source": c, "target": tgt, "modification": text, "attribute": attr, "direction": sign,

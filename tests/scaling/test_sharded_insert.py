@@ -51,8 +51,9 @@ def _metrics(root: Path) -> dict:
 
 
 def _report(root: Path) -> str:
-    """report.html without its last column (seconds_per_case)."""
-    return re.sub(r"<td( class=\"num\")?>[^<]*</td></tr>", "</tr>", (root / "report.html").read_text())
+    """report.html without its wall-clock parts: the time stamp line and the last column (seconds_per_case)."""
+    page = re.sub(r'<p class="meta">[^<]*</p>', "", (root / "report.html").read_text())
+    return re.sub(r"<td( class=\"num\")?>[^<]*</td></tr>", "</tr>", page)
 
 
 def _same_as(out: Path, reference: Path) -> None:

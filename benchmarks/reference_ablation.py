@@ -23,15 +23,18 @@ import numpy as np
 import torch
 
 
-def parse_settings(text: str, adapters: dict[str, str]) -> dict[str, tuple[str, float, float]]:
-    """``name=adapter:guidance:strength,...`` → {name: (adapter key, guidance, strength)}."""
+def parse_settings(text: str, adapters: dict[str, str]) -> dict[str, tuple]:
+    """``name=adapter:guidance:strength[:band[:paste]],...`` → {name: (adapter, guidance, strength, band, paste)};
+    band: the pipeline's ``refine_band`` (``-`` or absent: the whole box), paste: ``plain`` (default) or ``poisson``."""
     out = {}
     for item in filter(None, (t.strip() for t in text.split(","))):
         name, spec = item.split("=")
-        key, g, st = spec.split(":")
+        key, g, st, *rest = spec.split(":")
         if key not in adapters:
             raise SystemExit(f"--settings: {name} uses adapter {key!r}, not one of {sorted(adapters)}")
-        out[name] = (key, float(g), float(st))
+        band = None if not rest or rest[0] in ("", "-") else float(rest[0])
+        paste = rest[1] if len(rest) > 1 else "plain"
+        out[name] = (key, float(g), float(st), band, paste)
     return out
 
 
@@ -40,7 +43,7 @@ def main() -> None:
     ap.add_argument("--data", required=True)
     ap.add_argument("--out", required=True)
     ap.add_argument("--adapters", required=True, help="key=folder,... (reference adapters)")
-    ap.add_argument("--settings", required=True, help="name=adapter:guidance:strength,...")
+    ap.add_argument("--settings", required=True, help="name=adapter:guidance:strength[:band[:paste]],...")
     ap.add_argument("--tasks", default="insertion",
                     help="task[=setting+setting],... : the tasks, each with all settings or only the named ones")
     ap.add_argument("--n", type=int, default=40)
@@ -95,7 +98,7 @@ def main() -> None:
             pipes[key] = ReferenceInpaintPipeline.from_compact(folder)
             pipes[key].set_progress_bar_config(disable=True)
 
-    def model_fn(key, guidance, strength, seed):
+    def model_fn(key, guidance, strength, band, paste, seed):
         pipe = pipes[key]
 
         def fn(target, box, reference, case):
@@ -103,7 +106,8 @@ def main() -> None:
             if bool((target == target[:1]).all()) and bool((reference == reference[:1]).all()):
                 target, reference = target[:1], reference[:1]  # gray data stored as RGB: keep the result gray
             return pipe(target, reference, box=box, num_inference_steps=args.steps, guidance_scale=guidance,
-                        generator=g, strength=strength, max_box_side=10**9).images[0]
+                        generator=g, strength=strength, max_box_side=10**9, refine_band=band,
+                        paste_mode=paste).images[0]
         return fn
 
     per_seed = {}  # (task, seed) -> evaluate_insertion summary; tasks in order, so the first finishes first

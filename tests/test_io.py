@@ -269,3 +269,16 @@ def test_to_rgb_and_to_gray_round_trip_and_refuse_other_channel_counts():
     torch.testing.assert_close(to_gray(colour), colour.mean(0, keepdim=True))
     with pytest.raises(InputError, match="images="):
         to_rgb(torch.rand(2, 4, 5, 6))
+
+
+def test_border_band_is_the_edge_band_and_the_image_border_is_no_edge():
+    from counterfactory.io.masks import border_band
+
+    m = torch.zeros(2, 1, 20, 20)
+    m[0, :, 5:15, 4:16] = 1  # inside the image: a ring of width 2
+    m[1, :, 0:10, 0:10] = 1  # touching the top-left image corner: band only along the right and bottom edges
+    band = border_band(m, 2)
+    assert band.dtype == m.dtype and band.shape == m.shape
+    assert band[0].sum() == 10 * 12 - 6 * 8 and torch.equal(band[0, 0, 7:13, 6:14], torch.zeros(6, 8))
+    assert band[1].sum() == 10 * 10 - 8 * 8 and band[1, 0, 0, 0] == 0 and band[1, 0, 9, 9] == 1
+    assert torch.equal(border_band(m, 50), m) and border_band(m, 0).sum() == 0

@@ -86,6 +86,8 @@ def test_bad_input_one_line_exit_2_nothing_written(files, tmp_path, capsys, imag
     ("--strength", "1.5", "--strength"), ("--strength", "-0.1", "--strength"), ("--strength", "nan", "--strength"),
     ("--strength", "0.01", "strength x --num-inference-steps >= 1"),
     ("--guidance-scale", "-1", "--guidance-scale"), ("--guidance-scale", "51", "--guidance-scale"),
+    ("--refine-band", "0", "--refine-band"), ("--refine-band", "0.7", "--refine-band"),
+    ("--refine-band", "nan", "--refine-band"),
 ])
 def test_strength_and_reference_guidance_out_of_range(files, tmp_path, capsys, flag, value, match):
     out = tmp_path / "o.png"
@@ -173,3 +175,4 @@ def test_one_pixel_image_is_refused(files, tmp_path, capsys):
     code, _, err = _run(capsys, "--image", tmp_path / "dot.png", "--box", "0,0,1,1", "--reference",
                         files / "ref_rgb.png", "--out", tmp_path / "o.png", "--method", "copy_paste")
     assert code == 2 and "1x1 px" in err and "at least 16 px" in err and not (tmp_path / "o.png").exists()
+

@@ -201,3 +201,35 @@ def test_strength_is_the_shared_paste_and_refine(pipe):
         _run(pipe, image, ref, strength=0.5, paste_mode="glue")
     with pytest.raises(InputError, match="strength"):
         _run(pipe, image, ref, strength=1.5)
+
+
+def test_refine_band_keeps_the_pasted_interior_and_refines_only_the_edge_band(pipe):
+    """refine_band: the reference is pasted (at any strength) and only the band along the box's edge is denoised;
+    the interior equals the pasted composite bit for bit, outside the box equals the image."""
+    from counterfactory.io.masks import border_band
+    from counterfactory.pipelines.reference_inpaint import band_width
+    from counterfactory.sampling.paste import paste_defect, resize_image
+
+    image, ref = rand_image(0), rand_image(1, h=16, w=12)
+    bw, bh = BOX[2] - BOX[0], BOX[3] - BOX[1]
+    pasted, _ = paste_defect(image, resize_image(ref, (bh, bw)), torch.ones(1, bh, bw), top_left=BOX[:2])
+    box = torch.zeros(1, 48, 64)
+    box[:, BOX[1] : BOX[3], BOX[0] : BOX[2]] = 1
+    assert band_width(BOX, 0.25) == 4 and band_width(BOX, 0.01) == 2  # 0.25 x the shorter side 16; at least 2 px
+    band = border_band(box, band_width(BOX, 0.25))[0] > 0.5
+    inside = (box[0] > 0.5) & ~band
+    assert band.sum() == 16 * 20 - 8 * 12 and inside.sum() == 8 * 12
+    for strength in (1.0, 0.5):
+        out = _run(pipe, image, ref, num_inference_steps=4, strength=strength, refine_band=0.25).images[0]
+        assert torch.equal(out[:, box[0] < 0.5], image[:, box[0] < 0.5])
+        assert torch.equal(out[:, inside], pasted[:, inside])
+        assert (out[:, band] - pasted[:, band]).abs().mean() > 1e-3
+    whole = _run(pipe, image, ref, num_inference_steps=4, strength=0.5).images[0]
+    assert not torch.equal(whole[:, inside], pasted[:, inside])  # without the band the interior is refined too
+    assert torch.equal(_run(pipe, image, ref, num_inference_steps=4, strength=0.0, refine_band=0.25).images[0], pasted)
+
+
+@pytest.mark.parametrize("bad", [0, 0.0, 0.6, -0.1, float("nan"), True, "0.2"])
+def test_refine_band_out_of_range(pipe, bad):
+    with pytest.raises(InputError, match=r"refine_band=.*\(0, 0.5\]"):
+        _run(pipe, rand_image(0), rand_image(1, h=16, w=12), refine_band=bad)

@@ -61,6 +61,18 @@ def dilate(mask: torch.Tensor, radius: int) -> torch.Tensor:
     return m.reshape(shape)
 
 
+def border_band(mask: torch.Tensor, width: int) -> torch.Tensor:
+    """The pixels of a (...,H,W) binary mask within ``width`` px (Euclidean) of its edge, same shape and dtype.
+
+    The image border is not an edge: a region touching it gets no band along it. ``width`` >= the region's
+    half side returns the whole region."""
+    if width <= 0:
+        return torch.zeros_like(mask)
+    m = mask.detach().cpu().reshape(-1, *mask.shape[-2:]).numpy() > 0.5
+    out = np.stack([mi & (ndimage.distance_transform_edt(mi) <= width) for mi in m])
+    return torch.from_numpy(out).reshape(mask.shape).to(device=mask.device, dtype=mask.dtype)
+
+
 def components(mask: np.ndarray, connectivity: int = 2) -> list[np.ndarray]:
     """Connected components of a (H,W) binary mask, largest first (8-connected by default)."""
     structure = ndimage.generate_binary_structure(2, connectivity)

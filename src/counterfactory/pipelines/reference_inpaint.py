@@ -32,7 +32,7 @@ from PIL import Image
 
 from ..errors import CheckpointError, input_error
 from ..io.images import as_batch, convert_output, to_gray
-from ..io.masks import bbox, box_mask, check_box, group_windows
+from ..io.masks import bbox, border_band, box_mask, check_box, group_windows
 from ..models.reference import (
     MAX_REFERENCE_UPSCALE,
     MIN_REFERENCE_SIDE,
@@ -48,6 +48,14 @@ from .base import MaskedInpaintPipeline, check_base_hash, check_int
 
 OutputType = Literal["pt", "np", "pil"]
 MAX_BOX_FACTOR = 4  # default largest box side: 4 × the working resolution
+MIN_BAND_PX = 2  # refine_band never narrower than this (a 1-px band leaves the seam's gradient in place)
+
+
+def band_width(region_box, refine_band: float) -> int:
+    """The refined band's width in pixels for a region with box ``(x0, y0, x1, y1)``: ``refine_band`` × its
+    shorter side, at least :data:`MIN_BAND_PX`."""
+    x0, y0, x1, y1 = region_box
+    return max(MIN_BAND_PX, int(round(refine_band * min(x1 - x0, y1 - y0))))
 
 
 @dataclass
@@ -154,7 +162,7 @@ class ReferenceInpaintPipeline(MaskedInpaintPipeline):
     def check_inputs(self, image, reference_image, box=None, mask_image=None, num_inference_steps=25,
                      guidance_scale=3.0, output_type="pt", crop_margin=0.5, mask_threshold=0.5, max_box_side=None,
                      batch_size=16, generator=None, strength=1.0, callback_on_step_end=None,
-                     callback_on_step_end_tensor_inputs=None, paste_mode="plain") -> None:
+                     callback_on_step_end_tensor_inputs=None, paste_mode="plain", refine_band=None) -> None:
         """Validate every argument of :meth:`__call__`; raises :class:`~counterfactory.errors.InputError` naming the
         first bad one. Converts nothing and keeps no state."""
         self.check_common(num_inference_steps, guidance_scale, output_type, crop_margin, mask_threshold, batch_size,
@@ -163,6 +171,10 @@ class ReferenceInpaintPipeline(MaskedInpaintPipeline):
             check_int("max_box_side", max_box_side, 1)
         if paste_mode not in PASTE_MODES:
             raise input_error("paste_mode", paste_mode, f"one of {', '.join(PASTE_MODES)} (how strength < 1 places the reference)")
+        if refine_band is not None and (isinstance(refine_band, bool) or not isinstance(refine_band, (int, float))
+                                        or not 0 < float(refine_band) <= 0.5):
+            raise input_error("refine_band", refine_band, "None (refine the whole region) or a number in (0, 0.5]: "
+                              "the refined band's width as a fraction of the region box's shorter side")
         if (box is None) == (mask_image is None):
             raise input_error("box/mask_image", "both" if box is not None else "neither",
                               "exactly one of box (x0,y0,x1,y1) or mask_image")
@@ -263,6 +275,7 @@ class ReferenceInpaintPipeline(MaskedInpaintPipeline):
         callback_on_step_end_tensor_inputs: list[str] | None = None,
         return_dict: bool = True,
         paste_mode: str = "plain",
+        refine_band: float | None = None,
     ) -> ReferenceInpaintOutput:
         """Paint ``reference_image`` into ``box`` (or ``mask_image``) of each image.
 
@@ -298,6 +311,11 @@ class ReferenceInpaintPipeline(MaskedInpaintPipeline):
             callback_on_step_end_tensor_inputs: the tensors passed in ``callback_kwargs`` (default ``["latents"]``).
             return_dict: False returns the tuple ``(images, masks, windows)``.
             paste_mode: ``"plain"`` (default) or ``"poisson"``: how ``strength`` < 1 places the reference.
+            refine_band: paste-and-harmonise: the reference is pasted (as for ``strength`` < 1, at any strength)
+                and only the band of the region within ``refine_band`` × the region box's shorter side of its
+                edge (at least 2 px) is denoised, from level ``strength``; the interior keeps the pasted
+                reference's pixels exactly, so the model re-synthesises the seam only. A number in (0, 0.5];
+                None (default) refines the whole region.
 
         Returns:
             :class:`ReferenceInpaintOutput`, always 3 channels; for a 1-channel (gray) image the region gets the
@@ -305,7 +323,7 @@ class ReferenceInpaintPipeline(MaskedInpaintPipeline):
         """
         self.check_inputs(image, reference_image, box, mask_image, num_inference_steps, guidance_scale, output_type,
                           crop_margin, mask_threshold, max_box_side, batch_size, generator, strength,
-                          callback_on_step_end, callback_on_step_end_tensor_inputs, paste_mode)
+                          callback_on_step_end, callback_on_step_end_tensor_inputs, paste_mode, refine_band)
         images = self.prepare_images(image)
         chans = [image_channels(im, f"image[{i}]") for i, im in enumerate(_items(image))]
         if len(chans) == 1 and images.shape[0] > 1:
@@ -313,12 +331,15 @@ class ReferenceInpaintPipeline(MaskedInpaintPipeline):
         masks = self._regions(images, box, mask_image, mask_threshold)
         references, raw = self.prepare_references(reference_image, chans, raw=True)
         h, w = images.shape[-2:]
-        if float(strength) < 1:  # paste-and-refine: the reference placed in the region, then refined
-            images = images.clone()
+        refined = masks  # where denoising happens
+        if float(strength) < 1 or refine_band is not None:  # paste-and-refine: the reference placed in the region
+            images, refined = images.clone(), masks.clone()
             for i in range(images.shape[0]):
                 x0, y0, x1, y1 = bbox(masks[i, 0])
                 ref = resize_image(raw[i], (y1 - y0, x1 - x0))
                 images[i], _ = paste_defect(images[i], ref, masks[i, :, y0:y1, x0:x1], (x0, y0), mode=paste_mode)
+                if refine_band is not None:
+                    refined[i] = border_band(masks[i], band_width((x0, y0, x1, y1), float(refine_band)))
         jobs = []
         windows: list[list[tuple[int, int, int, int]]] = []
         for i in range(images.shape[0]):
@@ -326,7 +347,7 @@ class ReferenceInpaintPipeline(MaskedInpaintPipeline):
             jobs += [(i, win, (references[i : i + 1], raw[i], _region_box(masks[i, 0], win.box))) for win in wins]
             windows.append([win.box for win in wins])
 
-        out = self.run_windows(images, masks, jobs, crop_to_mask=True, generator=generator, batch_size=batch_size,
+        out = self.run_windows(images, refined, jobs, crop_to_mask=True, generator=generator, batch_size=batch_size,
                                num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
                                reinject_known_region=reinject_known_region, strength=strength,
                                callback_on_step_end=callback_on_step_end,

@@ -69,10 +69,10 @@ def main() -> None:
     Path(args.out).mkdir(parents=True, exist_ok=True)
     timing.write_text(json.dumps({"seconds": wall, "cpu_seconds": cpu}))
     from counterfactory.io.manifest import read_all
-    from counterfactory.pipelines.triplets import _complete_batches, summarize_records
+    from counterfactory.pipelines.triplets import complete_batches, summarize_records
 
     # every shard's finished batches (a batch cut by the time limit does not count)
-    complete = _complete_batches(read_all(Path(args.out)), args.batch_size)
+    complete = complete_batches(read_all(Path(args.out)), args.batch_size)
     records = [r for k in sorted(complete) for r in complete[k]]
     kept = [r for r in records if r["kept"]]
     s = summarize_records(records, kept, filters)

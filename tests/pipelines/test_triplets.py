@@ -195,3 +195,18 @@ def test_restore_intensity_undoes_an_unasked_gain_inside_the_region_only():
     assert np.array_equal(out[2][:, :14], after[2][:, :14])  # outside the region: untouched
     assert not np.array_equal(out[2][:, 14:], after[2][:, 14:])
     assert gains[0] == pytest.approx(1 / 0.6, rel=0.02)
+
+
+def test_complete_batches_keeps_finished_batches_once_in_pairid_order():
+    from counterfactory.pipelines.triplets import complete_batches
+
+    def rec(i, batch, pairid):
+        return {"id": str(i), "batch": batch, "pairid": pairid, "kept": True}
+
+    records = [rec(1, 0, 1), rec(0, 0, 0), rec(2, 1, 2),  # batch 1 has one of its two candidates: cut by a kill
+               rec(1, 0, 99), rec(4, 2, 4), rec(5, 2, 5)]  # a second copy of id 1 (a redone batch) is ignored
+    done = complete_batches(records, batch_size=2)
+    assert sorted(done) == [0, 2]
+    assert [r["pairid"] for r in done[0]] == [0, 1]
+    assert [r["pairid"] for r in done[2]] == [4, 5]
+    assert complete_batches(records, batch_size=3) == {}

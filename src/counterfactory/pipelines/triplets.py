@@ -137,8 +137,10 @@ def check_shards(cfg: TripletConfig, shard: Shard | None = None, write: bool = F
         claim_shards(out, _shard_settings(cfg, shard), write=write and shard.count > 1)
 
 
-def _complete_batches(records, batch_size: int) -> dict[int, list[dict]]:
-    """Batch -> its records in pairid order, for the batches whose every candidate is listed (first copy of each)."""
+def complete_batches(records, batch_size: int) -> dict[int, list[dict]]:
+    """Batch -> its records in pairid order, for the batches whose every candidate is listed (first copy of each
+    record id). ``records``: manifest lines of one or more shards (``read_all`` of a run folder); a batch cut by a
+    kill or a time limit is left out."""
     by_id: dict[str, dict] = {}
     for r in records:
         by_id.setdefault(str(r["id"]), r)
@@ -181,7 +183,7 @@ def merge_triplets(out: str | Path) -> Path:
     header = json.loads((out / SHARDS_FILE).read_text())
     fields = set(TripletConfig.__dataclass_fields__) - {"out"}
     cfg = TripletConfig(out=str(out), **{k: tuple(v) if k == "filters" else v for k, v in header.items() if k in fields})
-    complete = _complete_batches(read_all(out), cfg.batch_size)
+    complete = complete_batches(read_all(out), cfg.batch_size)
     last, missing = _stopping_batch(cfg, complete)
     if missing is not None:
         count = header.get("num_shards")
@@ -413,7 +415,7 @@ class TripletWriter:
         t0 = time.time()
         for k in range(shard.index, last + 1, shard.count):
             records = read_all(self.out)  # every shard's progress so far
-            complete = _complete_batches(records, cfg.batch_size)
+            complete = complete_batches(records, cfg.batch_size)
             if sum(r["kept"] for j, rs in complete.items() if j < k for r in rs) >= cfg.n:
                 break  # the run stops before batch k
             if k in complete:
@@ -429,7 +431,7 @@ class TripletWriter:
             if self.progress:
                 print(f"shard {shard} batch {k}: {sum(r['kept'] for r in batch)} kept of {len(batch)} "
                       f"({time.time() - t0:.0f} s)", flush=True)
-        done, _ = _stopping_batch(cfg, _complete_batches(read_all(self.out), cfg.batch_size))
+        done, _ = _stopping_batch(cfg, complete_batches(read_all(self.out), cfg.batch_size))
         summary = {"shard": str(shard), "batches": made, "skipped": skipped, "merged": done is not None}
         if done is not None:
             merge_triplets(self.out)
@@ -582,5 +584,5 @@ def write_triplets(cfg: TripletConfig, pipe: TextEditPipeline | None = None, pro
     return TripletWriter(cfg, pipe, progress).run(shard)
 
 
-__all__ = ["FILTERS", "TripletConfig", "TripletWriter", "check_shards", "format_summary", "merge_triplets",
-           "restore_intensity", "summarize_records", "write_outputs", "write_triplets"]
+__all__ = ["FILTERS", "TripletConfig", "TripletWriter", "check_shards", "complete_batches", "format_summary",
+           "merge_triplets", "restore_intensity", "summarize_records", "write_outputs", "write_triplets"]

@@ -206,6 +206,39 @@ def test_bad_input_names_the_argument(compact_pipe, kwargs, needle):
     assert needle in str(err.value)
 
 
+def test_paste_back_band_has_one_default_and_one_bound_for_pipeline_config_and_cli(compact_pipe, tmp_path):
+    import subprocess
+    import sys
+
+    from counterfactory.cli.main import build_parser
+    from counterfactory.pipelines import GENERATE_PASTE_BACK_DILATION, MAX_DILATION, PASTE_BACK_DILATION
+    from counterfactory.pipelines.generate import GenerateConfig
+
+    ok = dict(image=_image(), mask_image=_mask(), defect_type="crack")
+    compact_pipe.check_inputs(**ok, paste_back_dilation=MAX_DILATION)
+    with pytest.raises(InputError, match=f"paste_back_dilation={MAX_DILATION + 1}"):
+        compact_pipe.check_inputs(**ok, paste_back_dilation=MAX_DILATION + 1)
+
+    def run(**band):
+        return compact_pipe(**ok, num_inference_steps=2, paste_back=True, generator=torch.Generator().manual_seed(0),
+                            **band).images
+
+    default = run()
+    assert torch.equal(default, run(paste_back_dilation=PASTE_BACK_DILATION))
+    assert not torch.equal(default, run(paste_back_dilation=PASTE_BACK_DILATION + 1))  # the band shows in the output
+
+    assert GenerateConfig(out=str(tmp_path)).paste_back_dilation == GENERATE_PASTE_BACK_DILATION
+    GenerateConfig(out=str(tmp_path), method="controlnet", paste_back_dilation=MAX_DILATION)
+    with pytest.raises(InputError, match=f"paste_back_dilation={MAX_DILATION + 1}"):
+        GenerateConfig(out=str(tmp_path), method="controlnet", paste_back_dilation=MAX_DILATION + 1)
+    argv = ["generate", "--adapter", "a", "--data", "d", "--out", str(tmp_path / "o")]
+    assert build_parser().parse_args(argv).paste_back_dilation == GENERATE_PASTE_BACK_DILATION
+    assert build_parser().parse_args(argv + ["--paste-back-dilation", str(MAX_DILATION)]).paste_back_dilation == 64
+    # the CLI reads these settings without loading torch (its --help stays fast)
+    code = "import sys, counterfactory.cli.generate; print('torch' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout == "False\n"
+
+
 def test_controlnet_from_another_base_is_refused(tmp_path, compact_controlnet, tiny_config):
     from counterfactory.models.compact import build_compact, save_compact
 

@@ -6,6 +6,7 @@ import json
 import sys
 from pathlib import Path
 
+from ..pipelines import GENERATE_PASTE_BACK_DILATION, MAX_DILATION
 from ._args import (
     check_fits,
     check_out,
@@ -212,8 +213,10 @@ def register(sub) -> None:
     p.add_argument("--max-window-scale", type=zero_or_range("--max-window-scale", 1.0, 64.0), default=0.0,
                    help="paint a region whose context window is wider than this many working resolutions in tiles "
                         "of at most that size, so thin defects keep their native pixel scale (0 = off, default)")
-    p.add_argument("--paste-back-dilation", type=int_range("--paste-back-dilation", 0, 64), default=8,
-                   help="--method controlnet: keep every pixel farther than this many px from the mask, 0..64 (default 8)")
+    p.add_argument("--paste-back-dilation", type=int_range("--paste-back-dilation", 0, MAX_DILATION),
+                   default=GENERATE_PASTE_BACK_DILATION,
+                   help=f"--method controlnet: keep every pixel farther than this many px from the mask, 0..{MAX_DILATION} "
+                        f"(default {GENERATE_PASTE_BACK_DILATION})")
     p.add_argument("--no-paste-back", action="store_true",
                    help="--method controlnet: rewrite the whole context window around each mask (its border can show)")
     p.add_argument("--filter-iou", type=zero_or_range("--filter-iou", 0.01, 1.0), default=0.0,

@@ -36,10 +36,10 @@ from ..io.masks import CropWindow, dilate, group_windows
 from ..models.conditioning import DamageTypeEmbedding
 from ..models.controlnet import ControlledUNet, base_weights_file, load_controlnet_folder, mask_to_control
 from ..sampling.inpaint import denoise, inpaint_windows, to_working_resolution
+from . import MAX_DILATION, PASTE_BACK_DILATION
 from .base import MaskedInpaintPipeline, check_int, check_number
 
 OutputType = Literal["pt", "np", "pil"]
-MAX_DILATION = 64  # pixels; a wider band is no longer "around the mask"
 
 
 @dataclass
@@ -124,8 +124,8 @@ class DefectControlNetPipeline(MaskedInpaintPipeline):
     # ------------------------------------------------------------------ inputs
     def check_inputs(self, image, mask_image, defect_type, num_inference_steps=25, guidance_scale=2.0,
                      output_type="pt", crop_margin=0.5, mask_threshold=0.5, crop_to_mask=False, batch_size=16,
-                     generator=None, strength=1.0, paste_back=False, paste_back_dilation=3, grain_transfer=0.0,
-                     callback_on_step_end=None, callback_on_step_end_tensor_inputs=None) -> None:
+                     generator=None, strength=1.0, paste_back=False, paste_back_dilation=PASTE_BACK_DILATION,
+                     grain_transfer=0.0, callback_on_step_end=None, callback_on_step_end_tensor_inputs=None) -> None:
         """Validate every argument of :meth:`__call__`; raises :class:`~counterfactory.errors.InputError` naming the
         first bad one. Converts nothing and keeps no state."""
         if mask_image is None:
@@ -194,7 +194,7 @@ class DefectControlNetPipeline(MaskedInpaintPipeline):
         output_type: OutputType = "pt",
         strength: float = 1.0,
         paste_back: bool = False,
-        paste_back_dilation: int = 3,
+        paste_back_dilation: int = PASTE_BACK_DILATION,
         crop_to_mask: bool = False,
         crop_margin: float = 0.5,
         mask_threshold: float = 0.5,

@@ -53,6 +53,7 @@ from ..io.images import IMAGE_EXTENSIONS, load_image, save_image
 from ..io.manifest import Manifest, Shard, claim_shards, merge_shards, read_all, sha256_file
 from ..io.masks import bbox, read_mask
 from ..io.names import check_path_name
+from . import GENERATE_PASTE_BACK_DILATION, MAX_DILATION
 from .defect_inpaint import DefectInpaintPipeline
 
 
@@ -75,8 +76,8 @@ class GenerateConfig:
     refine_dilate: int = 3  # px the refined region extends beyond the pasted defect (strength < 1)
     max_window_scale: float | None = None  # tile regions whose window exceeds this × the working resolution
     method: str = "inpaint"  # "inpaint" (DefectInpaintPipeline) or "controlnet" (DefectControlNetPipeline)
-    paste_back_dilation: int | None = 8  # controlnet: keep pixels beyond the mask dilated by this many px; None: the
-    #                                     whole context window is rewritten
+    # controlnet: keep pixels beyond the mask dilated by this many px; None: the whole context window is rewritten
+    paste_back_dilation: int | None = GENERATE_PASTE_BACK_DILATION
 
     def __post_init__(self):
         from ..data.placement import PLACEMENTS
@@ -104,8 +105,9 @@ class GenerateConfig:
             raise input_error("max_window_scale", self.max_window_scale, "None with method='controlnet' (its windows are "
                                                                          "generated whole, never tiled)")
         if self.paste_back_dilation is not None and not (isinstance(self.paste_back_dilation, int)
-                                                         and 0 <= self.paste_back_dilation <= 64):
-            raise input_error("paste_back_dilation", self.paste_back_dilation, "None or an integer in [0, 64]")
+                                                         and 0 <= self.paste_back_dilation <= MAX_DILATION):
+            raise input_error("paste_back_dilation", self.paste_back_dilation,
+                              f"None or an integer in [0, {MAX_DILATION}]")
 
 
 METHODS = ("inpaint", "controlnet")

@@ -172,7 +172,7 @@ def tile_windows(mask: np.ndarray, image_hw: tuple[int, int], margin: float, min
     if max_size is None:
         return wins
     m = np.asarray(mask) > 0.5
-    cell = max(1, int(max_size // (1 + 2 * margin)))
+    cell = tile_cell_size(max_size, margin)
     out: list[CropWindow] = []
     for win in wins:
         if win.size <= max_size:
@@ -187,14 +187,29 @@ def tile_windows(mask: np.ndarray, image_hw: tuple[int, int], margin: float, min
         tx0, ty0, tx1, ty1 = tight
         for cy in range(ty0, ty1, cell):
             for cx in range(tx0, tx1, cell):
-                region = (cx, cy, min(cx + cell, tx1), min(cy + cell, ty1))
-                sub = bbox(inner[region[1] : region[3], region[0] : region[2]])
-                if sub is None:
-                    continue
-                part = (region[0] + sub[0], region[1] + sub[1], region[0] + sub[2], region[1] + sub[3])
-                tile = window_around(part, image_hw, margin, min(min_size, max_size))
-                out.append(CropWindow(tile.box, region=region))
+                tile = tile_for_cell(inner, (cx, cy, min(cx + cell, tx1), min(cy + cell, ty1)), image_hw, margin,
+                                     min_size, max_size)
+                if tile is not None:
+                    out.append(tile)
     return out
+
+
+def tile_cell_size(max_size: int, margin: float) -> int:
+    """Side of the cell a tile paints: the cell plus ``margin`` × its side of context on each side fits ``max_size``."""
+    return max(1, int(max_size // (1 + 2 * margin)))
+
+
+def tile_for_cell(mask: np.ndarray | torch.Tensor, region: Box, image_hw: tuple[int, int], margin: float,
+                  min_size: int, max_size: int) -> CropWindow | None:
+    """The tile that paints the mask pixels of ``mask`` (H,W, the whole image) inside ``region`` (a cell of at most
+    :func:`tile_cell_size` px): a window around their box (:func:`window_around`, at least ``min(min_size,
+    max_size)`` px, so never wider than ``max_size``) with ``region`` set. None when the cell holds no mask pixel."""
+    rx0, ry0, rx1, ry1 = region
+    sub = bbox(mask[ry0:ry1, rx0:rx1])
+    if sub is None:
+        return None
+    part = (rx0 + sub[0], ry0 + sub[1], rx0 + sub[2], ry0 + sub[3])
+    return CropWindow(window_around(part, image_hw, margin, min(min_size, max_size)).box, region=region)
 
 
 def crop(x: torch.Tensor, box: Box) -> torch.Tensor:

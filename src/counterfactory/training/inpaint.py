@@ -28,7 +28,7 @@ from ..data.sample import GOOD, Sample
 from ..errors import ConfigError, input_error
 from ..io.images import to_model_space
 from ..io.manifest import atomic_write_json, sha256_file
-from ..io.masks import CropWindow, bbox, window_around
+from ..io.masks import CropWindow, bbox, tile_cell_size, tile_for_cell, window_around
 from ..models.compact import CompactConfig, build_compact, load_compact, save_compact
 from ..models.conditioning import DamageTypeEmbedding
 from ..sampling.inpaint import PixelSpace, VaeSpace, masked_image, to_working_resolution, unet_input
@@ -304,15 +304,13 @@ def _tile_around(mask: torch.Tensor, hw: tuple[int, int], margin: float, res: in
     cell around a random mask pixel, painted with the rest of the region as context."""
     ys, xs = np.nonzero(mask.numpy() > 0.5)
     k = int(rng.integers(len(xs)))
-    cell = max(1, int(max_size // (1 + 2 * margin)))
+    cell = tile_cell_size(max_size, margin)
     h, w = hw
     cx0 = min(max(int(xs[k]) - cell // 2, 0), max(w - cell, 0))
     cy0 = min(max(int(ys[k]) - cell // 2, 0), max(h - cell, 0))
-    region = (cx0, cy0, min(cx0 + cell, w), min(cy0 + cell, h))
-    inner = torch.zeros_like(mask)
-    inner[region[1] : region[3], region[0] : region[2]] = mask[region[1] : region[3], region[0] : region[2]]
-    win = window_around(bbox(inner), hw, margin, min_size=min(res, max_size, max(h, w)))
-    return CropWindow(win.box, region=region)
+    # the cell holds the drawn mask pixel, so it has a tile
+    return tile_for_cell(mask, (cx0, cy0, min(cx0 + cell, w), min(cy0 + cell, h)), hw, margin,
+                         min(res, max(h, w)), max_size)
 
 
 def _adapter_batch(items, types, res, cfg: AdapterTrainConfig, augment, step: int):

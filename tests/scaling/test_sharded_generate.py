@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 
@@ -11,89 +10,61 @@ import pytest
 from counterfactory.cli.main import main
 from tests.cli.helpers import fails_one_line
 
-from .helpers import run_ranks
+from .helpers import copy_run, file_hashes, last_json, refused_and_untouched, run_ranks
 
 
-def _argv(setup, out, *extra) -> list[str]:
-    base, adapter, data = setup
+@pytest.fixture(scope="module")
+def argv(tiny_base, tiny_adapter, tiny_data):
+    return lambda out, *extra: _argv(tiny_base, tiny_adapter, tiny_data, out, *extra)
+
+
+def _argv(base, adapter, data, out, *extra) -> list[str]:
     return ["generate", "--adapter", str(adapter), "--base", str(base), "--data", str(data), "--out", str(out),
             "--n", "3", "--num-inference-steps", "1", "--batch-size", "2", "--quiet", "--threads", "1", *extra]
 
 
-def _pairs(out: Path) -> dict[str, str]:
-    """sha256 of every image and mask, by path."""
-    return {str(p.relative_to(out)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(out.rglob("*.png"))}
+def _same_as(out: Path, reference: Path) -> None:
+    """The images, masks and manifest of the one-process run ``reference``, byte for byte."""
+    assert file_hashes(out, "*.png") == file_hashes(reference, "*.png")
+    assert (out / "manifest.jsonl").read_bytes() == (reference / "manifest.jsonl").read_bytes()
 
 
-@pytest.fixture(scope="module")
-def setup(tiny_base, tiny_adapter, tiny_data):
-    return tiny_base, tiny_adapter, tiny_data
-
-
-@pytest.fixture(scope="module")
-def reference(setup, tmp_path_factory):
-    out = tmp_path_factory.mktemp("one") / "g"
-    assert main(_argv(setup, out)) == 0
-    return out
-
-
-@pytest.fixture(scope="module")
-def shard0(setup, tmp_path_factory):
-    """A folder where shard 0 of 2 finished (6 pairs in groups of 2: shard 0 takes groups 0 and 2)."""
-    out = tmp_path_factory.mktemp("shard0") / "g"
-    assert main(_argv(setup, out, "--num-shards", "2", "--shard", "0")) == 0
-    return out
-
-
-def _copy(folder: Path, tmp_path: Path) -> Path:
-    import shutil
-
-    return Path(shutil.copytree(folder, tmp_path / "g"))
-
-
-def _summary(capsys) -> dict:
-    return json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-
-
-def test_two_shards_by_flag_are_byte_identical_to_one_process(setup, reference, shard0, tmp_path, capsys):
-    out = _copy(shard0, tmp_path)
+def test_two_shards_by_flag_are_byte_identical_to_one_process(argv, reference, shard0, tmp_path, capsys):
+    out = copy_run(shard0, tmp_path)  # 6 pairs in groups of 2: shard 0 took groups 0 and 2
     assert len((out / "manifest-shard0-of2.jsonl").read_text().splitlines()) == 4
     assert not (out / "manifest.jsonl").exists()
     # another --batch-size: the folder keeps the groups it was started with
-    assert main(_argv(setup, out, "--num-shards", "2", "--shard", "1", "--batch-size", "4")) == 0
-    summary = _summary(capsys)
+    assert main(argv(out, "--num-shards", "2", "--shard", "1", "--batch-size", "4")) == 0
+    summary = last_json(capsys)
     assert (summary["shard"], summary["generated"], summary["batch_size"], summary["merged"]) == ("1/2", 2, 2, True)
-    assert _pairs(out) == _pairs(reference) and len(_pairs(out)) == 12
-    assert (out / "manifest.jsonl").read_bytes() == (reference / "manifest.jsonl").read_bytes()
+    _same_as(out, reference)
+    assert len(file_hashes(out, "*.png")) == 12
 
 
-def test_two_launcher_ranks_are_byte_identical_to_one_process(setup, reference, tmp_path):
-    out = tmp_path / "g"
-    assert run_ranks(_argv(setup, out)) == {0: 0, 1: 0}
+def test_two_launcher_ranks_are_byte_identical_to_one_process(argv, reference, tmp_path):
+    out = tmp_path / "run"
+    assert run_ranks(argv(out)) == {0: 0, 1: 0}
     assert sorted(p.name for p in out.glob("manifest*.jsonl")) == [
         "manifest-shard0-of2.jsonl", "manifest-shard1-of2.jsonl", "manifest.jsonl"]
-    assert _pairs(out) == _pairs(reference)
-    assert (out / "manifest.jsonl").read_bytes() == (reference / "manifest.jsonl").read_bytes()
+    _same_as(out, reference)
 
 
-def test_a_shard_killed_mid_run_resumes_to_the_same_bytes(setup, reference, shard0, tmp_path, capsys):
-    out = _copy(shard0, tmp_path)
+def test_a_shard_killed_mid_run_resumes_to_the_same_bytes(argv, reference, shard0, tmp_path, capsys):
+    out = copy_run(shard0, tmp_path)
     manifest0 = out / "manifest-shard0-of2.jsonl"
     lines = manifest0.read_text().splitlines(keepends=True)
     # the kill: the last group half listed, its last record torn mid-line, an image of an unlisted pair left behind
     lost = json.loads(lines[3])
     manifest0.write_text(lines[0] + lines[1] + lines[2] + lines[3][:20])
     (out / lost["image"]).write_bytes(b"half a png")
-    assert main(_argv(setup, out, "--num-shards", "2", "--shard", "1")) == 0
-    assert _summary(capsys)["merged"] is False and not (out / "manifest.jsonl").exists()
+    assert main(argv(out, "--num-shards", "2", "--shard", "1")) == 0
+    assert last_json(capsys)["merged"] is False and not (out / "manifest.jsonl").exists()
     fails_one_line(capsys, ["merge-manifests", str(out)], "1 of 6 items missing", lost["id"])
     assert not (out / "manifest.jsonl").exists()
-    assert main(_argv(setup, out, "--num-shards", "2", "--shard", "0")) == 0
-    summary = _summary(capsys)
+    assert main(argv(out, "--num-shards", "2", "--shard", "0")) == 0
+    summary = last_json(capsys)
     assert summary["generated"] == 1 and summary["merged"] is True
-    assert _pairs(out) == _pairs(reference)
-    assert (out / "manifest.jsonl").read_bytes() == (reference / "manifest.jsonl").read_bytes()
+    _same_as(out, reference)
     (out / "manifest.jsonl").unlink()  # merging by hand gives the same file
     assert main(["merge-manifests", str(out)]) == 0
     assert (out / "manifest.jsonl").read_bytes() == (reference / "manifest.jsonl").read_bytes()
@@ -108,9 +79,9 @@ def test_a_shard_killed_mid_run_resumes_to_the_same_bytes(setup, reference, shar
     (["--device", "warp-drive"], ["--device=warp-drive", "a device torch can use here"]),
     (["--device", "cuda:99"], ["--device=cuda:99"]),
 ])
-def test_bad_shard_and_device_flags(setup, tmp_path, capsys, flags, words):
-    out = tmp_path / "g"
-    fails_one_line(capsys, _argv(setup, out, *flags), *words)
+def test_bad_shard_and_device_flags(argv, tmp_path, capsys, flags, words):
+    out = tmp_path / "run"
+    fails_one_line(capsys, argv(out, *flags), *words)
     assert not out.exists()
 
 
@@ -120,11 +91,9 @@ def test_bad_shard_and_device_flags(setup, tmp_path, capsys, flags, words):
     (["--num-shards", "2", "--shard", "1", "--n", "4"], "n_per_type: 3 there, 4 now"),
     (["--num-shards", "2", "--shard", "1", "--seed", "5"], "seed: another seed there, 5 now"),
 ])
-def test_shards_started_with_other_settings_are_refused(setup, shard0, tmp_path, capsys, flags, named):
-    out = _copy(shard0, tmp_path)
-    before = {p: p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()}
-    fails_one_line(capsys, _argv(setup, out, *flags), named)
-    assert {p: p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()} == before
+def test_shards_started_with_other_settings_are_refused(argv, shard0, tmp_path, capsys, flags, named):
+    out = copy_run(shard0, tmp_path)
+    refused_and_untouched(capsys, argv(out, *flags), out, named)
 
 
 def test_merge_manifests_bad_folders(tmp_path, capsys, reference):

@@ -3,10 +3,8 @@ shards started with other settings are refused."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
-import shutil
 from pathlib import Path
 
 import pytest
@@ -15,7 +13,7 @@ from counterfactory.cli.main import main
 from tests.cli.helpers import fails_one_line
 from tests.reference.conftest import boxes_data, ref_adapter  # noqa: F401  (fixtures)
 
-from .helpers import run_ranks
+from .helpers import copy_run, file_hashes, last_json, refused_and_untouched, run_ranks
 
 WALL_CLOCK = ("metrics.json", "report.html")  # seconds_per_case: measured, so never the same twice
 
@@ -36,14 +34,6 @@ def argv(boxes_data, ref_adapter, tiny_base, tmp_path_factory):  # noqa: F811
     return lambda out, *extra: _argv(boxes_data, ref_adapter, tiny_base, split, out, *extra)
 
 
-def _files(root: Path) -> dict[str, str]:
-    """sha256 of every file a one-process run writes (the shards' own bookkeeping and the timed files aside)."""
-    skip = ("manifest-shard", "shards.json")
-    return {p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(root.rglob("*")) if p.is_file() and not p.name.startswith(skip)
-            and p.name not in WALL_CLOCK}
-
-
 def _metrics(root: Path) -> dict:
     m = json.loads((root / "metrics.json").read_text())
     seconds = [r.pop("seconds_per_case") for r in m["rows"]]
@@ -57,37 +47,16 @@ def _report(root: Path) -> str:
 
 
 def _same_as(out: Path, reference: Path) -> None:
-    assert _files(out) == _files(reference) and len(_files(out)) > 10
+    """The files of the one-process run ``reference`` (the timed ones compared without their times)."""
+    files = file_hashes(out, skip=WALL_CLOCK)
+    assert files == file_hashes(reference, skip=WALL_CLOCK) and len(files) > 10
     (m, s), (m_ref, s_ref) = _metrics(out), _metrics(reference)
     assert m == m_ref and all(v > 0 for v in s) and len(s) == len(s_ref) == 4
     assert _report(out) == _report(reference)
 
 
-@pytest.fixture(scope="module")
-def reference(argv, tmp_path_factory):
-    out = tmp_path_factory.mktemp("one") / "run"
-    assert main(argv(out)) == 0
-    return out
-
-
-@pytest.fixture(scope="module")
-def shard0(argv, tmp_path_factory):
-    """Shard 0 of 2 finished (4 cases: shard 0 takes cases 0 and 2)."""
-    out = tmp_path_factory.mktemp("shard0") / "run"
-    assert main(argv(out, "--num-shards", "2", "--shard", "0")) == 0
-    return out
-
-
-def _copy(folder: Path, tmp_path: Path) -> Path:
-    return Path(shutil.copytree(folder, tmp_path / "run"))
-
-
-def _last_json(capsys) -> dict:
-    return json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-
-
 def test_two_shards_give_the_files_of_one_process(argv, reference, shard0, tmp_path, capsys):
-    out = _copy(shard0, tmp_path)
+    out = copy_run(shard0, tmp_path)  # 4 cases: shard 0 took cases 0 and 2
     assert not (out / "metrics.json").exists() and not (out / "compact_extractor").exists()
     assert len((out / "manifest-shard0-of2.jsonl").read_text().splitlines()) == 2
     capsys.readouterr()
@@ -107,7 +76,7 @@ def test_two_launcher_ranks_give_the_files_of_one_process(argv, reference, tmp_p
 
 
 def test_a_shard_killed_mid_run_resumes_to_the_same_files(argv, reference, shard0, tmp_path, capsys):
-    out = _copy(shard0, tmp_path)
+    out = copy_run(shard0, tmp_path)
     # the kill: shard 0's second case lost its manifest line (torn) and its model result; shard 1 never ran
     manifest = out / "manifest-shard0-of2.jsonl"
     first, second = manifest.read_text().splitlines(keepends=True)
@@ -116,7 +85,7 @@ def test_a_shard_killed_mid_run_resumes_to_the_same_files(argv, reference, shard
     next((out / lost["task"] / "model").glob(f"{lost['id']}.png")).unlink()
     capsys.readouterr()
     assert main(argv(out, "--num-shards", "2", "--shard", "1")) == 0
-    assert _last_json(capsys)["merged"] is False and not (out / "metrics.json").exists()
+    assert last_json(capsys)["merged"] is False and not (out / "metrics.json").exists()
     assert main(argv(out, "--num-shards", "2", "--shard", "0")) == 0
     _same_as(out, reference)
     assert len(manifest.read_text().splitlines()) == 2
@@ -129,10 +98,8 @@ def test_a_shard_killed_mid_run_resumes_to_the_same_files(argv, reference, shard
     (["--num-shards", "2", "--shard", "1", "--seed", "4"], "seed: 0 there, 4 now"),
 ])
 def test_shards_started_with_other_settings_are_refused(argv, shard0, tmp_path, capsys, flags, named):
-    out = _copy(shard0, tmp_path)
-    before = {p: p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()}
-    fails_one_line(capsys, argv(out, *flags), "--out=", named)
-    assert {p: p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()} == before
+    out = copy_run(shard0, tmp_path)
+    refused_and_untouched(capsys, argv(out, *flags), out, "--out=", named)
 
 
 @pytest.mark.parametrize("flags,words", [

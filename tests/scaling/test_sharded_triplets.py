@@ -3,10 +3,8 @@ they run in, after a kill too; shards started with other settings are refused.""
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -19,6 +17,8 @@ from counterfactory.pipelines.text_edit import TextEditPipeline
 from counterfactory.pipelines.triplets import TripletConfig, write_triplets
 from tests.cli.helpers import fails_one_line
 from tests.editing.conftest import stroke_digits, tiny_model
+
+from .helpers import copy_run, file_hashes, folder_bytes, refused_and_untouched
 
 # every filter off: each batch keeps all 4 candidates, so with n=6 a one-process run stops after batch 1 (8 kept,
 # 6 in the caption file) and a shard that runs ahead of the others computes batches the run does not have
@@ -50,13 +50,6 @@ def _cfg(out, data, **kw) -> TripletConfig:
     return TripletConfig(**base)
 
 
-def _files(root: Path) -> dict[str, str]:
-    """sha256 of every file of a one-process run's folder layout (the shards' own bookkeeping aside)."""
-    skip = ("manifest-shard", "shards.json")
-    return {p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(root.rglob("*")) if p.is_file() and not p.name.startswith(skip)}
-
-
 @pytest.fixture(scope="module")
 def reference(morpho, pipe, tmp_path_factory):
     out = tmp_path_factory.mktemp("one") / "t"
@@ -75,26 +68,22 @@ def shard1_alone(morpho, pipe, tmp_path_factory):
     return out
 
 
-def _copy(folder: Path, tmp_path: Path) -> Path:
-    return Path(shutil.copytree(folder, tmp_path / "t"))
-
-
 def test_two_shards_give_the_bytes_of_one_process(morpho, pipe, reference, shard1_alone, tmp_path):
-    out = _copy(shard1_alone, tmp_path)
+    out = copy_run(shard1_alone, tmp_path)
     assert not (out / "manifest.jsonl").exists() and (out / "images" / "cf-00000015.png").is_file()
     # shard 0 finds batches 0 and 1 enough for n: it stops before batch 2 and writes the one-process folder
     s = write_triplets(_cfg(out, morpho), pipe, progress=False, shard=Shard(0, 2))
     assert (s["shard"], s["batches"], s["merged"], s["kept"], s["candidates"]) == ("0/2", 1, True, N, 8)
-    assert _files(out) == _files(reference) and len(_files(out)) > 10
+    assert file_hashes(out) == file_hashes(reference) and len(file_hashes(out)) > 10
     assert not (out / "images" / "cf-00000015.png").exists()  # batch 3's images went with the merge
     # shard 1 run again has nothing left to do and leaves the same bytes
     s = write_triplets(_cfg(out, morpho), pipe, progress=False, shard=Shard(1, 2))
     assert (s["batches"], s["merged"]) == (0, True)
-    assert _files(out) == _files(reference)
+    assert file_hashes(out) == file_hashes(reference)
     (out / "manifest.jsonl").unlink()
     (out / "summary.json").unlink()
     assert main(["merge-manifests", str(out)]) == 0  # by hand: the same files
-    assert _files(out) == _files(reference)
+    assert file_hashes(out) == file_hashes(reference)
 
 
 def test_shard_0_first_then_shard_1(morpho, pipe, reference, tmp_path):
@@ -103,12 +92,12 @@ def test_shard_0_first_then_shard_1(morpho, pipe, reference, tmp_path):
     assert (s0["batches"], s0["merged"]) == (2, False)  # batches 0 and 2: batch 1 is unknown while shard 1 waits
     s1 = write_triplets(_cfg(out, morpho), pipe, progress=False, shard=Shard(1, 2))
     assert (s1["batches"], s1["merged"]) == (1, True)  # batch 1 ends the run: batch 3 is never made
-    assert _files(out) == _files(reference)
+    assert file_hashes(out) == file_hashes(reference)
 
 
 def test_a_shard_killed_mid_batch_resumes_to_the_same_bytes(morpho, pipe, reference, shard1_alone, tmp_path,
                                                             monkeypatch, capsys):
-    out = _copy(shard1_alone, tmp_path)
+    out = copy_run(shard1_alone, tmp_path)
     append = Manifest.append
     calls = []
 
@@ -129,12 +118,12 @@ def test_a_shard_killed_mid_batch_resumes_to_the_same_bytes(morpho, pipe, refere
     assert not (out / "manifest.jsonl").exists()
     s = write_triplets(_cfg(out, morpho), pipe, progress=False, shard=Shard(0, 2))
     assert (s["batches"], s["merged"]) == (1, True)
-    assert _files(out) == _files(reference)
+    assert file_hashes(out) == file_hashes(reference)
 
 
 def test_shards_started_with_other_settings_are_refused(morpho, pipe, shard1_alone, tmp_path):
-    out = _copy(shard1_alone, tmp_path)
-    before = {p: p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()}
+    out = copy_run(shard1_alone, tmp_path)
+    before = folder_bytes(out)
     for kw, named in [({"seed": 5}, "seed: 0 there, 5 now"), ({"n": 7}, "n: 6 there, 7 now"),
                       ({"guidance_scale": 2.0}, "guidance_scale: 3.0 there, 2.0 now")]:
         with pytest.raises(InputError, match=named):
@@ -143,7 +132,7 @@ def test_shards_started_with_other_settings_are_refused(morpho, pipe, shard1_alo
         write_triplets(_cfg(out, morpho), pipe, progress=False, shard=Shard(0, 3))
     with pytest.raises(InputError, match="num_shards: 2 there, 1 now"):  # one process on a sharded folder
         write_triplets(_cfg(out, morpho), pipe, progress=False)
-    assert {p: p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()} == before
+    assert folder_bytes(out) == before
 
 
 def _argv(out, data, *extra) -> list[str]:
@@ -165,11 +154,9 @@ def test_cli_bad_shard_flags_write_nothing(morpho, tmp_path, capsys, flags, word
 
 
 def test_cli_shard_with_other_settings_is_one_line_and_writes_nothing(morpho, shard1_alone, tmp_path, capsys):
-    out = _copy(shard1_alone, tmp_path)
-    before = {p: p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()}
-    fails_one_line(capsys, _argv(out, morpho, "--num-shards", "2", "--shard", "0", "--seed", "3"),
-                   "seed: 0 there, 3 now")
-    assert {p: p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()} == before
+    out = copy_run(shard1_alone, tmp_path)
+    refused_and_untouched(capsys, _argv(out, morpho, "--num-shards", "2", "--shard", "0", "--seed", "3"), out,
+                          "seed: 0 there, 3 now")
 
 
 def test_shards_in_separate_folders_merged_by_hand(morpho, pipe, reference, shard1_alone, tmp_path, capsys):
@@ -182,4 +169,4 @@ def test_shards_in_separate_folders_merged_by_hand(morpho, pipe, reference, shar
     shutil.copytree(shard1_alone, out, dirs_exist_ok=True)
     assert main(["merge-manifests", str(out)]) == 0
     assert json.loads(capsys.readouterr().out)["records"] == 8
-    assert _files(out) == _files(reference)
+    assert file_hashes(out) == file_hashes(reference)

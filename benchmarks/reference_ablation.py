@@ -24,8 +24,9 @@ import torch
 
 
 def parse_settings(text: str, adapters: dict[str, str]) -> dict[str, tuple]:
-    """``name=adapter:guidance:strength[:band[:paste]],...`` → {name: (adapter, guidance, strength, band, paste)};
-    band: the pipeline's ``refine_band`` (``-`` or absent: the whole box), paste: ``plain`` (default) or ``poisson``."""
+    """``name=adapter:guidance:strength[:band[:paste[:grain]]],...`` → {name: (adapter, guidance, strength, band,
+    paste, grain)}; band: the pipeline's ``refine_band`` (``-`` or absent: the whole box), paste: ``plain``
+    (default) or ``poisson``, grain: ``grain_transfer`` (default 0)."""
     out = {}
     for item in filter(None, (t.strip() for t in text.split(","))):
         name, spec = item.split("=")
@@ -33,8 +34,9 @@ def parse_settings(text: str, adapters: dict[str, str]) -> dict[str, tuple]:
         if key not in adapters:
             raise SystemExit(f"--settings: {name} uses adapter {key!r}, not one of {sorted(adapters)}")
         band = None if not rest or rest[0] in ("", "-") else float(rest[0])
-        paste = rest[1] if len(rest) > 1 else "plain"
-        out[name] = (key, float(g), float(st), band, paste)
+        paste = rest[1] if len(rest) > 1 and rest[1] else "plain"
+        grain = float(rest[2]) if len(rest) > 2 else 0.0
+        out[name] = (key, float(g), float(st), band, paste, grain)
     return out
 
 
@@ -43,7 +45,7 @@ def main() -> None:
     ap.add_argument("--data", required=True)
     ap.add_argument("--out", required=True)
     ap.add_argument("--adapters", required=True, help="key=folder,... (reference adapters)")
-    ap.add_argument("--settings", required=True, help="name=adapter:guidance:strength[:band[:paste]],...")
+    ap.add_argument("--settings", required=True, help="name=adapter:guidance:strength[:band[:paste[:grain]]],...")
     ap.add_argument("--tasks", default="insertion",
                     help="task[=setting+setting],... : the tasks, each with all settings or only the named ones")
     ap.add_argument("--n", type=int, default=40)
@@ -98,7 +100,7 @@ def main() -> None:
             pipes[key] = ReferenceInpaintPipeline.from_compact(folder)
             pipes[key].set_progress_bar_config(disable=True)
 
-    def model_fn(key, guidance, strength, band, paste, seed):
+    def model_fn(key, guidance, strength, band, paste, grain, seed):
         pipe = pipes[key]
 
         def fn(target, box, reference, case):
@@ -107,7 +109,7 @@ def main() -> None:
                 target, reference = target[:1], reference[:1]  # gray data stored as RGB: keep the result gray
             return pipe(target, reference, box=box, num_inference_steps=args.steps, guidance_scale=guidance,
                         generator=g, strength=strength, max_box_side=10**9, refine_band=band,
-                        paste_mode=paste).images[0]
+                        paste_mode=paste, grain_transfer=grain).images[0]
         return fn
 
     per_seed = {}  # (task, seed) -> evaluate_insertion summary; tasks in order, so the first finishes first

@@ -233,3 +233,21 @@ def test_refine_band_keeps_the_pasted_interior_and_refines_only_the_edge_band(pi
 def test_refine_band_out_of_range(pipe, bad):
     with pytest.raises(InputError, match=r"refine_band=.*\(0, 0.5\]"):
         _run(pipe, rand_image(0), rand_image(1, h=16, w=12), refine_band=bad)
+
+
+def test_grain_transfer_adds_the_targets_grain_to_the_denoised_pixels_only(pipe):
+    from counterfactory.io.images import high_pass
+    from counterfactory.io.masks import border_band
+    from counterfactory.pipelines.reference_inpaint import band_width
+
+    image, ref = rand_image(0), rand_image(1, h=16, w=12)
+    kw = dict(num_inference_steps=4, refine_band=0.25)
+    plain = _run(pipe, image, ref, **kw)
+    grainy = _run(pipe, image, ref, grain_transfer=1.0, **kw).images[0]
+    band = border_band(plain.masks[0, 0], band_width(BOX, 0.25)) > 0.5
+    assert torch.equal(grainy[:, ~band], plain.images[0][:, ~band])  # interior and outside untouched
+    expected = (plain.images[0] + high_pass(image)).clamp(0, 1)
+    assert torch.allclose(grainy[:, band], expected[:, band])
+    assert torch.equal(_run(pipe, image, ref, grain_transfer=0.0, **kw).images, plain.images)
+    with pytest.raises(InputError, match="grain_transfer"):
+        _run(pipe, image, ref, grain_transfer=3.0)

@@ -192,7 +192,8 @@ def cmd_insert(args) -> int:
         g = torch.Generator().manual_seed(args.seed)
         result = pipe(image, reference, box=box, num_inference_steps=args.num_inference_steps,
                       guidance_scale=args.guidance_scale, generator=g, crop_margin=args.crop_margin,
-                      strength=args.strength, paste_mode=args.paste_mode, refine_band=args.refine_band).images[0]
+                      strength=args.strength, paste_mode=args.paste_mode, refine_band=args.refine_band,
+                      grain_transfer=args.grain_transfer).images[0]
     else:
         from ..evaluation.insertion import baseline_method
 
@@ -295,7 +296,8 @@ def cmd_benchmark(args) -> int:
 
         identity.update(adapter=str(Path(args.adapter).resolve()), base=args.base, steps=args.num_inference_steps,
                         guidance=args.guidance_scale, strength=args.strength, paste_mode=args.paste_mode,
-                        refine_band=args.refine_band, adapter_steps=pipe.info["adapter_config"].get("steps"),
+                        refine_band=args.refine_band, grain_transfer=args.grain_transfer,
+                        adapter_steps=pipe.info["adapter_config"].get("steps"),
                         adapter_files_sha256={f.name: sha256_file(f)
                                               for f in sorted(Path(args.adapter).glob("*.safetensors"))},
                         crop_margin=args.crop_margin, max_box_side=args.max_box_side)
@@ -307,7 +309,8 @@ def cmd_benchmark(args) -> int:
             return pipe(target, reference, box=box, num_inference_steps=args.num_inference_steps,
                         guidance_scale=args.guidance_scale, generator=g, crop_margin=args.crop_margin,
                         max_box_side=args.max_box_side or 10**9, strength=args.strength,
-                        paste_mode=args.paste_mode, refine_band=args.refine_band).images[0]
+                        paste_mode=args.paste_mode, refine_band=args.refine_band,
+                        grain_transfer=args.grain_transfer).images[0]
 
         fns["model"] = model_fn
     for m in methods:
@@ -444,6 +447,9 @@ def _model_args(p):
                    help="paste-and-harmonise: paste the reference and denoise only a band along the box's edge, this "
                         "fraction of the box's shorter side wide (at least 2 px), 0..0.5; the interior keeps the "
                         "reference's pixels (default: refine the whole box)")
+    g.add_argument("--grain-transfer", type=float_range("--grain-transfer", 0.0, 2.0), default=0.0,
+                   help="add this much of the image's own high-frequency grain to the denoised pixels, 0..2 "
+                        "(default 0)")
     g.add_argument("--crop-margin", type=float_range("--crop-margin", 0.0, 10.0), default=0.5,
                    help="context around the box as a fraction of its side, 0..10 (default 0.5)")
     g.add_argument("--seed", type=seed_arg(), default=0)

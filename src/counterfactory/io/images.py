@@ -211,6 +211,14 @@ def high_pass(images: torch.Tensor, kernel: int = 5) -> torch.Tensor:
     return out if images.dim() == 4 else out[0]
 
 
+def add_grain(images: torch.Tensor, source: torch.Tensor, where: torch.Tensor, amount: float) -> torch.Tensor:
+    """``images`` with ``amount`` × the grain of ``source`` (:func:`high_pass`) added where ``where`` is True
+    (broadcast over channels), clamped to [0, 1]; elsewhere unchanged. The pipelines' ``grain_transfer``."""
+    if not amount:
+        return images
+    return torch.where(where, (images + amount * high_pass(source)).clamp(0, 1), images)
+
+
 def convert_output(images: torch.Tensor, output_type: str):
     """Pipeline results (B,3,H,W) in [0,1] → ``"pt"`` (unchanged), ``"np"`` (B,H,W,3) uint8 or ``"pil"`` (list)."""
     if output_type == "np":

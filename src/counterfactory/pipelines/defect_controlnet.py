@@ -31,7 +31,7 @@ from diffusers.utils import BaseOutput
 
 from ..data.sample import GOOD
 from ..errors import input_error
-from ..io.images import convert_output, high_pass
+from ..io.images import add_grain, convert_output
 from ..io.masks import CropWindow, dilate, group_windows
 from ..models.conditioning import DamageTypeEmbedding
 from ..models.controlnet import ControlledUNet, base_weights_file, load_controlnet_folder, mask_to_control
@@ -275,7 +275,7 @@ class DefectControlNetPipeline(MaskedInpaintPipeline):
             out = inpaint_windows(images, write, jobs, denoise_fn, self.resolution, True, generator, batch_size)
             if grain_transfer:
                 painted = (masks > 0.5) & ~torch.tensor(bypassed).view(-1, 1, 1, 1)
-                out = torch.where(painted, (out + grain_transfer * high_pass(images)).clamp(0, 1), out)
+                out = add_grain(out, images, painted, grain_transfer)
         result = convert_output(out, output_type)
         if not return_dict:
             return result, bypassed, windows_per_image

@@ -27,7 +27,7 @@ from diffusers.utils import BaseOutput
 
 from ..data.sample import GOOD
 from ..errors import CheckpointError, input_error
-from ..io.images import convert_output, high_pass
+from ..io.images import add_grain, convert_output
 from ..io.masks import CropWindow, tile_windows
 from ..models.conditioning import DamageTypeEmbedding
 from .base import MaskedInpaintPipeline, check_base_hash, check_number
@@ -252,7 +252,7 @@ class DefectInpaintPipeline(MaskedInpaintPipeline):
 
         if grain_transfer and strength > 0:
             painted = (masks > 0.5) & torch.tensor([t != GOOD for t in types]).view(-1, 1, 1, 1)
-            out = torch.where(painted, (out + grain_transfer * high_pass(images)).clamp(0, 1), out)
+            out = add_grain(out, images, painted, grain_transfer)
         bypassed = [t == GOOD for t in types]
         result = convert_output(out, output_type)
         if not return_dict:

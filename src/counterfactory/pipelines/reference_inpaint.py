@@ -31,7 +31,7 @@ from diffusers.utils import BaseOutput
 from PIL import Image
 
 from ..errors import CheckpointError, input_error
-from ..io.images import as_batch, convert_output, to_gray
+from ..io.images import add_grain, as_batch, convert_output, to_gray
 from ..io.masks import bbox, border_band, box_mask, check_box, group_windows
 from ..models.reference import (
     MAX_REFERENCE_UPSCALE,
@@ -44,7 +44,7 @@ from ..models.reference import (
     warp_hint,
 )
 from ..sampling.paste import PASTE_MODES, paste_defect, resize_image
-from .base import MaskedInpaintPipeline, check_base_hash, check_int
+from .base import MaskedInpaintPipeline, check_base_hash, check_int, check_number
 
 OutputType = Literal["pt", "np", "pil"]
 MAX_BOX_FACTOR = 4  # default largest box side: 4 × the working resolution
@@ -162,7 +162,8 @@ class ReferenceInpaintPipeline(MaskedInpaintPipeline):
     def check_inputs(self, image, reference_image, box=None, mask_image=None, num_inference_steps=25,
                      guidance_scale=3.0, output_type="pt", crop_margin=0.5, mask_threshold=0.5, max_box_side=None,
                      batch_size=16, generator=None, strength=1.0, callback_on_step_end=None,
-                     callback_on_step_end_tensor_inputs=None, paste_mode="plain", refine_band=None) -> None:
+                     callback_on_step_end_tensor_inputs=None, paste_mode="plain", refine_band=None,
+                     grain_transfer=0.0) -> None:
         """Validate every argument of :meth:`__call__`; raises :class:`~counterfactory.errors.InputError` naming the
         first bad one. Converts nothing and keeps no state."""
         self.check_common(num_inference_steps, guidance_scale, output_type, crop_margin, mask_threshold, batch_size,
@@ -175,6 +176,7 @@ class ReferenceInpaintPipeline(MaskedInpaintPipeline):
                                         or not 0 < float(refine_band) <= 0.5):
             raise input_error("refine_band", refine_band, "None (refine the whole region) or a number in (0, 0.5]: "
                               "the refined band's width as a fraction of the region box's shorter side")
+        check_number("grain_transfer", grain_transfer, 0, 2, "a number in [0, 2]")
         if (box is None) == (mask_image is None):
             raise input_error("box/mask_image", "both" if box is not None else "neither",
                               "exactly one of box (x0,y0,x1,y1) or mask_image")
@@ -276,6 +278,7 @@ class ReferenceInpaintPipeline(MaskedInpaintPipeline):
         return_dict: bool = True,
         paste_mode: str = "plain",
         refine_band: float | None = None,
+        grain_transfer: float = 0.0,
     ) -> ReferenceInpaintOutput:
         """Paint ``reference_image`` into ``box`` (or ``mask_image``) of each image.
 
@@ -316,6 +319,9 @@ class ReferenceInpaintPipeline(MaskedInpaintPipeline):
                 edge (at least 2 px) is denoised, from level ``strength``; the interior keeps the pasted
                 reference's pixels exactly, so the model re-synthesises the seam only. A number in (0, 0.5];
                 None (default) refines the whole region.
+            grain_transfer: add this much of the target image's own high-frequency grain to the denoised pixels
+                (the defect pipeline's ``grain_transfer``; :func:`~counterfactory.io.images.add_grain`); 0 (default)
+                keeps the model's pixels as they are.
 
         Returns:
             :class:`ReferenceInpaintOutput`, always 3 channels; for a 1-channel (gray) image the region gets the
@@ -323,7 +329,8 @@ class ReferenceInpaintPipeline(MaskedInpaintPipeline):
         """
         self.check_inputs(image, reference_image, box, mask_image, num_inference_steps, guidance_scale, output_type,
                           crop_margin, mask_threshold, max_box_side, batch_size, generator, strength,
-                          callback_on_step_end, callback_on_step_end_tensor_inputs, paste_mode, refine_band)
+                          callback_on_step_end, callback_on_step_end_tensor_inputs, paste_mode, refine_band,
+                          grain_transfer)
         images = self.prepare_images(image)
         chans = [image_channels(im, f"image[{i}]") for i, im in enumerate(_items(image))]
         if len(chans) == 1 and images.shape[0] > 1:
@@ -331,7 +338,7 @@ class ReferenceInpaintPipeline(MaskedInpaintPipeline):
         masks = self._regions(images, box, mask_image, mask_threshold)
         references, raw = self.prepare_references(reference_image, chans, raw=True)
         h, w = images.shape[-2:]
-        refined = masks  # where denoising happens
+        refined, targets = masks, images  # where denoising happens; the images before any paste
         if float(strength) < 1 or refine_band is not None:  # paste-and-refine: the reference placed in the region
             images, refined = images.clone(), masks.clone()
             for i in range(images.shape[0]):
@@ -352,6 +359,8 @@ class ReferenceInpaintPipeline(MaskedInpaintPipeline):
                                reinject_known_region=reinject_known_region, strength=strength,
                                callback_on_step_end=callback_on_step_end,
                                callback_on_step_end_tensor_inputs=callback_on_step_end_tensor_inputs)
+        if float(strength) > 0:
+            out = add_grain(out, targets, refined > 0.5, grain_transfer)
         for i, c in enumerate(chans):  # a gray target gets a gray result (the model may tint the region)
             if c == 1:
                 out[i] = torch.where(masks[i] > 0.5, to_gray(out[i]), out[i])

@@ -40,6 +40,7 @@ def main() -> None:
     ap.add_argument("--refine-band", type=float, default=None,
                     help="band width as a fraction of the region box's shorter side (default: --refine-dilate px)")
     ap.add_argument("--refine-dilate", type=int, default=3)
+    ap.add_argument("--grain-transfer", type=float, default=0.0, help="the pipeline's grain_transfer (method band)")
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args()
     if args.method == "band" and not args.adapter:
@@ -79,12 +80,13 @@ def main() -> None:
             with torch.inference_mode():
                 result = pipe(target, ref, mask_image=region[None], num_inference_steps=args.steps,
                               guidance_scale=args.guidance, generator=torch.Generator().manual_seed(s),
-                              refine_band=band, max_box_side=10**9).images[0]
+                              refine_band=band, grain_transfer=args.grain_transfer, max_box_side=10**9).images[0]
         gid = f"{t}_{i:05d}"
         save_image(result, out / t / f"{gid}.png")
         save_image(m[0], out / "ground_truth" / t / f"{gid}_mask.png")
         lines.append(json.dumps({"id": gid, "type": t, "source_image": str(bg.image_path), "method": args.method,
-                                 "item_seed": s, "index": i, **{k: v for k, v in meta.items() if k != "offset"}},
+                                 "grain_transfer": args.grain_transfer, "item_seed": s, "index": i,
+                                 **{k: v for k, v in meta.items() if k != "offset"}},
                                 sort_keys=True, default=str))
     atomic_write_text(out / "manifest.jsonl", "\n".join(lines) + "\n")
     print(json.dumps({"method": args.method, "pairs": len(lines), "seconds": round(time.perf_counter() - t0, 1),

@@ -51,6 +51,7 @@ def main() -> None:
     from counterfactory.io.images import save_image
     from counterfactory.io.manifest import atomic_write_text
     from counterfactory.io.masks import bbox
+    from counterfactory.models.reference import MIN_REFERENCE_SIDE
     from counterfactory.pipelines.generate import MaskSource, draw_item, paste_and_dilate, split_masks
 
     ds = open_dataset(args.data, skip_broken=True)
@@ -72,9 +73,14 @@ def main() -> None:
         if args.method in ("poisson", "plain"):
             result, _ = paste_and_dilate(img, pixels, m, args.method, 0)
         else:
-            pasted, region = paste_and_dilate(img, pixels, m, "plain", args.refine_dilate)
-            x0, y0, x1, y1 = bbox(region[0])
-            band = args.refine_band or min(0.5, (args.refine_dilate + 0.49) / min(x1 - x0, y1 - y0))
+            grow = args.refine_dilate  # a region under 8 px on a side (a tiny shot) grows until the reference fits
+            while True:
+                pasted, region = paste_and_dilate(img, pixels, m, "plain", grow)
+                x0, y0, x1, y1 = bbox(region[0])
+                if min(x1 - x0, y1 - y0) >= MIN_REFERENCE_SIDE:
+                    break
+                grow += 1
+            band = args.refine_band or min(0.5, (grow + 0.49) / min(x1 - x0, y1 - y0))
             gray = bool((img == img[:1]).all())
             target, ref = (img[:1], pasted[:1, y0:y1, x0:x1]) if gray else (img, pasted[:, y0:y1, x0:x1])
             with torch.inference_mode():

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import time
 from pathlib import Path
 
@@ -65,7 +66,12 @@ def main() -> None:
 
         pipe = ReferenceInpaintPipeline.from_compact(args.adapter)
         pipe.set_progress_bar_config(disable=True)
-    out, cache, lines = Path(args.out), {}, []
+    final = Path(args.out)
+    if final.exists():
+        raise SystemExit(f"--out: {final} exists; give a new folder (the set is written whole or not at all)")
+    out, cache, lines = final.with_name(f".{final.name}.tmp"), {}, []  # renamed to --out when complete
+    if out.exists():
+        shutil.rmtree(out)
     t0 = time.perf_counter()
     jobs = [(t, i) for t in types for i in range(args.n_per_type)]
     for t, i in tqdm(jobs, desc=f"insert ({args.method})"):
@@ -95,8 +101,9 @@ def main() -> None:
                                  **{k: v for k, v in meta.items() if k != "offset"}},
                                 sort_keys=True, default=str))
     atomic_write_text(out / "manifest.jsonl", "\n".join(lines) + "\n")
+    out.rename(final)
     print(json.dumps({"method": args.method, "pairs": len(lines), "seconds": round(time.perf_counter() - t0, 1),
-                      "out": str(out)}))
+                      "out": str(final)}))
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from counterfactory.errors import InputError
@@ -133,6 +134,30 @@ def test_run_reference_fills_the_box_only(tmp_path, tiny_base, ui_ref_adapter):
     assert json.loads((r.folder / "settings.json").read_text())["box"] == [20, 10, 44, 34]
     with pytest.raises(InputError, match=r"^reference adapter=none"):
         logic.run_reference(models, tmp_path, img, ref, (20, 10, 44, 34), "", 2, 2.0, seed=1)
+
+
+def test_run_reference_harmonise_keeps_the_pasted_reference_inside_the_band(tmp_path, tiny_base, ui_ref_adapter):
+    """harmonise: the reference Poisson-pasted, only the band along the box's edge denoised (pipeline refine_band)."""
+    from counterfactory.io.masks import border_band
+    from counterfactory.pipelines.reference_inpaint import band_width
+
+    models = logic.Models(tiny_base)
+    img, ref, box = surface(64, 80), surface(24, 24, seed=3) * 0.3, (20, 10, 44, 34)
+    r = logic.run_reference(models, tmp_path, img, ref, box, str(ui_ref_adapter), 2, 1.0, seed=1, n=1, harmonise=True)
+    settings = json.loads((r.folder / "settings.json").read_text())
+    assert (settings["refine_band"], settings["paste_mode"]) == (0.25, "poisson")
+    pipe = models.reference(str(ui_ref_adapter))
+    x, rf = (torch.from_numpy(a).permute(2, 0, 1).float() for a in (img, ref))
+    pasted = pipe(x, rf, box=box, strength=0.0, paste_mode="poisson", output_type="np").images[0]
+    inside = np.zeros((64, 80), bool)
+    inside[10:34, 20:44] = True
+    band = border_band(torch.from_numpy(inside).float(), band_width(box, 0.25)).numpy() > 0.5
+    out = np.asarray(Image.open(r.files[0]).convert("RGB"))
+    np.testing.assert_array_equal(out[inside & ~band], pasted[inside & ~band])
+    np.testing.assert_array_equal(out[~inside], logic.to_u8(img)[~inside])
+    assert not np.array_equal(out[band], pasted[band])
+    plain = logic.run_reference(models, tmp_path, img, ref, box, str(ui_ref_adapter), 2, 1.0, seed=1, n=1)
+    assert json.loads((plain.folder / "settings.json").read_text())["refine_band"] is None
 
 
 def test_train_small_adapter_on_procedural_surfaces(tmp_path, tiny_base):

@@ -122,7 +122,7 @@ def build_app(out: str | Path, base: str | Path | None = None, adapter: str | No
                 f"Trained: `{path}` (selected above). " + _adapter_note(models, str(path)))
 
     @_friendly
-    def on_reference(editor, box_text, reference, ref_adapter, steps, guidance, seed, n,
+    def on_reference(editor, box_text, reference, ref_adapter, steps, guidance, seed, n, harmonise,
                      progress=gr.Progress(track_tqdm=True)):
         image = logic.editor_image(editor, "image")
         box = logic.resolve_box(box_text, logic.editor_mask(editor, image.shape[:2]), image.shape[:2])
@@ -130,7 +130,7 @@ def build_app(out: str | Path, base: str | Path | None = None, adapter: str | No
             raise input_error("reference image", "none", "an uploaded reference crop (the defect or object to paint in)")
         ref = logic.editor_image(reference, "reference image")
         result = logic.run_reference(models, out, image, ref, box, ref_adapter, steps, guidance, seed, n,
-                                     progress=lambda f, t: progress(f, desc=t))
+                                     progress=lambda f, t: progress(f, desc=t), harmonise=bool(harmonise))
         return views(result)
 
     @_friendly
@@ -227,6 +227,8 @@ def build_app(out: str | Path, base: str | Path | None = None, adapter: str | No
                                                             "train-reference`)", elem_id="reference-adapter")
                     r_steps = gr.Slider(1, 100, value=25, step=1, label="denoising steps")
                     r_guid = gr.Slider(0, 10, value=2.0, step=0.1, label="guidance (1 = none)")
+                    r_harm = gr.Checkbox(False, label="keep the reference: paste it and redo only the seam "
+                                                      "(best measured with guidance 1)", elem_id="reference-harmonise")
                     with gr.Row():
                         r_seed = gr.Number(0, precision=0, minimum=0, label="seed")
                         r_n = gr.Slider(1, logic.MAX_SEEDS, value=1, step=1, label="variations (seeds)")
@@ -277,7 +279,8 @@ def build_app(out: str | Path, base: str | Path | None = None, adapter: str | No
         d_adapter.change(on_adapter, [d_adapter], [d_type, d_note])
         d_go.click(on_generate, [d_editor, d_mask, d_adapter, d_type, d_steps, d_guid, d_seed, d_n], d_outputs)
         t_go.click(on_train, [t_data, t_steps, t_seed], [d_adapter, d_type, t_status])
-        r_go.click(on_reference, [r_editor, r_box, r_ref, r_adapter, r_steps, r_guid, r_seed, r_n], r_outputs)
+        r_go.click(on_reference, [r_editor, r_box, r_ref, r_adapter, r_steps, r_guid, r_seed, r_n, r_harm],
+                   r_outputs)
         x_image.change(on_text_image, [x_image, x_class], [x_source, x_target])
         x_class.change(on_text_image, [x_image, x_class], [x_source, x_target])
         x_draw.click(on_draw, [x_draw_caption, x_draw_seed], [x_image])

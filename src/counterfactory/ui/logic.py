@@ -327,10 +327,16 @@ def run_defect(models: Models, out_root: str | Path, image: np.ndarray, mask: np
     return RunResult(folder, inp, to_u8(mask), results, diffs, files, settings, round(time.time() - t0, 2))
 
 
+HARMONISE = {"refine_band": 0.25, "paste_mode": "poisson"}  # paste-and-harmonise: the measured best insertion
+
+
 def run_reference(models: Models, out_root: str | Path, image: np.ndarray, reference: np.ndarray,
                   box: tuple[int, int, int, int], adapter: str | None, num_inference_steps: int,
-                  guidance_scale: float, seed: int, n: int = 1, progress: Progress = _no_progress) -> RunResult:
-    """Paint ``reference`` into ``box`` of ``image`` once per seed; same files as :func:`run_defect`."""
+                  guidance_scale: float, seed: int, n: int = 1, progress: Progress = _no_progress,
+                  harmonise: bool = False) -> RunResult:
+    """Paint ``reference`` into ``box`` of ``image`` once per seed; same files as :func:`run_defect`. With
+    ``harmonise`` the reference is pasted (Poisson) and only the band along the box's edge is denoised
+    (:data:`HARMONISE`, the pipeline's ``refine_band`` / ``paste_mode``)."""
     from ..io.masks import box_mask
 
     t0 = time.time()
@@ -343,15 +349,17 @@ def run_reference(models: Models, out_root: str | Path, image: np.ndarray, refer
     x = torch.from_numpy(image).permute(2, 0, 1).float()
     ref = torch.from_numpy(reference).permute(2, 0, 1).float()
     seeds = list(range(seed, seed + n))
+    mode = HARMONISE if harmonise else {}
     results = _per_seed(models, pipe, seeds, steps, progress,
                         lambda **kw: pipe(x, ref, box=box, num_inference_steps=steps,
-                                          guidance_scale=float(guidance_scale), output_type="np", **kw))
+                                          guidance_scale=float(guidance_scale), output_type="np", **mode, **kw))
     mask = box_mask(box, image.shape[:2])[0].numpy().astype(np.float32)
     settings = {
         "task": "reference", "counterfactory": __version__, "base": pipe.info.get("base"),
         "adapter": pipe.info.get("adapter"), "box": list(box), "num_inference_steps": steps,
         "guidance_scale": float(guidance_scale), "seeds": seeds, "image_size": [image.shape[1], image.shape[0]],
         "reference_size": [reference.shape[1], reference.shape[0]],
+        "refine_band": mode.get("refine_band"), "paste_mode": mode.get("paste_mode", "plain"),
     }
     folder, files = _write_run(Path(out_root), "reference", image, mask, results, seeds, settings)
     save_image(to_u8(reference), folder / "reference.png")

@@ -62,7 +62,7 @@ def main() -> None:
     source = MaskSource(split_masks(ds, split, types, "train", with_images=True), 0.9, "learned", True)
     pipe = None
     if args.method == "band":
-        from counterfactory.pipelines.reference_inpaint import ReferenceInpaintPipeline
+        from counterfactory.pipelines.reference_inpaint import ReferenceInpaintPipeline, band_width
 
         pipe = ReferenceInpaintPipeline.from_compact(args.adapter)
         pipe.set_progress_bar_config(disable=True)
@@ -86,7 +86,9 @@ def main() -> None:
                 if min(x1 - x0, y1 - y0) >= MIN_REFERENCE_SIDE:
                     break
                 grow += 1
+            # the pipeline's band is a fraction of the region's shorter side; this one is the `grow`-px ring
             band = args.refine_band or min(0.5, (grow + 0.49) / min(x1 - x0, y1 - y0))
+            assert args.refine_band or band_width((x0, y0, x1, y1), band) == max(grow, 2)
             gray = bool((img == img[:1]).all())
             target, ref = (img[:1], pasted[:1, y0:y1, x0:x1]) if gray else (img, pasted[:, y0:y1, x0:x1])
             with torch.inference_mode():

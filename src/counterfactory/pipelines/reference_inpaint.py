@@ -172,10 +172,12 @@ class ReferenceInpaintPipeline(MaskedInpaintPipeline):
             check_int("max_box_side", max_box_side, 1)
         if paste_mode not in PASTE_MODES:
             raise input_error("paste_mode", paste_mode, f"one of {', '.join(PASTE_MODES)} (how strength < 1 places the reference)")
-        if refine_band is not None and (isinstance(refine_band, bool) or not isinstance(refine_band, (int, float))
-                                        or not 0 < float(refine_band) <= 0.5):
-            raise input_error("refine_band", refine_band, "None (refine the whole region) or a number in (0, 0.5]: "
-                              "the refined band's width as a fraction of the region box's shorter side")
+        if refine_band is not None:
+            allowed = ("None (refine the whole region) or a number in (0, 0.5]: the refined band's width as a "
+                       "fraction of the region box's shorter side")
+            check_number("refine_band", refine_band, 0, 0.5, allowed)
+            if float(refine_band) == 0:
+                raise input_error("refine_band", refine_band, allowed)
         check_number("grain_transfer", grain_transfer, 0, 2, "a number in [0, 2]")
         if (box is None) == (mask_image is None):
             raise input_error("box/mask_image", "both" if box is not None else "neither",

@@ -181,3 +181,53 @@ def test_synthetic_triplets_ride_on_the_same_real_batches():
     assert all(torch.equal(sa[k], sb[k]) for k in sa) and not all(torch.equal(sa[k], sc[k]) for k in sa)
     with pytest.raises(InputError, match=r"^synthetic="):
         train_combiner(e, f, texts, f, steps=1, synthetic=(s, ["make it thicker"] * 3, s))
+
+
+def test_nearest_digits_follow_the_real_targets_distance():
+    from counterfactory.editing.captions import CHECKED_ATTRIBUTES
+    from counterfactory.retrieval.study import nearest_digits
+
+    labels = np.array([1, 1, 1, 2, 2, 1])
+    m = {a: np.zeros(6) for a in CHECKED_ATTRIBUTES}
+    m["thickness"] = np.array([1.0, 1.1, 3.0, 1.05, 9.0, 1.1])
+    near = nearest_digits([0, 2, 3], np.arange(6), labels, m)
+    # 0 → 1 (tie with 5 at the same distance goes to the lower index); 2 → the thickest other 1; 3 → the other 2
+    assert near.tolist() == [1, 1, 4]
+    assert nearest_digits([0], [0, 2], labels, m).tolist() == [2]  # only the pool counts, never itself
+    with pytest.raises(InputError, match=r"^indices=3"):
+        nearest_digits([3], [0, 1, 3], labels, m)
+
+
+def test_study_with_nearest_references_pairs_the_synthetic_target_with_another_digit(tiny_morpho, tmp_path, capsys):
+    """`synthetic_reference="nearest"` swaps each synthetic reference for its nearest same-class twin; the real-only
+    runs are the same as with the edited digit as reference."""
+    torch.set_num_threads(1)
+    syn = tmp_path / "syn"
+    assert main(["cir", "triplets", "--data", str(tiny_morpho), "--split", "train", "--out", str(syn)]) == 0
+    with pytest.raises(ConfigError, match=r"^synthetic_reference='twin'"):
+        StudyConfig(synthetic_reference="twin")
+    cfg = dict(fractions=(1.0,), seeds=(0,), encoder_steps=3, combiner_steps=3)
+    own = run_study(tiny_morpho, tmp_path / "own", StudyConfig(**cfg), synthetic=syn, log=lambda s: None)
+    logs = []
+    near = run_study(tiny_morpho, tmp_path / "near", StudyConfig(**cfg, synthetic_reference="nearest"),
+                     synthetic=syn, log=logs.append)
+    assert any("references: nearest" in line for line in logs)
+    assert near["settings"]["config"]["synthetic_reference"] == "nearest"
+    by = {(r["condition"], tuple(sorted(r["metrics"].items()))) for r in own["runs"] if r["condition"] == "real"}
+    assert by == {(r["condition"], tuple(sorted(r["metrics"].items()))) for r in near["runs"] if r["condition"] == "real"}
+    # the swap itself: every twin is another digit of the same class
+    from counterfactory.data.morphomnist import load_morphomnist, split_indices
+    from counterfactory.retrieval.real import image_index
+    from counterfactory.retrieval.study import load_synthetic, nearest_digits
+
+    data = load_morphomnist(tiny_morpho)
+    s = load_synthetic(syn)
+    own_idx = [image_index(n) for n in s.reference_names]
+    m = dict(np.load(tmp_path / "near" / "measurements.npz"))
+    twins = nearest_digits(own_idx, split_indices(len(data), "train"), data.labels, m)
+    assert all(t != o and data.labels[t] == data.labels[o] for t, o in zip(twins, own_idx))
+    with pytest.raises(SystemExit) as ex:
+        main(["cir", "study", "--data", str(tiny_morpho), "--out", str(tmp_path / "bad"), "--synthetic", str(syn),
+              "--synthetic-reference", "twin"])
+    assert ex.value.code == 2 and "--synthetic-reference" in capsys.readouterr().err
+    assert not (tmp_path / "bad").exists()

@@ -58,6 +58,10 @@ def register(sub) -> None:
                    help="also train a copy of the image tower on the triplets (CLIP4Cir stage-1 style)")
     s.add_argument("--synthetic-per-batch", type=int_range("--synthetic-per-batch", 1, 4096), default=32,
                    help="synthetic triplets added to each batch of 128 real ones (default 32)")
+    s.add_argument("--synthetic-reference", choices=("own", "nearest"), default="own",
+                   help="a synthetic triplet's reference: the digit that was edited ('own', default) or the train "
+                        "digit of its class nearest to it in the measured attributes ('nearest'), so that the "
+                        "target is another instance, as in real triplets")
     s.set_defaults(func=run_study)
 
     v = cmds.add_parser("curve", help="baseline learning curve: validation recall every N Combiner steps, real only")
@@ -125,7 +129,8 @@ def run_study(args) -> int:
     torch.set_num_threads(args.threads)
     cfg = StudyConfig(fractions=tuple(f / 100 for f in args.fractions), seeds=tuple(args.seeds),
                       encoder_steps=args.encoder_steps, combiner_steps=args.combiner_steps,
-                      finetune_image=args.finetune_image, synthetic_per_batch=args.synthetic_per_batch)
+                      finetune_image=args.finetune_image, synthetic_per_batch=args.synthetic_per_batch,
+                      synthetic_reference=args.synthetic_reference)
     result = _run(args.data, args.out, cfg, synthetic=args.synthetic, log=_log, encoder=args.encoder)
     print(format_table(result))
     print(f"results: {Path(args.out) / 'results.json'}")

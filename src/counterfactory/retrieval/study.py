@@ -9,7 +9,9 @@ Protocol (all on the fixed split of :func:`counterfactory.data.morphomnist.split
 4. For each fraction f of the real training triplets and each seed s: a seeded subset of f × the train triplets
    (nested: the 10 % subset lies inside the 30 % one for the same seed) trains a Combiner and the text tower;
    the real + synthetic run of a seed adds ``synthetic_per_batch`` triplets of ``synthetic`` to each batch of
-   real ones. Same seed → same initialisation, same steps and the same real batches in both conditions, so
+   real ones. With ``synthetic_reference="nearest"`` each synthetic triplet's reference is not the digit that was
+   edited but the train digit of the same class nearest to it in the measured attributes (:func:`nearest_digits`),
+   so that, as in a real triplet, the target is *another* instance than the reference. Same seed → same initialisation, same steps and the same real batches in both conditions, so
    the two runs of a seed are paired.
 5. Evaluation on the test split's real triplets with the CIRR protocol: the gallery is every test digit, the
    reference is removed from its ranking; Recall@1/5/10/50 and Recall_subset@1/2/3.
@@ -27,6 +29,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -37,6 +40,7 @@ from .metrics import cirr_recalls
 from .real import build_real_triplets, image_index
 
 METRICS = ("R@1", "R@5", "R@10", "R@50", "Rs@1", "Rs@2", "Rs@3")
+SYNTHETIC_REFERENCES = ("own", "nearest")  # a synthetic triplet's reference: the edited digit, or its nearest twin
 
 
 @dataclass(frozen=True)
@@ -49,6 +53,7 @@ class StudyConfig:
     triplet_seed: int = 0  # seeds the real triplets' modification choice
     finetune_image: bool = False  # also train (a copy of) the image tower on the triplets, CLIP4Cir stage-1 style
     synthetic_per_batch: int = 32  # synthetic triplets added to each batch of 128 real ones (real+synthetic runs)
+    synthetic_reference: str = "own"  # one of SYNTHETIC_REFERENCES
 
     def __post_init__(self):
         object.__setattr__(self, "fractions", tuple(float(f) for f in self.fractions))
@@ -57,6 +62,8 @@ class StudyConfig:
             raise ConfigError(f"fractions={self.fractions}: shares in (0, 1]")
         if len(set(self.seeds)) != len(self.seeds) or not self.seeds:
             raise ConfigError(f"seeds={self.seeds}: one or more distinct integers")
+        if self.synthetic_reference not in SYNTHETIC_REFERENCES:
+            raise ConfigError(f"synthetic_reference={self.synthetic_reference!r}: one of {', '.join(SYNTHETIC_REFERENCES)}")
         for k in ("encoder_steps", "combiner_steps", "synthetic_per_batch"):
             if int(getattr(self, k)) < 1:
                 raise ConfigError(f"{k}={getattr(self, k)}: a positive integer")
@@ -72,8 +79,15 @@ def subset(n: int, fraction: float, seed: int) -> np.ndarray:
     return np.sort(perm[: max(2, int(round(fraction * n)))])
 
 
-def load_synthetic(folder: str | os.PathLike) -> tuple[torch.Tensor, list[str], torch.Tensor]:
-    """A CIRR-format triplet folder → reference images (N,1,28,28), texts, target images."""
+class SyntheticTriplets(NamedTuple):
+    references: torch.Tensor  # (N,1,28,28) float in [0, 1]
+    texts: list[str]
+    targets: torch.Tensor
+    reference_names: list[str]  # CIRR image names of the references (mm-<file index> for real digits)
+
+
+def load_synthetic(folder: str | os.PathLike) -> SyntheticTriplets:
+    """A CIRR-format triplet folder → reference images (N,1,28,28), texts, target images, reference names."""
     from ..io.images import read_array
 
     tf: TripletFolder = read_triplet_folder(folder)
@@ -92,7 +106,28 @@ def load_synthetic(folder: str | os.PathLike) -> tuple[torch.Tensor, list[str], 
 
     refs = torch.from_numpy(np.stack([img(t.reference) for t in usable]))[:, None]
     tgts = torch.from_numpy(np.stack([img(t.target_hard) for t in usable]))[:, None]
-    return refs.float(), [t.caption for t in usable], tgts.float()
+    return SyntheticTriplets(refs.float(), [t.caption for t in usable], tgts.float(), [t.reference for t in usable])
+
+
+def nearest_digits(indices: Sequence[int], pool: Sequence[int], labels: np.ndarray,
+                   measurements: dict[str, np.ndarray]) -> np.ndarray:
+    """For each file index in ``indices``: the digit of ``pool`` (file indices) with the same label, other than
+    itself, nearest in the checked attributes (Euclidean over
+    :data:`~counterfactory.editing.captions.CHECKED_ATTRIBUTES`, each divided by its standard deviation on
+    ``pool``: the distance real triplets use to pick their targets). Ties go to the lower file index."""
+    from ..editing.captions import CHECKED_ATTRIBUTES
+
+    pool = np.asarray(pool, dtype=np.int64)
+    z = np.stack([np.asarray(measurements[a], dtype=np.float64) for a in CHECKED_ATTRIBUTES], axis=1)
+    z = z / np.where(z[pool].std(axis=0) > 0, z[pool].std(axis=0), 1.0)
+    out = np.empty(len(indices), dtype=np.int64)
+    for k, i in enumerate(np.asarray(indices, dtype=np.int64)):
+        cand = pool[(labels[pool] == labels[i]) & (pool != i)]
+        if cand.size == 0:
+            raise input_error("indices", int(i), f"a digit with another digit of its class ({labels[i]}) in the pool")
+        d = ((z[cand] - z[i]) ** 2).sum(axis=1)
+        out[k] = cand[np.lexsort((cand, d))[0]]
+    return out
 
 
 @dataclass
@@ -234,11 +269,16 @@ def run_study(data_root, out, config: StudyConfig | None = None, synthetic=None,
     tr_tgt = feats[[fpos[image_index(t.target_hard)] for t in prep.train]]
     tr_txt = [t.caption for t in prep.train]
     if syn is not None:
+        sy_ref = syn.references
+        if config.synthetic_reference == "nearest":
+            own = [image_index(n) for n in syn.reference_names]
+            twins = nearest_digits(own, prep.train_idx, prep.labels, prep.measurements)
+            sy_ref = _images(prep.images, twins)
         if config.finetune_image:
-            sy_ref, sy_txt, sy_tgt = syn
+            sy_txt, sy_tgt = syn.texts, syn.targets
         else:
-            sy_ref, sy_txt, sy_tgt = encode_images(encoder, syn[0]), syn[1], encode_images(encoder, syn[2])
-        log(f"synthetic triplets: {len(sy_txt)}")
+            sy_ref, sy_txt, sy_tgt = encode_images(encoder, sy_ref), syn.texts, encode_images(encoder, syn.targets)
+        log(f"synthetic triplets: {len(sy_txt)} (references: {config.synthetic_reference})")
 
     conditions = ["real"] + (["real+synthetic"] if syn is not None else [])
     runs_dir = out / "runs"

@@ -45,6 +45,18 @@ def tiny_base(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def tiny_full_base(tmp_path_factory):
+    """A freshly initialised tiny compact full-image base (3 input channels), saved as a weights folder."""
+    from dataclasses import replace
+
+    from counterfactory.models.compact import build_compact, save_compact
+
+    d = tmp_path_factory.mktemp("tiny_full_base")
+    save_compact(build_compact(replace(TINY, layout="full"), seed=0), d)
+    return d
+
+
+@pytest.fixture(scope="session")
 def tiny_data(tmp_path_factory):
     """MVTec-layout procedural category: 64 px, 3 good train images, 3 defects of each of TYPES."""
     from counterfactory.data.surfaces import synth_dataset

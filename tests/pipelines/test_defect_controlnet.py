@@ -69,6 +69,27 @@ def compact_controlnet(tmp_path_factory, tiny_base):
     return out
 
 
+def _controlnet_folder(base, out, seed: int = 2):
+    from counterfactory.io.manifest import sha256_file
+    from counterfactory.models.compact import WEIGHTS_FILE, load_compact
+
+    model = load_compact(base)
+    net = _wake(build_controlnet(model.unet, scale_factor=1, seed=0), seed=seed)
+    save_controlnet_folder(out, net, _embedding(model.config.cross_attention_dim, model.config.num_tokens),
+                           {"base_kind": "compact", "base_sha256": sha256_file(base / WEIGHTS_FILE),
+                            "base_layout": model.config.layout, "types": list(TYPES)})
+    return out
+
+
+@pytest.fixture(scope="module")
+def full_pipe(tiny_full_base, tmp_path_factory):
+    """The same pipeline on a compact full-image base (3 input channels)."""
+    folder = _controlnet_folder(tiny_full_base, tmp_path_factory.mktemp("cn_full") / "controlnet")
+    pipe = DefectControlNetPipeline.from_pretrained(tiny_full_base, folder)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
 @pytest.fixture(scope="module")
 def compact_pipe(tiny_base, compact_controlnet):
     pipe = DefectControlNetPipeline.from_pretrained(tiny_base, compact_controlnet)
@@ -182,6 +203,64 @@ def test_callback_and_dtype(compact_pipe):
     compact_pipe(None, _mask(), "crack", num_inference_steps=2, generator=torch.Generator().manual_seed(0),
                  callback_on_step_end=lambda p, i, t, kw: seen.append((i, kw["latents"].shape)) or {})
     assert [i for i, _ in seen] == [0, 1] and seen[0][1] == (1, 3, 32, 32)
+
+
+# ---------------------------------------------------------------------- compact full-image base
+def test_full_base_pipeline_feeds_three_channels_and_follows_the_mask(full_pipe):
+    assert full_pipe.unet.config.in_channels == full_pipe.controlnet.config.in_channels == 3
+    seen = []
+    hook = full_pipe.unet.conv_in.register_forward_hook(lambda m, i, o: seen.append(i[0].shape[1]))
+    try:
+        mask = _mask()
+        a = full_pipe(None, mask, "crack", num_inference_steps=2, generator=torch.Generator().manual_seed(0)).images
+    finally:
+        hook.remove()
+    assert seen and set(seen) == {3}  # the noisy image only: no mask / masked-image channels
+    b = full_pipe(None, mask, "crack", num_inference_steps=2, generator=torch.Generator().manual_seed(0)).images
+    assert a.shape == (1, 3, 32, 32) and torch.isfinite(a).all() and torch.equal(a, b)
+    c = full_pipe(None, _mask(box=(20, 2, 30, 12)), "crack", num_inference_steps=2,
+                  generator=torch.Generator().manual_seed(0)).images
+    assert (c - a).abs().max() > 1e-3  # the ControlNet reads the mask
+
+
+def test_full_base_img2img_and_paste_back(full_pipe):
+    image, mask = _image(), _mask()
+    kw = dict(num_inference_steps=4, generator=torch.Generator().manual_seed(1))
+    assert torch.equal(full_pipe(image, mask, "crack", strength=0.0, **kw).images, image)
+    low = full_pipe(image, mask, "crack", strength=0.25, **kw).images
+    full = full_pipe(image, mask, "crack", strength=1.0, num_inference_steps=4,
+                     generator=torch.Generator().manual_seed(1)).images
+    assert (low - image).abs().max() > 0
+    assert (low - image).abs().mean() < (full - image).abs().mean()
+    out = full_pipe(image, mask, "crack", num_inference_steps=2, paste_back=True, paste_back_dilation=2,
+                    generator=torch.Generator().manual_seed(0)).images
+    band = (dilate(mask, 2) > 0.5).expand_as(out)
+    assert torch.equal(out[~band], image[~band])
+    assert (out - image).abs()[band].max() > 1e-3
+    again = full_pipe(image, mask, "crack", num_inference_steps=2, paste_back=True, paste_back_dilation=2,
+                      generator=torch.Generator().manual_seed(0)).images
+    assert torch.equal(out, again)
+
+
+def test_controlnet_of_one_layout_is_refused_on_the_other(tiny_base, tiny_full_base, tmp_path):
+    full_net = _controlnet_folder(tiny_full_base, tmp_path / "on_full")
+    with pytest.raises(CheckpointError, match="trained on another base"):
+        DefectControlNetPipeline.from_pretrained(tiny_base, full_net)
+    inpaint_net = _controlnet_folder(tiny_base, tmp_path / "on_inpaint")
+    with pytest.raises(CheckpointError, match="trained on another base"):
+        DefectControlNetPipeline.from_pretrained(tiny_full_base, inpaint_net)
+    # a folder recording no base hash is still refused by its input layout
+    cfg_file = inpaint_net / "controlnet_config.json"
+    cfg_file.write_text(json.dumps({**json.loads(cfg_file.read_text()), "base_sha256": None}))
+    with pytest.raises(CheckpointError, match="reads 7 input channels but the base .* takes 3"):
+        DefectControlNetPipeline.from_pretrained(tiny_full_base, inpaint_net)
+
+
+def test_inpainting_pipeline_refuses_a_full_image_base(tiny_full_base):
+    from counterfactory.pipelines.defect_inpaint import DefectInpaintPipeline
+
+    with pytest.raises(CheckpointError, match="has layout 'full'; this needs one of layout 'inpaint'"):
+        DefectInpaintPipeline.from_compact(tiny_full_base)
 
 
 # ---------------------------------------------------------------------- bad input

@@ -10,6 +10,7 @@ import torch
 from safetensors.torch import load_file
 
 from counterfactory.cli.main import main
+from counterfactory.errors import CheckpointError
 from counterfactory.io.manifest import sha256_file
 from counterfactory.models.compact import WEIGHTS_FILE
 from counterfactory.models.controlnet import CONTROLNET_CONFIG
@@ -78,6 +79,31 @@ def test_same_seed_same_weights_other_seed_other_weights(trained, tiny_base, tin
     assert not _same(tmp_path / "b" / CN_WEIGHTS, out / CN_WEIGHTS)
 
 
+def test_trains_on_a_full_image_base_and_resumes(tiny_full_base, tiny_base, tiny_data, tmp_path):
+    from counterfactory.pipelines.defect_controlnet import DefectControlNetPipeline
+
+    run = train_controlnet(_cfg(tmp_path / "cn", tiny_data, tiny_full_base), progress=False)
+    assert run["steps"] == 2
+    meta = json.loads((tmp_path / "cn" / CONTROLNET_CONFIG).read_text())
+    assert meta["base_layout"] == "full" and meta["base_sha256"] == sha256_file(tiny_full_base / WEIGHTS_FILE)
+    net = load_file(str(tmp_path / "cn" / CN_WEIGHTS))
+    assert net["conv_in.weight"].shape[1] == 3  # the full-image base's input layout
+    assert any(v.abs().max() > 0 for k, v in net.items() if k.startswith("controlnet_down_blocks"))  # trained
+    first = train_controlnet(_cfg(tmp_path / "again", tiny_data, tiny_full_base, max_minutes=1e-9), progress=False)
+    assert first["stopped_early"] and first["steps"] == 1
+    assert train_controlnet(_cfg(tmp_path / "again", tiny_data, tiny_full_base), progress=False)["resumed_from"] == 1
+    for name in (CN_WEIGHTS, EMB):
+        assert _same(tmp_path / "again" / name, tmp_path / "cn" / name), name
+    pipe = DefectControlNetPipeline.from_pretrained(tiny_full_base, tmp_path / "cn")
+    pipe.set_progress_bar_config(disable=True)
+    mask = torch.zeros(1, 1, 32, 32)
+    mask[..., 8:20, 10:16] = 1
+    img = pipe(None, mask, "crack", num_inference_steps=2, generator=torch.Generator().manual_seed(0)).images
+    assert img.shape == (1, 3, 32, 32) and torch.isfinite(img).all()
+    with pytest.raises(CheckpointError, match="trained on another base"):
+        DefectControlNetPipeline.from_pretrained(tiny_base, tmp_path / "cn")
+
+
 def test_sd_base_trains_and_exports(tmp_path, tiny_data):
     """One step on a tiny SD-1.5 text-to-image folder; the export loads into diffusers' ControlNetModel."""
     from diffusers import ControlNetModel
@@ -117,6 +143,29 @@ def test_cli_bad_input_one_line_exit_2_nothing_written(tmp_path, tiny_data, tiny
     assert code == 2
     assert needle in err and err.count("\n") == 1 and "Traceback" not in err
     assert not (tmp_path / "cn").exists()
+
+
+def _exit_code(argv) -> int:
+    try:
+        return main(argv)
+    except SystemExit as exc:  # argparse-level checks exit from the parser
+        return exc.code
+
+
+def test_cli_full_layout_bad_input_one_line_exit_2_nothing_written(tmp_path, tiny_data, tiny_base, tiny_full_base,
+                                                                  capsys):
+    cases = [
+        (["train-base", "--layout", "whole"], "--layout"),
+        (["train-base", "--init", str(tiny_full_base)], "init="),  # a full-image base does not start an inpainting one
+        (["train-adapter", "--data", str(tiny_data), "--base", str(tiny_full_base)], "has layout 'full'"),
+    ]
+    for k, (argv, needle) in enumerate(cases):
+        out = tmp_path / f"out{k}"
+        code = _exit_code(argv + ["--out", str(out), "--steps", "1", "--quiet"])
+        err = capsys.readouterr().err
+        assert code == 2, argv
+        assert needle in err and err.count("\n") == 1 and "Traceback" not in err, err
+        assert not out.exists()
 
 
 def test_cli_trains(tmp_path, tiny_data, tiny_base, capsys):

@@ -65,6 +65,55 @@ def test_train_base_stopped_and_resumed_equals_uninterrupted(trained_base, tiny_
     assert sha256_file(tmp_path / WEIGHTS_FILE) == sha256_file(trained_base / WEIGHTS_FILE)
 
 
+def _full_cfg(out, tiny_config, steps=2, init=None, **kw) -> BaseTrainConfig:
+    from dataclasses import replace
+
+    return replace(_base_cfg(out, tiny_config, steps, **kw), model=replace(tiny_config, layout="full"), init=init)
+
+
+def test_full_layout_base_trains_and_resumes_bit_identically(tiny_config, tmp_path):
+    summary = train_base(_full_cfg(tmp_path / "run", tiny_config), progress=False)
+    assert summary["steps"] == 2 and np.isfinite(summary["final_loss"])
+    model = load_compact(tmp_path / "run")
+    assert model.config.layout == "full" and model.unet.config.in_channels == 3
+    assert json.loads((tmp_path / "run" / "compact_inpaint.json").read_text())["layout"] == "full"
+    assert not torch.equal(model.unet.conv_in.weight, build_compact(model.config, seed=0).unet.conv_in.weight)
+    stopped = train_base(_full_cfg(tmp_path / "again", tiny_config, max_minutes=1e-9), progress=False)
+    assert stopped["stopped_early"] and stopped["steps"] == 1
+    assert train_base(_full_cfg(tmp_path / "again", tiny_config), progress=False)["resumed_from"] == 1
+    assert sha256_file(tmp_path / "again" / WEIGHTS_FILE) == sha256_file(tmp_path / "run" / WEIGHTS_FILE)
+    # the layout is part of the run: an inpainting run does not resume into it
+    with pytest.raises(CheckpointError, match="layout"):
+        train_base(_base_cfg(tmp_path / "run", tiny_config), progress=False)
+    # loaders that need the inpainting layout refuse it, naming both
+    with pytest.raises(CheckpointError, match="has layout 'full'; this needs one of layout 'inpaint'"):
+        load_compact(tmp_path / "run", layout="inpaint")
+
+
+def test_full_layout_base_starts_from_an_inpainting_base(trained_base, tiny_config, tmp_path):
+    from dataclasses import replace
+
+    from counterfactory.models.compact import full_from_inpaint_state
+
+    start = load_compact(trained_base)
+    model = build_compact(replace(tiny_config, layout="full"))
+    model.load_state_dict(full_from_inpaint_state(start.state_dict()))
+    assert torch.equal(model.unet.conv_in.weight, start.unet.conv_in.weight[:, :3])
+    # away from the border, the "nothing known" input (mask 1, masked image 0) is what the full base computes
+    x = torch.randn(1, 3, 32, 32)
+    nothing_known = torch.cat([x, torch.ones(1, 1, 32, 32), torch.zeros(1, 3, 32, 32)], dim=1)
+    a, b = start.unet.conv_in(nothing_known), model.unet.conv_in(x)
+    torch.testing.assert_close(a[..., 1:-1, 1:-1], b[..., 1:-1, 1:-1])
+    assert (a - b).abs().max() > 1e-4  # (at the border zero padding differs)
+
+    summary = train_base(_full_cfg(tmp_path / "full", tiny_config, steps=1, init=str(trained_base)), progress=False)
+    assert summary["steps"] == 1
+    assert load_compact(tmp_path / "full").config.extra["init_sha256"] == sha256_file(trained_base / WEIGHTS_FILE)
+    back = replace(_base_cfg(tmp_path / "back", tiny_config, steps=1), init=str(tmp_path / "full"))
+    with pytest.raises(InputError, match="an inpainting base may start a full-image one, not the reverse"):
+        train_base(back, progress=False)
+
+
 def test_train_base_refuses_a_folder_with_other_settings(trained_base, tiny_config, tmp_path):
     import shutil
 

@@ -109,7 +109,7 @@ def cmd_demo(args) -> int:
         torch.set_num_threads(args.threads)
     t0 = time.time()
     base = Path(args.base) if args.base else DEFAULT_WEIGHTS_DIR
-    load_compact(base)  # fail fast, with the "where to put it" message, before any work
+    load_compact(base, layout="inpaint")  # fail fast, with the "where to put it" message, before any work
     timings = {}
 
     print(f"[1/5] procedural few-shot data → {out / 'data'}")

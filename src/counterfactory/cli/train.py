@@ -45,7 +45,7 @@ def cmd_train_base(args) -> int:
         check_weights_folder(args.init, "--init")
     set_threads(args)
     model = CompactConfig(sample_size=args.resolution, block_out_channels=tuple(args.channels),
-                          prediction_type=args.prediction_type)
+                          prediction_type=args.prediction_type, layout=args.layout)
     cfg = BaseTrainConfig(out=args.out, data=args.data, split=args.split, batch_size=args.batch_size,
                           pool_size=args.pool_size, max_crop=args.max_crop, model=model, init=args.init,
                           loop=loop_config(args, warmup=50))
@@ -107,8 +107,10 @@ def base_args(p):
 
 def register(sub) -> None:
     p = sub.add_parser("train-base", help="pre-train the compact inpainting base (self-supervised, random masks)",
-                       description="Self-supervised inpainting on defect-free images with random stroke/blob/box masks. "
-                                   "Writes checkpoints (resumable) and compact_inpaint.safetensors into --out.")
+                       description="Self-supervised inpainting on defect-free images with random stroke/blob/box masks "
+                                   "(--layout inpaint, default), or plain denoising of whole crops (--layout full: a "
+                                   "full-image base for ControlNets). Writes checkpoints (resumable) and "
+                                   "compact_inpaint.safetensors + compact_inpaint.json (which records the layout) into --out.")
     p.add_argument("--out", required=True, help="run folder: checkpoints, logs, final weights")
     p.add_argument("--data", default="procedural",
                    help="'procedural' (embedded surfaces, default) or a dataset folder (its training good images)")
@@ -121,6 +123,9 @@ def register(sub) -> None:
     p.add_argument("--max-crop", type=positive_int("--max-crop", 65536), default=None,
                    help="largest random crop side in pixels before resizing to --resolution, >= --resolution "
                         "(default: whole image side)")
+    p.add_argument("--layout", default="inpaint", choices=["inpaint", "full"],
+                   help="inpaint (default): noisy image + mask + masked image in, for inpainting and adapters; full: "
+                        "the noisy image only, an unconditional whole-image generator for `train-controlnet --base`")
     p.add_argument("--resolution", type=positive_int("--resolution", 4096), default=64,
                    help="working resolution (default 64)")
     p.add_argument("--channels", type=positive_int("--channels", 4096), nargs="+", default=[32, 64, 128],

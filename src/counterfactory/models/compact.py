@@ -2,6 +2,8 @@
 
 It is a diffusers ``UNet2DConditionModel`` in the SD-inpainting input layout, in pixel space:
 input = noisy image (3) + mask (1) + masked image (3) = 7 channels, output 3, x0 ("sample") prediction.
+The same family has a full-image layout (``layout="full"``: input = the noisy image only, 3 channels), an
+unconditional generator of whole images that a ControlNet steers (``train-base --layout full``).
 Cross-attention sits only at the lowest resolution (16×16 at 64 px), where it is cheap on a CPU; it reads
 conditioning tokens: the base model's own learned unconditional tokens, or an adapter's damage-type tokens.
 The same pipeline, LoRA and training code serve this model and SD-1.5-inpainting.
@@ -28,6 +30,9 @@ CONFIG_FILE = "compact_inpaint.json"
 # source checkout); COUNTERFACTORY_WEIGHTS points elsewhere, e.g. at a copy on shared storage.
 DEFAULT_WEIGHTS_DIR = Path(os.environ.get("COUNTERFACTORY_WEIGHTS") or Path(__file__).resolve().parent.parent / "weights")
 PREDICTION_TYPES = ("sample", "epsilon", "v_prediction")
+# U-Net input layouts: "inpaint" = noisy image + mask + masked image (7 channels); "full" = noisy image (3)
+LAYOUTS = ("inpaint", "full")
+LAYOUT_CHANNELS = {"inpaint": 7, "full": 3}
 
 
 @dataclass(frozen=True)
@@ -42,6 +47,7 @@ class CompactConfig:
     prediction_type: str = "sample"  # x0-prediction: learned class-distinct defects here where epsilon did not
     num_train_timesteps: int = 1000
     beta_schedule: str = "squaredcos_cap_v2"
+    layout: str = "inpaint"  # "inpaint" (7 input channels) or "full" (3: whole images, for ControlNets)
     extra: dict = field(default_factory=dict)  # provenance (data, command, steps) kept next to the weights
 
     def __post_init__(self):
@@ -57,6 +63,8 @@ class CompactConfig:
             )
         if self.prediction_type not in PREDICTION_TYPES:
             raise ConfigError(f"prediction_type={self.prediction_type!r}: one of {PREDICTION_TYPES}")
+        if self.layout not in LAYOUTS:
+            raise ConfigError(f"layout={self.layout!r}: one of {LAYOUTS}")
         if any(c % self.norm_num_groups for c in self.block_out_channels):
             raise ConfigError(f"block_out_channels={self.block_out_channels}: each divisible by norm_num_groups={self.norm_num_groups}")
 
@@ -69,12 +77,15 @@ class CompactConfig:
     def from_dict(cls, d: dict) -> CompactConfig:
         d = dict(d)
         d["block_out_channels"] = tuple(d["block_out_channels"])
+        d.setdefault("layout", "inpaint")  # configs written before the full-image layout existed
         known = {k: v for k, v in d.items() if k in cls.__dataclass_fields__}
         return cls(**known)
 
 
 class CompactInpaintModel(nn.Module):
-    """U-Net + the base's learned unconditional tokens (what the base sees when no adapter conditions it)."""
+    """U-Net + the base's learned unconditional tokens (what the base sees when no adapter conditions it).
+
+    The U-Net's input channels follow ``config.layout`` (7 for "inpaint", 3 for "full")."""
 
     def __init__(self, config: CompactConfig):
         super().__init__()
@@ -82,7 +93,7 @@ class CompactInpaintModel(nn.Module):
         n = len(config.block_out_channels)
         self.unet = UNet2DConditionModel(
             sample_size=config.sample_size,
-            in_channels=7,
+            in_channels=LAYOUT_CHANNELS[config.layout],
             out_channels=3,
             down_block_types=("DownBlock2D",) * (n - 1) + ("CrossAttnDownBlock2D",),
             up_block_types=("CrossAttnUpBlock2D",) + ("UpBlock2D",) * (n - 1),
@@ -117,6 +128,17 @@ def make_schedulers(config: CompactConfig) -> tuple[DDPMScheduler, DDIMScheduler
     return DDPMScheduler(**kw), DDIMScheduler(**kw, set_alpha_to_one=True, timestep_spacing="trailing")
 
 
+def full_from_inpaint_state(state: dict) -> dict:
+    """An inpainting base's weights as a full-image base's starting point: the input convolution keeps the noisy
+    image's channels, and what the base computes in its "nothing known" input (mask 1, masked image 0) is folded
+    into the bias (exact away from the border, where zero padding differs)."""
+    state = dict(state)
+    w, b = state["unet.conv_in.weight"], state["unet.conv_in.bias"]
+    state["unet.conv_in.weight"] = w[:, :3].clone()
+    state["unet.conv_in.bias"] = b + w[:, 3].sum(dim=(-2, -1))
+    return state
+
+
 def save_compact(model: CompactInpaintModel, directory: str | os.PathLike, half: bool = False) -> Path:
     """Write ``compact_inpaint.safetensors`` + ``compact_inpaint.json`` (atomic)."""
     directory = Path(directory)
@@ -129,8 +151,12 @@ def save_compact(model: CompactInpaintModel, directory: str | os.PathLike, half:
     return directory / WEIGHTS_FILE
 
 
-def load_compact(directory: str | os.PathLike | None = None) -> CompactInpaintModel:
-    """Load a compact model from a folder holding the two files; frozen and in eval mode."""
+def load_compact(directory: str | os.PathLike | None = None, layout: str | None = None) -> CompactInpaintModel:
+    """Load a compact model from a folder holding the two files; frozen and in eval mode.
+
+    ``layout``: the input layout the caller needs ("inpaint" or "full"); a base of the other layout is refused
+    (:class:`CheckpointError` naming both). None accepts either.
+    """
     directory = Path(directory) if directory is not None else DEFAULT_WEIGHTS_DIR
     wfile, cfile = directory / WEIGHTS_FILE, directory / CONFIG_FILE
     if not wfile.is_file() or not cfile.is_file():
@@ -142,6 +168,11 @@ def load_compact(directory: str | os.PathLike | None = None) -> CompactInpaintMo
         config = CompactConfig.from_dict(json.loads(cfile.read_text()))
     except (json.JSONDecodeError, KeyError, TypeError) as exc:
         raise CheckpointError(f"{cfile}: not a compact model config ({exc})") from None
+    except ConfigError as exc:
+        raise CheckpointError(f"{cfile}: {exc}") from None
+    if layout is not None and config.layout != layout:
+        raise CheckpointError(f"compact base {directory} has layout {config.layout!r}; this needs one of layout {layout!r} "
+                              f"(train one with `counterfactory train-base --layout {layout}`)")
     model = CompactInpaintModel(config)
     try:
         state = load_file(str(wfile))

@@ -6,7 +6,8 @@ feature offsets to the frozen base at every resolution (diffusers ``ControlNetMo
   for the pixel-space compact model). Its zero convolutions make a fresh ControlNet leave the base unchanged.
 - :class:`ControlledUNet`: base U-Net + ControlNet as one callable with the U-Net's signature, so the shared
   denoising loop and the training losses drive it unchanged. Each model reads the leading input channels it was
-  built for (4 latents for SD text-to-image; the 7-channel inpainting layout for the compact base).
+  built for (4 latents for SD text-to-image; 3 pixels for the compact full-image base; the 7-channel inpainting
+  layout for the compact inpainting base).
 - a ControlNet folder: the diffusers ControlNet files (``config.json``, ``diffusion_pytorch_model.safetensors``,
   loadable by ``ControlNetModel.from_pretrained`` and the stock ``StableDiffusionControlNetPipeline``), the
   damage-type embeddings, and ``controlnet_config.json`` (written last) naming the base it was trained on.
@@ -185,6 +186,15 @@ def load_controlnet_folder(folder, expected_kind: str, base_file: Path | None):
     return net, emb, cfg
 
 
-__all__ = ["ControlledUNet", "build_controlnet", "conditioning_embedding_channels", "mask_to_control",
+def check_controlnet_fits(controlnet, unet, folder, base) -> None:
+    """CheckpointError when a ControlNet reads another input layout than the base U-Net's (e.g. one trained on a
+    full-image base, given an inpainting base): caught even when the folder records no base hash."""
+    have, need = controlnet.config.in_channels, unet.config.in_channels
+    if have != need:
+        raise CheckpointError(f"ControlNet {folder} reads {have} input channels but the base {base} takes {need} "
+                              "(another layout: full image vs inpainting): pass the base it was trained on")
+
+
+__all__ = ["ControlledUNet", "check_controlnet_fits", "build_controlnet", "conditioning_embedding_channels", "mask_to_control",
            "base_weights_file", "load_sd_base", "save_controlnet_folder", "load_controlnet_folder",
            "CONTROLNET_CONFIG", "CONTROLNET_FORMAT", "MASK_ENCODER_INITS"]

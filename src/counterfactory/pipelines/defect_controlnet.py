@@ -9,9 +9,10 @@ Two configurations:
 - **SD-1.5**: a text-to-image ``UNet2DConditionModel`` + VAE from a local diffusers folder and a diffusers
   ``ControlNetModel`` trained with ``counterfactory train-controlnet --base-kind sd`` (the stock
   ``StableDiffusionControlNetPipeline`` loads the same ControlNet and gives the same image with ``prompt_embeds``);
-- **compact**: ``ControlNetModel.from_unet`` on the project's compact base. That base is an *inpainting* model; for
-  generation it is given an all-blank masked image and a full mask (nothing known), which makes it an
-  unconditional full-image generator.
+- **compact**: ``ControlNetModel.from_unet`` on a compact base: a full-image base (``train-base --layout full``,
+  3 input channels: the noisy image only), or the shipped *inpainting* base, which for generation is given an
+  all-blank masked image and a full mask (nothing known). With ``paste_back`` both get the known region re-injected
+  at every step; the inpainting base also reads it through its masked-image input.
 
 Modes: ``image=None`` generates a whole image from noise for a mask; an image with ``strength`` < 1 is img2img
 (starts from the image noised to that level, keeping its geometry approximately); ``paste_back=True`` keeps every
@@ -34,7 +35,13 @@ from ..errors import input_error
 from ..io.images import add_grain, convert_output
 from ..io.masks import CropWindow, dilate, group_windows
 from ..models.conditioning import DamageTypeEmbedding
-from ..models.controlnet import ControlledUNet, base_weights_file, load_controlnet_folder, mask_to_control
+from ..models.controlnet import (
+    ControlledUNet,
+    base_weights_file,
+    check_controlnet_fits,
+    load_controlnet_folder,
+    mask_to_control,
+)
 from ..sampling.inpaint import denoise, inpaint_windows, to_working_resolution
 from . import MAX_DILATION, PASTE_BACK_DILATION
 from .base import MaskedInpaintPipeline, check_int, check_number
@@ -56,8 +63,8 @@ class DefectControlNetPipeline(MaskedInpaintPipeline):
     """Generate a damage type where a mask says, through a ControlNet conditioned on the mask.
 
     Args:
-        unet: the frozen base ``UNet2DConditionModel`` (SD text-to-image with 4 input channels, or the compact
-            7-channel inpainting base).
+        unet: the frozen base ``UNet2DConditionModel`` (SD text-to-image with 4 input channels, the compact
+            full-image base with 3, or the compact 7-channel inpainting base).
         controlnet: a diffusers ``ControlNetModel`` built on ``unet`` (``ControlNetModel.from_unet``), conditioning
             image = the mask as 3 channels.
         scheduler: a diffusers sampling scheduler.
@@ -90,6 +97,7 @@ class DefectControlNetPipeline(MaskedInpaintPipeline):
             raise input_error("controlnet", None, "a ControlNet folder (train one with `counterfactory train-controlnet`)")
         model = load_compact(base)
         net, emb, cfg = load_controlnet_folder(controlnet, "compact", base_weights_file(base, "compact"))
+        check_controlnet_fits(net, model.unet, controlnet, base or "weights/")
         info = {"base_kind": "compact", "base": str(base or "weights/"), "base_dir": str(base or DEFAULT_WEIGHTS_DIR),
                 "adapter": str(controlnet), "adapter_config": cfg}
         return cls(model.unet, net, scheduler or make_schedulers(model.config)[1], emb,
@@ -105,6 +113,7 @@ class DefectControlNetPipeline(MaskedInpaintPipeline):
             raise input_error("controlnet", None, "a ControlNet folder (train one with `counterfactory train-controlnet`)")
         parts = load_sd_base(base)
         net, emb, cfg = load_controlnet_folder(controlnet, "sd", base_weights_file(base, "sd"))
+        check_controlnet_fits(net, parts["unet"], controlnet, base)
         return cls(parts["unet"], net, scheduler or parts["scheduler"], emb, vae=parts["vae"], resolution=resolution,
                    info={"base_kind": "sd", "base": str(base), "base_dir": str(base), "adapter": str(controlnet),
                          "adapter_config": cfg})

@@ -76,7 +76,7 @@ class DefectInpaintPipeline(MaskedInpaintPipeline):
         """The embedded default: the compact base from ``base`` (default: the shipped ``weights/``) + an adapter."""
         from ..models.compact import DEFAULT_WEIGHTS_DIR, load_compact, make_schedulers
 
-        model = load_compact(base)
+        model = load_compact(base, layout="inpaint")
         unet = model.unet
         emb = None
         info = {"base_kind": "compact", "base": str(base or "weights/"), "base_dir": str(base or DEFAULT_WEIGHTS_DIR)}

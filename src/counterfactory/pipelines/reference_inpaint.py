@@ -121,7 +121,7 @@ class ReferenceInpaintPipeline(MaskedInpaintPipeline):
         from ..models.compact import DEFAULT_WEIGHTS_DIR, load_compact, make_schedulers
 
         cfg = read_reference_adapter_config(adapter, "compact")  # a wrong adapter fails before any weights load
-        model = load_compact(base)
+        model = load_compact(base, layout="inpaint")
         check_base_hash(cfg, base, adapter, what="reference adapter")
         unet, encoder, cfg = load_reference_adapter(model.unet, adapter, "compact", encoder_weights)
         info = {"base_kind": "compact", "base": str(base or "weights/"), "base_dir": str(base or DEFAULT_WEIGHTS_DIR),

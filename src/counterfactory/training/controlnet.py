@@ -3,8 +3,8 @@
 The base U-Net (SD-1.5 text-to-image, or the compact base) is frozen; a ControlNet built from it
 (``ControlNetModel.from_unet``) and a damage-type embedding table are trained on the few real defects of each type,
 after mask-aware augmentation (the same transform on image and mask), to denoise the whole window while reading
-the mask. The compact base is an inpainting model: it is given a full mask and a blank masked image, as at
-generation. Every batch is a pure function of ``(seed, step)``, so a killed run resumes exactly.
+the mask. A compact full-image base (``train-base --layout full``) is given the noisy window only; the compact
+inpainting base is given a full mask and a blank masked image (nothing known), as at generation. Every batch is a pure function of ``(seed, step)``, so a killed run resumes exactly.
 
 The export is a ControlNet folder (:mod:`counterfactory.models.controlnet`): diffusers ControlNet files, the
 damage-type embeddings and ``controlnet_config.json`` (with the base's sha256), written last.
@@ -39,7 +39,8 @@ from .trainer import LoopConfig, Trainer, run_identity
 class ControlNetTrainConfig:
     out: str
     data: str  # dataset folder (MVTec or Magnetic Tile layout)
-    base: str | None = None  # compact base folder (default: the shipped weights) or a local SD-1.5 diffusers folder
+    base: str | None = None  # compact base folder (default: the shipped inpainting weights; a full-image base from
+    # `train-base --layout full`) or a local SD-1.5 diffusers folder
     base_kind: str = "compact"  # "compact" | "sd"
     split: str | None = None  # split file; default: the field's first-third split (or --shots)
     shots: int | None = None
@@ -111,21 +112,22 @@ def controlnet_loss(model: ControlledUNet, scheduler, space, x0: torch.Tensor, m
 
 
 def _load_base(base, kind: str):
-    """(unet, vae or None, space, train scheduler, resolution, base tokens or None)."""
+    """(unet, vae or None, space, train scheduler, resolution, base tokens or None, layout)."""
     if kind == "compact":
         from ..models.compact import load_compact, make_schedulers
 
-        model = load_compact(base)
+        model = load_compact(base)  # either layout: an inpainting base runs in "nothing known" mode
         return model.unet, None, PixelSpace(), make_schedulers(model.config)[0], model.config.sample_size, \
-            model.base_tokens.detach()
+            model.base_tokens.detach(), model.config.layout
     from ..models.controlnet import load_sd_base
 
     if base is None:
         raise input_error("base", None, "a local SD-1.5 diffusers folder when base_kind='sd' (--base-kind sd)")
     parts = load_sd_base(base)
     space = VaeSpace(parts["vae"])
+    layout = "full" if parts["unet"].config.in_channels == space.channels else "inpaint"
     return (parts["unet"], parts["vae"], space, DDPMScheduler.from_config(parts["scheduler"].config),
-            parts["unet"].config.sample_size * space.scale_factor, None)
+            parts["unet"].config.sample_size * space.scale_factor, None, layout)
 
 
 def train_controlnet(cfg: ControlNetTrainConfig, progress: bool = True) -> dict:
@@ -133,7 +135,7 @@ def train_controlnet(cfg: ControlNetTrainConfig, progress: bool = True) -> dict:
     out = Path(cfg.out)
     if not Path(cfg.data).is_dir():
         raise input_error("data", cfg.data, "an existing dataset folder (MVTec or Magnetic Tile layout)")
-    unet, vae, space, train_s, res, base_tokens = _load_base(cfg.base, cfg.base_kind)
+    unet, vae, space, train_s, res, base_tokens, layout = _load_base(cfg.base, cfg.base_kind)
     base_file = base_weights_file(cfg.base, cfg.base_kind)
     types, items, data_id, split = _few_shot_items(cfg)
     unet.requires_grad_(False)
@@ -159,6 +161,7 @@ def train_controlnet(cfg: ControlNetTrainConfig, progress: bool = True) -> dict:
         "base_kind": cfg.base_kind,
         "base": str(cfg.base) if cfg.base else "weights/",
         "base_sha256": sha256_file(base_file) if base_file and Path(base_file).is_file() else None,
+        "base_layout": layout,
         "types": types,
         "shots": identity["shots"],
         "resolution": res,

@@ -1,7 +1,9 @@
 """Inpainting training tasks on top of :class:`~counterfactory.training.trainer.Trainer`.
 
 - :func:`train_base`: self-supervised inpainting of defect-free images under random masks (strokes, blobs,
-  boxes), as inpainting models are trained; the whole compact model is trained.
+  boxes), as inpainting models are trained; the whole compact model is trained. With the full-image layout
+  (``model.layout="full"``) the same loop trains plain denoising of whole crops: an unconditional image
+  generator for ControlNets to steer.
 - :func:`train_adapter`: few-shot; the base is frozen; LoRA (peft) + damage-type embeddings are trained on
   the few real defects of each type after mask-aware augmentation; the loss can be up-weighted inside the
   mask. Works on the compact base and on an SD-1.5-inpainting base (a local diffusers folder).
@@ -46,7 +48,8 @@ def inpaint_loss(unet, scheduler, space, x0: torch.Tensor, mask: torch.Tensor, c
 
     Target follows ``scheduler.config.prediction_type`` (sample = x0, epsilon, v_prediction). The loss is
     weighted 1 inside the mask and ``outside_weight`` outside (normalised by the mean weight). ``hint``: extra
-    input channels (a spatial reference hint) appended to the U-Net input.
+    input channels (a spatial reference hint) appended to the U-Net input. A full-image U-Net (input channels =
+    the image's) gets the noisy image only: plain denoising, weighted by the mask as above.
     """
     with torch.no_grad():
         latents = space.encode(x0, sample=False)
@@ -60,7 +63,9 @@ def inpaint_loss(unet, scheduler, space, x0: torch.Tensor, mask: torch.Tensor, c
         hint = hint.to(latents.device, latents.dtype)
         if hint.shape[-2:] != latents.shape[-2:]:
             hint = torch.nn.functional.interpolate(hint, size=tuple(latents.shape[-2:]), mode="area")
-    pred = unet(unet_input(noisy, m, masked, hint), t, encoder_hidden_states=context, return_dict=False)[0]
+    full = unet.config.in_channels == latents.shape[1]
+    pred = unet(noisy if full else unet_input(noisy, m, masked, hint), t, encoder_hidden_states=context,
+                return_dict=False)[0]
     kind = scheduler.config.prediction_type
     target = latents if kind == "sample" else noise if kind == "epsilon" else scheduler.get_velocity(latents, noise, t)
     w = outside_weight + (1.0 - outside_weight) * m
@@ -155,13 +160,19 @@ def train_base(cfg: BaseTrainConfig, progress: bool = True) -> dict:
     init_sha = None
     if cfg.init is not None:
         from ..io.manifest import sha256_file
-        from ..models.compact import WEIGHTS_FILE, load_compact
+        from ..models.compact import WEIGHTS_FILE, full_from_inpaint_state, load_compact
 
         start = load_compact(cfg.init)
-        if start.config.to_dict() | {"extra": None} != model.config.to_dict() | {"extra": None}:
+        same = {"extra": None, "layout": None}
+        if start.config.to_dict() | same != model.config.to_dict() | same or (
+                start.config.layout != cfg.model.layout and cfg.model.layout != "full"):
             raise input_error("init", cfg.init, "a compact base with the same architecture as the model being trained "
-                                                "(resolution, channels, prediction type)")
-        model.load_state_dict(start.state_dict())
+                                                "(resolution, channels, prediction type; an inpainting base may start "
+                                                "a full-image one, not the reverse)")
+        state = start.state_dict()
+        if start.config.layout != cfg.model.layout:  # inpainting → full image: its "nothing known" input
+            state = full_from_inpaint_state(state)
+        model.load_state_dict(state)
         model.train().requires_grad_(True)
         init_sha = sha256_file(Path(cfg.init) / WEIGHTS_FILE)
     train_sched = DDPMScheduler(num_train_timesteps=cfg.model.num_train_timesteps, beta_schedule=cfg.model.beta_schedule,
@@ -176,8 +187,12 @@ def train_base(cfg: BaseTrainConfig, progress: bool = True) -> dict:
     space = PixelSpace()
     res = cfg.model.sample_size
 
+    full = cfg.model.layout == "full"
+
     def loss_fn(step: int, device) -> torch.Tensor:
         x0, mask = _base_batch(pool, res, cfg.batch_size, cfg.loop.seed, step, cfg.max_crop)
+        if full:  # whole crops, every pixel weighted alike
+            mask = torch.ones_like(mask)
         gen = step_generator(cfg.loop.seed, step)
         return inpaint_loss(model.unet, train_sched, space, x0.to(device), mask.to(device),
                             model.tokens(x0.shape[0]), gen, cfg.outside_weight)
@@ -186,6 +201,8 @@ def train_base(cfg: BaseTrainConfig, progress: bool = True) -> dict:
     if cfg.max_crop is None:  # runs started before the option existed stay resumable
         identity.pop("max_crop")
     identity.pop("init")
+    if cfg.model.layout == "inpaint":  # runs started before the full-image layout existed stay resumable
+        identity["model"].pop("layout")
     if init_sha is not None:  # the starting weights are identified by content, not by their folder's name
         identity["init_sha256"] = init_sha
     trainer = Trainer(model, loss_fn, cfg.loop, out, identity, progress=progress)
@@ -256,7 +273,7 @@ def load_base(base: str | None, kind: str):
     if kind == "compact":
         from ..models.compact import DEFAULT_WEIGHTS_DIR, WEIGHTS_FILE, make_schedulers
 
-        model = load_compact(base)
+        model = load_compact(base, layout="inpaint")
         train_s, sample_s = make_schedulers(model.config)
         wfile = Path(base or DEFAULT_WEIGHTS_DIR) / WEIGHTS_FILE
         return model.unet, PixelSpace(), train_s, sample_s, model.config.sample_size, model.base_tokens.detach(), wfile

@@ -259,7 +259,7 @@ def test_controlnet_of_one_layout_is_refused_on_the_other(tiny_base, tiny_full_b
 def test_inpainting_pipeline_refuses_a_full_image_base(tiny_full_base):
     from counterfactory.pipelines.defect_inpaint import DefectInpaintPipeline
 
-    with pytest.raises(CheckpointError, match="has layout 'full'; this needs one of layout 'inpaint'"):
+    with pytest.raises(CheckpointError, match="has layout 'full'; this needs layout 'inpaint'"):
         DefectInpaintPipeline.from_compact(tiny_full_base)
 
 

@@ -86,7 +86,7 @@ def test_full_layout_base_trains_and_resumes_bit_identically(tiny_config, tmp_pa
     with pytest.raises(CheckpointError, match="layout"):
         train_base(_base_cfg(tmp_path / "run", tiny_config), progress=False)
     # loaders that need the inpainting layout refuse it, naming both
-    with pytest.raises(CheckpointError, match="has layout 'full'; this needs one of layout 'inpaint'"):
+    with pytest.raises(CheckpointError, match="has layout 'full'; this needs layout 'inpaint'"):
         load_compact(tmp_path / "run", layout="inpaint")
 
 

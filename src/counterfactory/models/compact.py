@@ -171,8 +171,8 @@ def load_compact(directory: str | os.PathLike | None = None, layout: str | None 
     except ConfigError as exc:
         raise CheckpointError(f"{cfile}: {exc}") from None
     if layout is not None and config.layout != layout:
-        raise CheckpointError(f"compact base {directory} has layout {config.layout!r}; this needs one of layout {layout!r} "
-                              f"(train one with `counterfactory train-base --layout {layout}`)")
+        raise CheckpointError(f"compact base {directory} has layout {config.layout!r}; this needs layout {layout!r} "
+                              "(a base trained with that CompactConfig.layout)")
     model = CompactInpaintModel(config)
     try:
         state = load_file(str(wfile))

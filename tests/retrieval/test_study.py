@@ -198,34 +198,47 @@ def test_nearest_digits_follow_the_real_targets_distance():
         nearest_digits([3], [0, 1, 3], labels, m)
 
 
-def test_study_with_nearest_references_pairs_the_synthetic_target_with_another_digit(tiny_morpho, tmp_path, capsys):
-    """`synthetic_reference="nearest"` swaps each synthetic reference for its nearest same-class twin; the real-only
-    runs are the same as with the edited digit as reference."""
+def test_study_with_nearest_references_pairs_the_synthetic_target_with_another_digit(tiny_morpho, tmp_path, capsys,
+                                                                                      monkeypatch):
+    """`synthetic_reference="nearest"` hands the Combiner the edited digits' nearest same-class twins as synthetic
+    references (the targets unchanged); the real-only runs are the same as with the edited digits as references."""
+    import counterfactory.retrieval.train as train_mod
+    from counterfactory.data.morphomnist import load_morphomnist, split_indices
+    from counterfactory.retrieval.real import image_index
+    from counterfactory.retrieval.study import _images, load_synthetic, nearest_digits
+
     torch.set_num_threads(1)
     syn = tmp_path / "syn"
     assert main(["cir", "triplets", "--data", str(tiny_morpho), "--split", "train", "--out", str(syn)]) == 0
     with pytest.raises(ConfigError, match=r"^synthetic_reference='twin'"):
         StudyConfig(synthetic_reference="twin")
-    cfg = dict(fractions=(1.0,), seeds=(0,), encoder_steps=3, combiner_steps=3)
-    own = run_study(tiny_morpho, tmp_path / "own", StudyConfig(**cfg), synthetic=syn, log=lambda s: None)
-    logs = []
-    near = run_study(tiny_morpho, tmp_path / "near", StudyConfig(**cfg, synthetic_reference="nearest"),
-                     synthetic=syn, log=logs.append)
-    assert any("references: nearest" in line for line in logs)
-    assert near["settings"]["config"]["synthetic_reference"] == "nearest"
-    by = {(r["condition"], tuple(sorted(r["metrics"].items()))) for r in own["runs"] if r["condition"] == "real"}
-    assert by == {(r["condition"], tuple(sorted(r["metrics"].items()))) for r in near["runs"] if r["condition"] == "real"}
-    # the swap itself: every twin is another digit of the same class
-    from counterfactory.data.morphomnist import load_morphomnist, split_indices
-    from counterfactory.retrieval.real import image_index
-    from counterfactory.retrieval.study import load_synthetic, nearest_digits
+    seen = {}
+    real_train = train_mod.train_combiner
 
-    data = load_morphomnist(tiny_morpho)
+    def spy(*args, synthetic=None, **kw):
+        if synthetic is not None:
+            seen[len(seen)] = synthetic
+        return real_train(*args, synthetic=synthetic, **kw)
+
+    monkeypatch.setattr(train_mod, "train_combiner", spy)
+    # a trained image tower takes pixels, so the references handed over can be compared with the digits
+    cfg = dict(fractions=(1.0,), seeds=(0,), encoder_steps=3, combiner_steps=3, finetune_image=True)
+    own = run_study(tiny_morpho, tmp_path / "own", StudyConfig(**cfg), synthetic=syn, log=lambda s: None)
+    near = run_study(tiny_morpho, tmp_path / "near", StudyConfig(**cfg, synthetic_reference="nearest"),
+                     synthetic=syn, log=lambda s: None)
+    assert near["settings"]["config"]["synthetic_reference"] == "nearest"
+    real_runs = lambda r: [x["metrics"] for x in r["runs"] if x["condition"] == "real"]  # noqa: E731
+    assert real_runs(own) == real_runs(near)
+
     s = load_synthetic(syn)
+    data = load_morphomnist(tiny_morpho)
     own_idx = [image_index(n) for n in s.reference_names]
     m = dict(np.load(tmp_path / "near" / "measurements.npz"))
     twins = nearest_digits(own_idx, split_indices(len(data), "train"), data.labels, m)
     assert all(t != o and data.labels[t] == data.labels[o] for t, o in zip(twins, own_idx))
+    (ref_own, _, tgt_own), (ref_near, _, tgt_near) = seen[0], seen[1]
+    assert torch.equal(ref_own, s.references) and torch.equal(ref_near, _images(data.images, twins))
+    assert not torch.equal(ref_near, ref_own) and torch.equal(tgt_near, tgt_own)
     with pytest.raises(SystemExit) as ex:
         main(["cir", "study", "--data", str(tiny_morpho), "--out", str(tmp_path / "bad"), "--synthetic", str(syn),
               "--synthetic-reference", "twin"])
